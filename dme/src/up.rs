@@ -1,0 +1,167 @@
+//! `dme up`: the whole system as child processes of one command.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+/// How long children get to stop after SIGTERM before they are killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Settings of `dme up`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpConfig {
+    /// NATS server to use; when absent, `dme up` starts its own from `nats.conf`.
+    #[arg(long, env = "DME_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// Where the own nats-server keeps its store (`<dir>/nats`).
+    #[arg(long, env = "DME_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// nats-server binary for the own server.
+    #[arg(long, env = "DME_NATS_SERVER", default_value = "nats-server")]
+    pub nats_server: PathBuf,
+    /// nats.conf for the own server.
+    #[arg(long, env = "DME_NATS_CONF", default_value = "nats.conf")]
+    pub nats_conf: PathBuf,
+    /// Port of the own nats-server (the next free one when taken).
+    #[arg(long, env = "DME_NATS_PORT", default_value_t = 4222)]
+    pub nats_port: u16,
+    /// Separator processes (default: one per core).
+    #[arg(long, env = "DME_SEPARATORS")]
+    pub separators: Option<usize>,
+    /// HTTP address of the gateway.
+    #[arg(long, env = "DME_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: String,
+}
+
+/// Starts everything, waits for `shutdown` or a child's death, stops everything.
+///
+/// # Errors
+/// When the nats-server or a service cannot be started.
+pub async fn run(config: UpConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("locating the dme binary")?;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let separators = config.separators.unwrap_or(cores).max(1);
+    // Divide the cores among the separators so N workers never oversubscribe the machine.
+    let threads = (cores / separators).max(1);
+    let mut children: Vec<(String, Child)> = Vec::new();
+    let nats_url = match &config.nats_url {
+        Some(url) => url.clone(),
+        None => {
+            // The machine may already run a NATS server on the default port: take the next free one.
+            let port = (config.nats_port..config.nats_port.saturating_add(20))
+                .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+                .with_context(|| {
+                    format!("no free port from {} for nats-server", config.nats_port)
+                })?;
+            let store = config.data_dir.join("nats");
+            std::fs::create_dir_all(&store)
+                .with_context(|| format!("creating {}", store.display()))?;
+            let child = Command::new(&config.nats_server)
+                .arg("-c")
+                .arg(&config.nats_conf)
+                .args(["-p", &port.to_string()])
+                .arg("-sd")
+                .arg(&store)
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| {
+                    format!(
+                        "starting {} (make run installs one into .tools)",
+                        config.nats_server.display()
+                    )
+                })?;
+            children.push(("nats-server".into(), child));
+            wait_for_port(port).await?;
+            format!("nats://127.0.0.1:{port}")
+        }
+    };
+    tracing::info!(%nats_url, separators, threads, "starting dme");
+    let spawn = |args: &[&str]| -> anyhow::Result<Child> {
+        Command::new(&exe)
+            .args(args)
+            .env("DME_NATS_URL", &nats_url)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting dme {}", args[0]))
+    };
+    for i in 0..separators {
+        let id = format!("separator-{}", i + 1);
+        let child = spawn(&[
+            "separator",
+            "--intra-threads",
+            &threads.to_string(),
+            "--worker-id",
+            &id,
+        ])?;
+        children.push((id, child));
+    }
+    children.push(("splitter".into(), spawn(&["splitter"])?));
+    children.push(("mixer".into(), spawn(&["mixer"])?));
+    children.push((
+        "gateway".into(),
+        spawn(&["gateway", "--http-addr", &config.http_addr])?,
+    ));
+    println!(
+        "dme is up: http://{}/  NATS: {nats_url}  (Ctrl-C stops it)",
+        config.http_addr
+    );
+
+    let died = async {
+        loop {
+            for (name, child) in children.iter_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return format!("{name} exited ({status})");
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    let reason = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        why = died => Some(why),
+    };
+    // Services first (newest first), nats-server last, so they can finish their messages.
+    for (name, child) in children.iter_mut().rev() {
+        stop(name, child).await;
+    }
+    match reason {
+        Some(why) => bail!("dme stopped because {why}"),
+        None => Ok(()),
+    }
+}
+
+async fn stop(name: &str, child: &mut Child) {
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        if tokio::time::timeout(STOP_GRACE, child.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(name, "did not stop in time; killing");
+            let _ = child.kill().await;
+        }
+    }
+}
+
+async fn wait_for_port(port: u16) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("nats-server did not accept connections on port {port} within 10 s")
+}

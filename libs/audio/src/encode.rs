@@ -1,0 +1,485 @@
+//! Encoding planar stereo to downloadable files, and reading stored WAV stems back.
+
+use std::io::Cursor;
+
+use flacenc::component::BitRepr;
+use flacenc::error::{SourceError, Verify};
+use flacenc::source::{Fill, Source};
+use mp3lame_encoder::{Bitrate, Builder, DualPcm, FlushGap, Mode, Quality};
+
+use crate::{AudioError, Stereo};
+
+/// Full scale of 16-bit PCM: samples are scaled by 2^15, the same factor symphonia divides by
+/// when decoding, so a decoded 16-bit file re-encodes to the identical integers.
+const I16_SCALE: f32 = 32_768.0;
+
+/// Frames handed to LAME per call; bounds the size of each intermediate output chunk.
+const MP3_CHUNK_FRAMES: usize = 1152 * 64;
+
+/// MP3 bitrate for downloads: 320 kbit/s CBR, the highest MPEG-1 Layer III rate, so the lossy
+/// format adds as little as possible on top of the separation itself.
+const MP3_BITRATE: Bitrate = Bitrate::Kbps320;
+
+/// LAME quality 2 (`-h`): LAME's recommended high-quality setting. 0 is several times slower
+/// for no audible difference.
+const MP3_QUALITY: Quality = Quality::NearBest;
+
+/// FLAC block size in frames: the reference encoder's default, a good size for 44.1 kHz music.
+const FLAC_BLOCK_SIZE: usize = 4096;
+
+/// WAVE format tag for integer PCM.
+const WAVE_FORMAT_PCM: u16 = 1;
+
+/// WAVE format tag for IEEE float samples.
+const WAVE_FORMAT_IEEE_FLOAT: u16 = 3;
+
+/// Output formats for downloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// 16-bit PCM WAV, rounded and clipped.
+    Wav16,
+    /// 32-bit IEEE float WAV, bit-exact.
+    Wav32f,
+    /// 16-bit FLAC (lossless at 16 bits).
+    Flac,
+    /// 320 kbit/s CBR joint-stereo MP3.
+    Mp3,
+}
+
+impl Format {
+    /// Every format, for listing in APIs and tests.
+    pub const ALL: [Format; 4] = [Format::Wav16, Format::Wav32f, Format::Flac, Format::Mp3];
+
+    /// Parse a format name as used in URLs: `"wav"` or `"wav16"`, `"wav32f"`, `"flac"`, `"mp3"`
+    /// (case-insensitive). `None` for anything else.
+    pub fn parse(s: &str) -> Option<Format> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "wav" | "wav16" => Some(Format::Wav16),
+            "wav32f" => Some(Format::Wav32f),
+            "flac" => Some(Format::Flac),
+            "mp3" => Some(Format::Mp3),
+            _ => None,
+        }
+    }
+
+    /// MIME type for the `Content-Type` header.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Wav16 | Format::Wav32f => "audio/wav",
+            Format::Flac => "audio/flac",
+            Format::Mp3 => "audio/mpeg",
+        }
+    }
+
+    /// File extension, without the dot.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Wav16 | Format::Wav32f => "wav",
+            Format::Flac => "flac",
+            Format::Mp3 => "mp3",
+        }
+    }
+
+    /// Canonical name, accepted by [`Format::parse`].
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Wav16 => "wav",
+            Format::Wav32f => "wav32f",
+            Format::Flac => "flac",
+            Format::Mp3 => "mp3",
+        }
+    }
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Encode planar stereo at `rate` Hz into a complete file in memory.
+///
+/// * [`Format::Wav16`]: 16-bit PCM, each sample clipped to [-1, 1], scaled by 32768, rounded to
+///   nearest (no dither) and clipped to the i16 range.
+/// * [`Format::Wav32f`]: IEEE float WAV; samples are stored exactly.
+/// * [`Format::Flac`]: 16-bit FLAC (quantised like `Wav16`), via the pure-Rust flacenc.
+/// * [`Format::Mp3`]: 320 kbit/s CBR joint stereo via LAME, with a LAME/Info tag recording the
+///   encoder delay and padding so gapless decoders (including ours) return exactly
+///   `left.len()` frames. LAME resamples internally when `rate` is not an MPEG rate.
+///
+/// Zero-length input produces a valid file holding no samples.
+///
+/// # Errors
+///
+/// [`AudioError::Encode`] when `left` and `right` differ in length, the rate is 0, the WAV would
+/// exceed 4 GiB, or an encoder rejects its input.
+pub fn encode(
+    left: &[f32],
+    right: &[f32],
+    rate: u32,
+    format: Format,
+) -> Result<Vec<u8>, AudioError> {
+    if left.len() != right.len() {
+        return Err(AudioError::Encode(format!(
+            "channel lengths differ: left {} right {}",
+            left.len(),
+            right.len()
+        )));
+    }
+    if rate == 0 {
+        return Err(AudioError::Encode("sample rate 0".into()));
+    }
+    match format {
+        Format::Wav16 => encode_wav(left, right, rate, WavSample::Int16),
+        Format::Wav32f => encode_wav(left, right, rate, WavSample::Float32),
+        Format::Flac => encode_flac(left, right, rate),
+        Format::Mp3 => encode_mp3(left, right, rate),
+    }
+}
+
+/// Parse a stereo WAV written by [`encode`] (32-bit float or 16-bit PCM) back into planar
+/// samples and its sample rate. 16-bit samples come back as `i16 / 32768`.
+///
+/// # Errors
+///
+/// [`AudioError::Corrupt`] for anything that is not a well-formed stereo WAV in one of those two
+/// sample formats.
+pub fn read_wav(bytes: &[u8]) -> Result<(Stereo, u32), AudioError> {
+    let corrupt = |e: hound::Error| AudioError::Corrupt(format!("wav: {e}"));
+    let reader = hound::WavReader::new(Cursor::new(bytes)).map_err(corrupt)?;
+    let spec = reader.spec();
+    if spec.channels != 2 {
+        return Err(AudioError::Corrupt(format!(
+            "wav: {} channels, expected 2",
+            spec.channels
+        )));
+    }
+    let frames = reader.duration() as usize;
+    let mut stereo = Stereo {
+        left: Vec::with_capacity(frames),
+        right: Vec::with_capacity(frames),
+    };
+    let mut push = |i: usize, s: f32| {
+        if i & 1 == 0 {
+            stereo.left.push(s);
+        } else {
+            stereo.right.push(s);
+        }
+    };
+    match (spec.sample_format, spec.bits_per_sample) {
+        (hound::SampleFormat::Float, 32) => {
+            for (i, s) in reader.into_samples::<f32>().enumerate() {
+                push(i, s.map_err(corrupt)?);
+            }
+        }
+        (hound::SampleFormat::Int, 16) => {
+            for (i, s) in reader.into_samples::<i16>().enumerate() {
+                push(i, f32::from(s.map_err(corrupt)?) / I16_SCALE);
+            }
+        }
+        (format, bits) => {
+            return Err(AudioError::Corrupt(format!(
+                "wav: {bits}-bit {format:?} samples, expected 32-bit float or 16-bit int"
+            )))
+        }
+    }
+    if stereo.left.len() != stereo.right.len() {
+        return Err(AudioError::Corrupt("wav: odd number of samples".into()));
+    }
+    Ok((stereo, spec.sample_rate))
+}
+
+/// Quantise one sample to 16 bits: clip, scale, round to nearest.
+fn to_i16(sample: f32) -> i16 {
+    // NaN maps to 0 through the saturating float-to-int cast.
+    (sample.clamp(-1.0, 1.0) * I16_SCALE)
+        .round()
+        .clamp(-32_768.0, 32_767.0) as i16
+}
+
+#[derive(Clone, Copy)]
+enum WavSample {
+    Int16,
+    Float32,
+}
+
+/// Write a canonical WAV: `fmt ` (plus `fact` for float, as the spec asks for non-PCM data)
+/// and one `data` chunk. Written by hand rather than with hound to size the buffer exactly and
+/// avoid a per-sample call.
+fn encode_wav(
+    left: &[f32],
+    right: &[f32],
+    rate: u32,
+    kind: WavSample,
+) -> Result<Vec<u8>, AudioError> {
+    let (tag, bytes_per_sample, fmt_len, fact_len): (u16, u32, u32, u32) = match kind {
+        WavSample::Int16 => (WAVE_FORMAT_PCM, 2, 16, 0),
+        WavSample::Float32 => (WAVE_FORMAT_IEEE_FLOAT, 4, 18, 12),
+    };
+    let block_align = 2 * bytes_per_sample;
+    let too_big = || AudioError::Encode("wav output would exceed 4 GiB".into());
+    let frames = u32::try_from(left.len()).map_err(|_| too_big())?;
+    let data_len = frames.checked_mul(block_align).ok_or_else(too_big)?;
+    let riff_len = (4 + 8 + fmt_len + fact_len + 8)
+        .checked_add(data_len)
+        .ok_or_else(too_big)?;
+
+    let mut out = Vec::with_capacity(riff_len as usize + 8);
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&riff_len.to_le_bytes());
+    out.extend_from_slice(b"WAVE");
+    out.extend_from_slice(b"fmt ");
+    out.extend_from_slice(&fmt_len.to_le_bytes());
+    out.extend_from_slice(&tag.to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&rate.to_le_bytes());
+    out.extend_from_slice(&rate.saturating_mul(block_align).to_le_bytes());
+    out.extend_from_slice(&(block_align as u16).to_le_bytes());
+    out.extend_from_slice(&((bytes_per_sample * 8) as u16).to_le_bytes());
+    if fmt_len == 18 {
+        out.extend_from_slice(&0u16.to_le_bytes()); // cbSize: no extension.
+    }
+    if fact_len > 0 {
+        out.extend_from_slice(b"fact");
+        out.extend_from_slice(&4u32.to_le_bytes());
+        out.extend_from_slice(&frames.to_le_bytes());
+    }
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&data_len.to_le_bytes());
+    match kind {
+        WavSample::Int16 => {
+            for (l, r) in left.iter().zip(right) {
+                out.extend_from_slice(&to_i16(*l).to_le_bytes());
+                out.extend_from_slice(&to_i16(*r).to_le_bytes());
+            }
+        }
+        WavSample::Float32 => {
+            for (l, r) in left.iter().zip(right) {
+                out.extend_from_slice(&l.to_le_bytes());
+                out.extend_from_slice(&r.to_le_bytes());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// flacenc source reading 16-bit-quantised frames straight from the planar slices, so no
+/// interleaved copy of the whole signal is ever made.
+struct PlanarSource<'a> {
+    left: &'a [f32],
+    right: &'a [f32],
+    rate: u32,
+    pos: usize,
+    scratch: Vec<i32>,
+}
+
+impl Source for PlanarSource<'_> {
+    fn channels(&self) -> usize {
+        2
+    }
+
+    fn bits_per_sample(&self) -> usize {
+        16
+    }
+
+    fn sample_rate(&self) -> usize {
+        self.rate as usize
+    }
+
+    fn read_samples<F: Fill>(
+        &mut self,
+        block_size: usize,
+        dest: &mut F,
+    ) -> Result<usize, SourceError> {
+        let end = (self.pos + block_size).min(self.left.len());
+        self.scratch.clear();
+        for (l, r) in self.left[self.pos..end]
+            .iter()
+            .zip(&self.right[self.pos..end])
+        {
+            self.scratch.push(i32::from(to_i16(*l)));
+            self.scratch.push(i32::from(to_i16(*r)));
+        }
+        dest.fill_interleaved(&self.scratch)?;
+        let read = end - self.pos;
+        self.pos = end;
+        Ok(read)
+    }
+
+    fn len_hint(&self) -> Option<usize> {
+        Some(self.left.len())
+    }
+}
+
+fn encode_flac(left: &[f32], right: &[f32], rate: u32) -> Result<Vec<u8>, AudioError> {
+    let config = flacenc::config::Encoder::default()
+        .into_verified()
+        .map_err(|(_, e)| AudioError::Encode(format!("flac config: {e:?}")))?;
+    let source = PlanarSource {
+        left,
+        right,
+        rate,
+        pos: 0,
+        scratch: Vec::with_capacity(2 * FLAC_BLOCK_SIZE),
+    };
+    let mut stream = flacenc::encode_with_fixed_block_size(&config, source, FLAC_BLOCK_SIZE)
+        .map_err(|e| AudioError::Encode(format!("flac: {e:?}")))?;
+    // flacenc lowers the minimum block size to the short last block, which declares a
+    // variable-blocksize stream while the frames are numbered as fixed-blocksize ones; symphonia
+    // then rejects every frame. The FLAC spec excludes the last block from the minimum.
+    stream
+        .stream_info_mut()
+        .set_block_sizes(FLAC_BLOCK_SIZE, FLAC_BLOCK_SIZE)
+        .map_err(|e| AudioError::Encode(format!("flac: {e:?}")))?;
+    let mut sink = flacenc::bitsink::ByteSink::new();
+    stream
+        .write(&mut sink)
+        .map_err(|e| AudioError::Encode(format!("flac: {e:?}")))?;
+    Ok(sink.as_slice().to_vec())
+}
+
+fn encode_mp3(left: &[f32], right: &[f32], rate: u32) -> Result<Vec<u8>, AudioError> {
+    if left.is_empty() {
+        // LAME cannot write an empty stream: flushing an encoder that saw no samples prints an
+        // error to stderr and emits one frame of silence.
+        return Ok(empty_mp3(rate));
+    }
+    let build = |e: mp3lame_encoder::BuildError| AudioError::Encode(format!("mp3 setup: {e}"));
+    let encode_failed = |e: mp3lame_encoder::EncodeError| AudioError::Encode(format!("mp3: {e}"));
+    let mut builder =
+        Builder::new().ok_or_else(|| AudioError::Encode("mp3: LAME failed to allocate".into()))?;
+    builder.set_num_channels(2).map_err(build)?;
+    builder.set_sample_rate(rate).map_err(build)?;
+    builder.set_brate(MP3_BITRATE).map_err(build)?;
+    builder.set_mode(Mode::JointStereo).map_err(build)?;
+    builder.set_quality(MP3_QUALITY).map_err(build)?;
+    // The Info tag carries the encoder delay and padding that gapless decoders trim.
+    builder.set_to_write_vbr_tag(true).map_err(build)?;
+    let mut encoder = builder.build().map_err(build)?;
+
+    // 320 kbit/s is 40 kB/s; the LAME bound below is far above that.
+    let mut out = Vec::with_capacity(left.len() / 4 + mp3lame_encoder::max_required_buffer_size(0));
+    for (l, r) in left
+        .chunks(MP3_CHUNK_FRAMES)
+        .zip(right.chunks(MP3_CHUNK_FRAMES))
+    {
+        out.reserve(mp3lame_encoder::max_required_buffer_size(l.len()));
+        encoder
+            .encode_to_vec(DualPcm { left: l, right: r }, &mut out)
+            .map_err(encode_failed)?;
+    }
+    out.reserve(mp3lame_encoder::max_required_buffer_size(0));
+    encoder
+        .flush_to_vec::<FlushGap>(&mut out)
+        .map_err(encode_failed)?;
+
+    // LAME wrote a placeholder frame first; now that the totals are known, fill it in.
+    let mut tag = Vec::with_capacity(encoder.lame_tag_size());
+    if encoder.lame_tag_encode_to_vec(&mut tag).is_some() && tag.len() <= out.len() {
+        out[..tag.len()].copy_from_slice(&tag);
+    }
+    Ok(out)
+}
+
+/// An MP3 holding no audio: a single Layer III frame carrying an "Info" tag that declares zero
+/// frames (what LAME writes at the head of every CBR file), at the MPEG rate closest to `rate`.
+fn empty_mp3(rate: u32) -> Vec<u8> {
+    // (sample rate, header byte 1 = sync + version + layer III + no CRC, rate index,
+    //  bytes per frame per kbit/s per Hz, side-information length for stereo)
+    const RATES: [(u32, u8, u8, u32, usize); 9] = [
+        (44_100, 0xFB, 0, 144_000, 32),
+        (48_000, 0xFB, 1, 144_000, 32),
+        (32_000, 0xFB, 2, 144_000, 32),
+        (22_050, 0xF3, 0, 72_000, 17),
+        (24_000, 0xF3, 1, 72_000, 17),
+        (16_000, 0xF3, 2, 72_000, 17),
+        (11_025, 0xE3, 0, 72_000, 17),
+        (12_000, 0xE3, 1, 72_000, 17),
+        (8_000, 0xE3, 2, 72_000, 17),
+    ];
+    // Bitrate index 14: 320 kbit/s for MPEG-1, 160 kbit/s for MPEG-2 and 2.5.
+    const BITRATE_INDEX: u8 = 14;
+    let (sample_rate, version, rate_index, scale, side_info) = RATES
+        .into_iter()
+        .min_by_key(|(r, ..)| r.abs_diff(rate))
+        .unwrap_or(RATES[0]);
+    let kbps = if version == 0xFB { 320 } else { 160 };
+    let frame_len = (scale * kbps / sample_rate) as usize;
+    let mut frame = vec![0u8; frame_len];
+    // Joint stereo, original media: what LAME writes.
+    frame[..4].copy_from_slice(&[0xFF, version, BITRATE_INDEX << 4 | rate_index << 2, 0x44]);
+    let tag = 4 + side_info;
+    frame[tag..tag + 4].copy_from_slice(b"Info");
+    frame[tag + 4..tag + 8].copy_from_slice(&1u32.to_be_bytes()); // flags: frame count present
+    frame[tag + 8..tag + 12].copy_from_slice(&0u32.to_be_bytes()); // zero frames
+    frame
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_names_round_trip() {
+        for format in Format::ALL {
+            assert_eq!(Format::parse(format.as_str()), Some(format));
+        }
+        assert_eq!(Format::parse("WAV16"), Some(Format::Wav16));
+        assert_eq!(Format::parse("ogg"), None);
+        assert_eq!(Format::Mp3.content_type(), "audio/mpeg");
+        assert_eq!(Format::Wav32f.extension(), "wav");
+    }
+
+    #[test]
+    fn quantisation_rounds_and_clips() {
+        assert_eq!(to_i16(0.0), 0);
+        assert_eq!(to_i16(1.0), 32_767);
+        assert_eq!(to_i16(2.0), 32_767);
+        assert_eq!(to_i16(-1.0), -32_768);
+        assert_eq!(to_i16(-7.0), -32_768);
+        assert_eq!(to_i16(0.4 / 32_768.0), 0);
+        assert_eq!(to_i16(0.6 / 32_768.0), 1);
+        assert_eq!(to_i16(f32::NAN), 0);
+    }
+
+    #[test]
+    fn zero_length_input_gives_valid_files() {
+        for format in Format::ALL {
+            let bytes = encode(&[], &[], 44_100, format).unwrap();
+            assert!(!bytes.is_empty(), "{format}");
+        }
+        let (stereo, rate) = read_wav(&encode(&[], &[], 44_100, Format::Wav32f).unwrap()).unwrap();
+        assert_eq!((stereo.frames(), rate), (0, 44_100));
+    }
+
+    #[test]
+    fn mismatched_lengths_are_rejected() {
+        assert!(matches!(
+            encode(&[0.0], &[], 44_100, Format::Wav16),
+            Err(AudioError::Encode(_))
+        ));
+    }
+
+    #[test]
+    fn read_wav_rejects_other_layouts() {
+        assert!(matches!(
+            read_wav(b"not a wav"),
+            Err(AudioError::Corrupt(_))
+        ));
+        // A mono 16-bit WAV written by hound.
+        let mut bytes = Cursor::new(Vec::new());
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 44_100,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut writer = hound::WavWriter::new(&mut bytes, spec).unwrap();
+        writer.write_sample(0i16).unwrap();
+        writer.finalize().unwrap();
+        assert!(matches!(
+            read_wav(bytes.get_ref()),
+            Err(AudioError::Corrupt(_))
+        ));
+    }
+}

@@ -1,0 +1,115 @@
+//! Messages on the work and event subjects (CBOR, see [`crate::encode`]).
+
+use serde::{Deserialize, Serialize};
+
+use crate::records::MusicState;
+use crate::{JobId, MusicId, SegmentPlan, TrackId};
+
+/// [`crate::subjects::MUSIC_UPLOADED`]: a song's original is stored and its record written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MusicUploaded {
+    /// The song.
+    pub music_id: MusicId,
+}
+
+/// [`crate::subjects::SEGMENT_TODO`]: separate one segment.
+///
+/// The input window is in the object store at [`crate::objects::segment_input`]. Segments of one
+/// song are released `window` at a time: the worker that finishes segment `k` releases
+/// `k + window`, so many songs share the workers fairly instead of queueing one behind another.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentWork {
+    /// The song.
+    pub music_id: MusicId,
+    /// The job record of this segment.
+    pub job_id: JobId,
+    /// Segment index in the plan.
+    pub index: u32,
+    /// The song's segment plan.
+    pub plan: SegmentPlan,
+    /// Segments of this song in the queue at once.
+    pub window: u32,
+    /// Fingerprint of the model the plan was made for: a worker running another model refuses.
+    pub model: String,
+}
+
+impl SegmentWork {
+    /// The work item that finishing this one releases, if any.
+    pub fn successor(&self) -> Option<SegmentWork> {
+        let index = self.index.checked_add(self.window)?;
+        self.plan.segment(index)?;
+        Some(SegmentWork {
+            job_id: JobId::of(self.music_id, index),
+            index,
+            ..self.clone()
+        })
+    }
+
+    /// The JetStream message id that makes a repeated publish of this item a no-op.
+    pub fn msg_id(&self) -> String {
+        format!("seg-{}-{}", self.music_id, self.index)
+    }
+}
+
+/// [`crate::subjects::SEGMENT_DONE`]: the stems of one segment are in the object store at
+/// [`crate::objects::segment_stems`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentDone {
+    /// The song.
+    pub music_id: MusicId,
+    /// Segment index in the plan.
+    pub index: u32,
+    /// The job that produced it.
+    pub job_id: JobId,
+}
+
+/// [`crate::subjects::MIX_REQUESTED`]: mix these tracks of a song.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MixRequest {
+    /// The song.
+    pub music_id: MusicId,
+    /// The chosen tracks (checked against the song by the gateway).
+    pub tracks: Vec<TrackId>,
+}
+
+/// `dme.event.<music_id>`: a song's state or progress changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProgressEvent {
+    /// The song.
+    pub music_id: MusicId,
+    /// Its state now.
+    pub state: MusicState,
+    /// 0-100.
+    pub progress: u8,
+    /// Segments separated so far, out of `segments`.
+    pub segments_done: u32,
+    /// Segments in the song's plan (0 until the splitter has cut it).
+    pub segments: u32,
+    /// Why it failed, when it did.
+    pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn successors_chain_through_the_plan() {
+        let plan = SegmentPlan::new(100, 40, true); // 4 segments
+        let first = SegmentWork {
+            music_id: MusicId(7),
+            job_id: JobId::of(MusicId(7), 1),
+            index: 1,
+            plan,
+            window: 2,
+            model: "m".into(),
+        };
+        let next = first.successor().unwrap();
+        assert_eq!(next.index, 3);
+        assert_eq!(next.job_id, JobId::of(MusicId(7), 3));
+        assert!(next.successor().is_none());
+        let bytes = crate::encode(&first);
+        assert_eq!(crate::decode::<SegmentWork>(&bytes).unwrap(), first);
+        assert!(crate::decode::<SegmentWork>(b"\xff\x00garbage").is_err());
+    }
+}

@@ -1,0 +1,207 @@
+//! What the KV buckets hold (CBOR, see [`crate::encode`]).
+
+use serde::{Deserialize, Serialize};
+
+use crate::{JobId, MusicId, SegmentPlan, TrackId};
+
+/// Where a song is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MusicState {
+    /// Stored, waiting for the splitter.
+    Queued,
+    /// Segments are being separated.
+    Separating,
+    /// Stems are being assembled or a selection mixed.
+    Mixing,
+    /// Stems (and the latest selection's mix, if any) are ready.
+    Done,
+    /// Gave up; `error` says why.
+    Failed,
+}
+
+impl MusicState {
+    /// Lower-case name, as in the HTTP API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MusicState::Queued => "queued",
+            MusicState::Separating => "separating",
+            MusicState::Mixing => "mixing",
+            MusicState::Done => "done",
+            MusicState::Failed => "failed",
+        }
+    }
+}
+
+/// One stem track of a song.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackRecord {
+    /// Stem name from the model (`drums`, `bass`, ...).
+    pub name: String,
+    /// Its id.
+    pub track_id: TrackId,
+}
+
+impl TrackRecord {
+    /// The tracks of `music` for a model with these `sources`, with stable ids.
+    pub fn for_sources(music: MusicId, sources: &[String]) -> Vec<TrackRecord> {
+        sources
+            .iter()
+            .map(|name| TrackRecord {
+                name: name.clone(),
+                track_id: TrackId::of(music, name),
+            })
+            .collect()
+    }
+}
+
+/// A selection of tracks and its mix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MixRecord {
+    /// [`crate::objects::selection_key`] of the selection.
+    pub key: String,
+    /// The tracks, as chosen.
+    pub tracks: Vec<TrackId>,
+    /// True once the mix object is written.
+    pub ready: bool,
+}
+
+/// A song: what the gateway answers for `GET /music/{id}`, and the progress of its processing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MusicRecord {
+    /// Its id (from the content hash).
+    pub music_id: MusicId,
+    /// blake3 of the file, hex: tells a real duplicate from an id collision.
+    pub content_hash: String,
+    /// Title from the tags, else the file name without extension.
+    pub name: String,
+    /// Artist from the tags, else empty.
+    pub band: String,
+    /// File name as uploaded (sanitised), may be empty.
+    pub file_name: String,
+    /// Bytes of the original.
+    pub size: u64,
+    /// Codec short name.
+    pub codec: String,
+    /// Source sample rate.
+    pub sample_rate: u32,
+    /// Source channels.
+    pub channels: u16,
+    /// Duration in seconds.
+    pub duration_s: f64,
+    /// The stems this song is separated into.
+    pub tracks: Vec<TrackRecord>,
+    /// Fingerprint of the model the tracks come from.
+    pub model: String,
+    /// Upload time, ms since the epoch.
+    pub created_ms: u64,
+    /// Last change, ms since the epoch.
+    pub updated_ms: u64,
+    /// State.
+    pub state: MusicState,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The segment plan, once the splitter has cut the song.
+    pub plan: Option<SegmentPlan>,
+    /// Which segments are separated (index → done); empty until cut.
+    pub separated: Vec<bool>,
+    /// True once every stem track is assembled.
+    pub tracks_ready: bool,
+    /// Mixes asked for, latest last.
+    pub mixes: Vec<MixRecord>,
+}
+
+impl MusicRecord {
+    /// Segments separated so far.
+    pub fn segments_done(&self) -> u32 {
+        self.separated.iter().filter(|d| **d).count() as u32
+    }
+
+    /// 0-100: the share of segments separated; 100 only once the stems are assembled and the
+    /// latest selection (if any) is mixed, so a client that sees 100 finds every link.
+    pub fn progress(&self) -> u8 {
+        if self.tracks_ready && self.mixes.last().is_none_or(|m| m.ready) {
+            return 100;
+        }
+        if self.separated.is_empty() {
+            return 0;
+        }
+        let pct = 100 * self.segments_done() as u64 / self.separated.len() as u64;
+        pct.min(99) as u8
+    }
+
+    /// The latest selection, if any.
+    pub fn latest_mix(&self) -> Option<&MixRecord> {
+        self.mixes.last()
+    }
+
+    /// Index of the track in this song's track list.
+    pub fn stem_index(&self, track: TrackId) -> Option<usize> {
+        self.tracks.iter().position(|t| t.track_id == track)
+    }
+}
+
+/// Where one segment's separation is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// In the queue (or waiting for its turn in the song's window).
+    Queued,
+    /// A worker has it.
+    Running,
+    /// Stems stored.
+    Done,
+    /// Given up.
+    Failed,
+}
+
+/// One segment's separation: what `GET /job/{id}` answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// Its id.
+    pub job_id: JobId,
+    /// The song.
+    pub music_id: MusicId,
+    /// Segment index.
+    pub index: u32,
+    /// First sample of the segment in the song.
+    pub offset: u64,
+    /// Samples in the segment.
+    pub len: u32,
+    /// Bytes of the model input.
+    pub size: u64,
+    /// State.
+    pub state: JobState,
+    /// Worker that ran (or runs) it.
+    pub worker: Option<String>,
+    /// Deliveries so far.
+    pub attempts: u32,
+    /// Milliseconds of inference of the successful attempt.
+    pub time_ms: u64,
+    /// The tracks this job produces stems for.
+    pub tracks: Vec<TrackId>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Created, ms since the epoch.
+    pub created_ms: u64,
+    /// Last change, ms since the epoch.
+    pub updated_ms: u64,
+}
+
+/// The model the separators run, registered by each separator at start-up. The gateway reads it
+/// to answer an upload with the model's stems, the splitter to cut songs to its segment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// Short name (from the model's metadata, else its file name).
+    pub name: String,
+    /// blake3 of the model file, hex, first 16 characters.
+    pub fingerprint: String,
+    /// Stem names, in output order.
+    pub sources: Vec<String>,
+    /// Segment length in samples.
+    pub segment: u32,
+    /// True when the model takes exactly `segment` samples.
+    pub fixed: bool,
+    /// Sample rate the model runs at.
+    pub sample_rate: u32,
+}

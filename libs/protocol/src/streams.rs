@@ -1,0 +1,132 @@
+//! Stream, consumer and bucket definitions. Every service declares what it uses at start-up with
+//! `get_or_create_*`, so the order in which services start does not matter.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{consumer, kv, object_store, stream};
+
+use crate::subjects;
+
+/// The work-queue stream: uploads to split, segments to separate, separated segments to
+/// assemble, mixes to make. Each message is removed once its one consumer acks it.
+pub const WORK_STREAM: &str = "DME_WORK";
+/// Progress events, kept for a while so a late subscriber (a web page) can catch up.
+pub const EVENT_STREAM: &str = "DME_EVENTS";
+
+/// Durable consumer of [`subjects::MUSIC_UPLOADED`].
+pub const SPLITTER_CONSUMER: &str = "splitter";
+/// Durable consumer of [`subjects::SEGMENT_TODO`], shared by every separator worker.
+pub const SEPARATOR_CONSUMER: &str = "separator";
+/// Durable consumer of [`subjects::SEGMENT_DONE`].
+pub const ASSEMBLER_CONSUMER: &str = "mixer-assemble";
+/// Durable consumer of [`subjects::MIX_REQUESTED`].
+pub const MIX_CONSUMER: &str = "mixer-mix";
+
+/// KV bucket of music records, keyed by music id.
+pub const MUSIC_BUCKET: &str = "dme-music";
+/// KV bucket of job (segment) records, keyed by job id.
+pub const JOB_BUCKET: &str = "dme-jobs";
+/// KV bucket of system-wide facts, such as the registered model ([`MODEL_KEY`]).
+pub const SYSTEM_BUCKET: &str = "dme-system";
+/// Key of the [`crate::records::ModelInfo`] in [`SYSTEM_BUCKET`].
+pub const MODEL_KEY: &str = "model";
+/// Object store of originals, segments, stems, tracks and mixes.
+pub const FILE_BUCKET: &str = "dme-files";
+
+/// How long JetStream remembers a message id to drop a duplicate publish: long enough to cover
+/// a worker that re-publishes after a redelivery (ack wait × max deliveries).
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// How long progress events are kept.
+pub const EVENT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// The work stream.
+pub fn work_stream() -> stream::Config {
+    stream::Config {
+        name: WORK_STREAM.to_string(),
+        description: Some("dme work queue: uploads, segments, separated segments, mixes".into()),
+        subjects: vec![subjects::WORK_ALL.to_string()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        duplicate_window: DUPLICATE_WINDOW,
+        ..Default::default()
+    }
+}
+
+/// The event stream.
+pub fn event_stream() -> stream::Config {
+    stream::Config {
+        name: EVENT_STREAM.to_string(),
+        description: Some("dme progress events, one subject per song".into()),
+        subjects: vec![subjects::EVENT_ALL.to_string()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        max_age: EVENT_MAX_AGE,
+        max_messages_per_subject: 64,
+        ..Default::default()
+    }
+}
+
+/// Redelivery settings of a work consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Redelivery {
+    /// How long a delivered message may stay unacked before JetStream gives it to another
+    /// worker. Workers send in-progress acks well within it while they work.
+    pub ack_wait: Duration,
+    /// Deliveries before a message is given up (a poison message).
+    pub max_deliver: i64,
+    /// Messages delivered and not yet acked, over all workers of the consumer.
+    pub max_ack_pending: i64,
+}
+
+impl Redelivery {
+    /// Separators: a short ack wait so a killed worker's segment is redone quickly (in-progress
+    /// acks every third of it keep a slow but alive worker's segment); five deliveries, since a
+    /// segment that kills five workers is poison.
+    pub const SEPARATOR: Redelivery = Redelivery {
+        ack_wait: Duration::from_secs(10),
+        max_deliver: 5,
+        max_ack_pending: 10_000,
+    };
+    /// Splitter, assembler and mixer: decoding or assembling a long song takes a while, and
+    /// they also send in-progress acks.
+    pub const PIPELINE: Redelivery = Redelivery {
+        ack_wait: Duration::from_secs(30),
+        max_deliver: 10,
+        max_ack_pending: 1_000,
+    };
+}
+
+/// A durable pull consumer of the work stream filtered on `subject`.
+pub fn work_consumer(name: &str, subject: &str, r: Redelivery) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(name.to_string()),
+        description: Some(format!("dme {name}: {subject}")),
+        filter_subject: subject.to_string(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: r.ack_wait,
+        max_deliver: r.max_deliver,
+        max_ack_pending: r.max_ack_pending,
+        ..Default::default()
+    }
+}
+
+/// A KV bucket keeping only the latest value of each key.
+pub fn kv_bucket(name: &str) -> kv::Config {
+    kv::Config {
+        bucket: name.to_string(),
+        history: 1,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    }
+}
+
+/// The object store.
+pub fn file_bucket() -> object_store::Config {
+    object_store::Config {
+        bucket: FILE_BUCKET.to_string(),
+        description: Some("dme files: originals, segments, stems, tracks, mixes".into()),
+        storage: stream::StorageType::File,
+        ..Default::default()
+    }
+}

@@ -1,0 +1,313 @@
+//! Segment geometry of demucs' `apply_model` (shifts 0, overlap 0.25, triangular weights,
+//! centred padding of a short last segment), as spelled out in `shared/reference/segmenting.md`.
+//!
+//! Consumes: a song length in samples and a model's segment length. Produces: a [`SegmentPlan`]
+//! (where each segment starts, how long it is, which window the model sees) and a streaming
+//! [`Blender`] that puts separated segments back together. Guarantees: the splitter, the mixer and
+//! the single-process reference all use this one implementation, so a song separated by many
+//! workers equals, within float rounding of the blend order, a song separated in one process.
+
+use std::ops::Range;
+
+/// Overlap between consecutive segments, as a fraction of the segment: demucs' default, which the
+/// reference geometry fixes (`overlap=0.25`).
+pub const OVERLAP: f64 = 0.25;
+
+/// Segment length of htdemucs (`int(44100 * 7.8)`), used when a dynamic-length model declares none.
+pub const DEFAULT_SEGMENT_SAMPLES: u32 = 343_980;
+
+/// Where the segments of one song lie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SegmentPlan {
+    /// Song length in samples per channel (`L`).
+    pub frames: u64,
+    /// Model segment in samples (`seg`).
+    pub segment: u32,
+    /// Distance between segment starts: `int((1 - overlap) * seg)`.
+    pub stride: u32,
+    /// True when the model takes exactly `segment` samples (short segments are padded, centred).
+    pub fixed: bool,
+}
+
+/// One segment of a [`SegmentPlan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    /// Index in the plan, from 0.
+    pub index: u32,
+    /// First sample of the segment in the song.
+    pub offset: u64,
+    /// Samples the segment covers (`n = min(seg, L - offset)`).
+    pub len: u32,
+    /// First sample (may be negative) of the window the model sees.
+    pub window_start: i64,
+    /// Samples in the window the model sees (`seg` for a fixed model, else `len`).
+    pub window_len: u32,
+}
+
+impl Segment {
+    /// Offset of the segment's samples inside the model's output window.
+    pub fn crop_start(&self) -> usize {
+        (self.offset as i64 - self.window_start) as usize
+    }
+
+    /// The song samples this segment covers.
+    pub fn range(&self) -> Range<u64> {
+        self.offset..self.offset + self.len as u64
+    }
+}
+
+impl SegmentPlan {
+    /// The plan for a song of `frames` samples and a model segment of `segment` samples.
+    ///
+    /// # Panics
+    /// When `segment` is below 4 (the stride would be 0); models are validated before this.
+    pub fn new(frames: u64, segment: u32, fixed: bool) -> Self {
+        assert!(segment >= 4, "segment must be at least 4 samples");
+        let stride = ((1.0 - OVERLAP) * segment as f64) as u32;
+        Self {
+            frames,
+            segment,
+            stride,
+            fixed,
+        }
+    }
+
+    /// Number of segments: offsets `0, stride, ...` while `offset < L`.
+    pub fn count(&self) -> u32 {
+        self.frames.div_ceil(self.stride as u64) as u32
+    }
+
+    /// Segment `index`, or `None` past the end.
+    pub fn segment(&self, index: u32) -> Option<Segment> {
+        let offset = index as u64 * self.stride as u64;
+        if offset >= self.frames {
+            return None;
+        }
+        let len = (self.frames - offset).min(self.segment as u64) as u32;
+        let (window_start, window_len) = if self.fixed {
+            let pad = (self.segment - len) / 2;
+            (offset as i64 - pad as i64, self.segment)
+        } else {
+            (offset as i64, len)
+        };
+        Some(Segment {
+            index,
+            offset,
+            len,
+            window_start,
+            window_len,
+        })
+    }
+
+    /// All segments in offset order.
+    pub fn segments(&self) -> impl Iterator<Item = Segment> + '_ {
+        (0..self.count()).filter_map(|k| self.segment(k))
+    }
+
+    /// The triangular weight of sample `i` of a segment: `(i + 1) / m` rising, `(seg - i) / m`
+    /// falling, with `m = seg / 2`.
+    pub fn weight(&self, i: usize) -> f32 {
+        let seg = self.segment as usize;
+        let m = (seg / 2) as f32;
+        if i < seg / 2 {
+            (i + 1) as f32 / m
+        } else {
+            (seg - i) as f32 / m
+        }
+    }
+
+    /// The weights of the first `len` samples of a segment.
+    pub fn weights(&self, len: usize) -> Vec<f32> {
+        (0..len).map(|i| self.weight(i)).collect()
+    }
+}
+
+/// Copies the model window of `seg` out of a song held in memory (`channels` planar buffers of
+/// `plan.frames` samples), zero outside the song. Used by the reference path and tests; the
+/// splitter builds windows while streaming.
+pub fn window_of(channels: &[&[f32]], seg: &Segment) -> Vec<Vec<f32>> {
+    channels
+        .iter()
+        .map(|ch| {
+            (0..seg.window_len as i64)
+                .map(|i| {
+                    let t = seg.window_start + i;
+                    if t >= 0 && (t as usize) < ch.len() {
+                        ch[t as usize]
+                    } else {
+                        0.0
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Puts separated segments back together in offset order with bounded memory: only the region
+/// still open to a later segment stays in memory; everything before the next segment's offset is
+/// final and is handed out by [`Blender::push`].
+///
+/// Each segment's samples are laid out as `lanes` planar buffers (stems × channels) of the
+/// segment's `len` samples. The sum of weighted samples and the sum of weights are kept in f32,
+/// added in offset order exactly as the reference does.
+pub struct Blender {
+    plan: SegmentPlan,
+    lanes: usize,
+    next: u32,
+    /// Song sample at which `acc[_][0]` lies.
+    base: u64,
+    acc: Vec<Vec<f32>>,
+    sum_w: Vec<f32>,
+}
+
+impl Blender {
+    /// A blender for `lanes` planar outputs (e.g. 4 stems × 2 channels = 8).
+    pub fn new(plan: SegmentPlan, lanes: usize) -> Self {
+        Self {
+            plan,
+            lanes,
+            next: 0,
+            base: 0,
+            acc: vec![Vec::new(); lanes],
+            sum_w: Vec::new(),
+        }
+    }
+
+    /// Index of the segment the blender expects next.
+    pub fn next_index(&self) -> u32 {
+        self.next
+    }
+
+    /// Adds segment `index` (which must be the next one) and returns the samples that are now
+    /// final, per lane, starting at song sample `base` (the second value).
+    ///
+    /// # Panics
+    /// When segments come out of order or with the wrong shape: callers feed them in order.
+    pub fn push(&mut self, index: u32, lanes: &[&[f32]]) -> (Vec<Vec<f32>>, u64) {
+        assert_eq!(index, self.next, "segments must be pushed in offset order");
+        let seg = self
+            .plan
+            .segment(index)
+            .expect("segment index inside the plan");
+        assert_eq!(lanes.len(), self.lanes);
+        let n = seg.len as usize;
+        let start = (seg.offset - self.base) as usize;
+        let end = start + n;
+        if self.sum_w.len() < end {
+            self.sum_w.resize(end, 0.0);
+            for acc in &mut self.acc {
+                acc.resize(end, 0.0);
+            }
+        }
+        for i in 0..n {
+            self.sum_w[start + i] += self.plan.weight(i);
+        }
+        for (acc, lane) in self.acc.iter_mut().zip(lanes) {
+            assert_eq!(lane.len(), n, "lane length must equal the segment length");
+            for i in 0..n {
+                acc[start + i] += self.plan.weight(i) * lane[i];
+            }
+        }
+        self.next += 1;
+        // Everything before the next segment's offset is final.
+        let final_until = match self.plan.segment(self.next) {
+            Some(next) => (next.offset - self.base) as usize,
+            None => self.sum_w.len(),
+        };
+        let out_base = self.base;
+        let w: Vec<f32> = self.sum_w.drain(..final_until).collect();
+        let out = self
+            .acc
+            .iter_mut()
+            .map(|acc| {
+                acc.drain(..final_until)
+                    .zip(&w)
+                    .map(|(a, w)| a / w)
+                    .collect()
+            })
+            .collect();
+        self.base += final_until as u64;
+        (out, out_base)
+    }
+
+    /// True once every segment of the plan has been pushed.
+    pub fn is_finished(&self) -> bool {
+        self.next >= self.plan.count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn htdemucs_geometry() {
+        let plan = SegmentPlan::new(1_000_000, DEFAULT_SEGMENT_SAMPLES, true);
+        assert_eq!(plan.stride, 257_985);
+        assert_eq!(plan.count(), 4);
+        let last = plan.segment(3).unwrap();
+        assert_eq!(last.offset, 3 * 257_985);
+        assert_eq!(last.len as u64, 1_000_000 - 3 * 257_985);
+        assert_eq!(last.window_len, DEFAULT_SEGMENT_SAMPLES);
+        assert_eq!(
+            last.window_start,
+            last.offset as i64 - ((DEFAULT_SEGMENT_SAMPLES - last.len) / 2) as i64
+        );
+        assert!(plan.segment(4).is_none());
+    }
+
+    #[test]
+    fn short_song_one_segment_centred() {
+        let plan = SegmentPlan::new(100, 40, true);
+        // stride 30: offsets 0, 30, 60, 90
+        assert_eq!(plan.count(), 4);
+        let s = plan.segment(3).unwrap();
+        assert_eq!((s.offset, s.len), (90, 10));
+        assert_eq!(s.window_start, 90 - 15);
+        assert_eq!(s.crop_start(), 15);
+        let dynamic = SegmentPlan::new(100, 40, false);
+        let s = dynamic.segment(3).unwrap();
+        assert_eq!((s.window_start, s.window_len), (90, 10));
+    }
+
+    #[test]
+    fn weights_are_a_full_triangle() {
+        let plan = SegmentPlan::new(10, 8, false);
+        let w = plan.weights(8);
+        assert_eq!(w, vec![0.25, 0.5, 0.75, 1.0, 1.0, 0.75, 0.5, 0.25]);
+    }
+
+    #[test]
+    fn blender_reproduces_a_constant_signal() {
+        for frames in [1u64, 39, 40, 41, 100, 121, 1000] {
+            let plan = SegmentPlan::new(frames, 40, true);
+            let mut blender = Blender::new(plan, 2);
+            let mut out = [Vec::new(), Vec::new()];
+            for seg in plan.segments() {
+                let a = vec![1.5f32; seg.len as usize];
+                let b = vec![-2.0f32; seg.len as usize];
+                let (done, base) = blender.push(seg.index, &[&a, &b]);
+                assert_eq!(base as usize, out[0].len());
+                for (o, d) in out.iter_mut().zip(done) {
+                    o.extend(d);
+                }
+            }
+            assert!(blender.is_finished());
+            assert_eq!(out[0].len() as u64, frames);
+            assert!(out[0].iter().all(|v| (v - 1.5).abs() < 1e-6));
+            assert!(out[1].iter().all(|v| (v + 2.0).abs() < 1e-6));
+        }
+    }
+
+    #[test]
+    fn window_pads_with_zeros_only_outside_the_song() {
+        let song: Vec<f32> = (0..100).map(|i| i as f32).collect();
+        let plan = SegmentPlan::new(100, 40, true);
+        let seg = plan.segment(3).unwrap();
+        let w = window_of(&[&song], &seg);
+        assert_eq!(w[0].len(), 40);
+        assert_eq!(w[0][0], 75.0);
+        assert_eq!(w[0][24], 99.0);
+        assert_eq!(w[0][25], 0.0);
+    }
+}

@@ -1,0 +1,40 @@
+//! Gateway settings: flags with `DME_*` environment equivalents.
+
+use std::path::PathBuf;
+
+/// Largest upload accepted by default: 200 MB holds about 2.3 hours of 192 kbit/s MP3 or 19
+/// minutes of CD-quality WAV.
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 200_000_000;
+/// Longest song accepted by default (seconds): 3 hours, beyond any album side or DJ set most
+/// users separate; storage per song grows linearly with it.
+pub const DEFAULT_MAX_DURATION_S: f64 = 3.0 * 3600.0;
+
+/// The HTTP gateway.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GatewayConfig {
+    /// NATS server.
+    #[arg(long, env = "DME_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Address to serve HTTP on (port 0 picks a free port).
+    #[arg(long, env = "DME_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: String,
+    /// Base of the links in answers (e.g. `https://dme.example.com`); taken from each request's
+    /// Host header when absent.
+    #[arg(long, env = "DME_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Largest upload in bytes (larger ones get 413).
+    #[arg(long, env = "DME_MAX_UPLOAD_BYTES", default_value_t = DEFAULT_MAX_UPLOAD_BYTES)]
+    pub max_upload_bytes: u64,
+    /// Longest song in seconds (longer ones get 413).
+    #[arg(long, env = "DME_MAX_DURATION_S", default_value_t = DEFAULT_MAX_DURATION_S)]
+    pub max_duration_s: f64,
+    /// Folder uploads are spooled to while they arrive (the system's temporary folder when absent).
+    #[arg(long, env = "DME_SPOOL_DIR")]
+    pub spool_dir: Option<PathBuf>,
+    /// HTTP worker threads.
+    #[arg(long, env = "DME_HTTP_WORKERS", default_value_t = 2)]
+    pub http_workers: usize,
+    /// Seconds to keep trying to reach NATS at start-up.
+    #[arg(long, env = "DME_CONNECT_TIMEOUT_S", default_value_t = 60)]
+    pub connect_timeout_s: u64,
+}

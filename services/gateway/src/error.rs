@@ -1,0 +1,67 @@
+//! The gateway's one error type: every failure becomes a JSON `{"error": "..."}` with a status
+//! that says whose fault it is.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+
+/// What went wrong with a request.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed request (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// No such music, job or file (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// A track id that is not one of the song's (405, as the API contract says).
+    #[error("{0}")]
+    TrackNotFound(String),
+    /// Same id, different content (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// Upload over the size or duration limit (413).
+    #[error("{0}")]
+    TooLarge(String),
+    /// Not audio, or a codec we cannot decode (415).
+    #[error("{0}")]
+    Unsupported(String),
+    /// A byte range outside the file (416).
+    #[error("{0}")]
+    RangeNotSatisfiable(String),
+    /// No separator has registered a model yet (503).
+    #[error("{0}")]
+    Unavailable(String),
+    /// Our fault (500): the cause is logged, the client sees an opaque message.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl From<dme_storage::StoreError> for ApiError {
+    fn from(e: dme_storage::StoreError) -> Self {
+        ApiError::Internal(e.into())
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::TrackNotFound(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let ApiError::Internal(cause) = self {
+            tracing::error!(error = ?cause, "request failed");
+        }
+        HttpResponse::build(self.status_code())
+            .json(serde_json::json!({ "error": self.to_string() }))
+    }
+}

@@ -1,0 +1,55 @@
+//! Routes, one file per resource.
+
+mod files;
+mod jobs;
+mod music;
+mod system;
+
+use actix_web::{web, HttpRequest};
+
+use crate::{ApiError, AppState};
+
+/// Mounts every route.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/music")
+            .route(web::post().to(music::upload))
+            .route(web::get().to(music::list)),
+    )
+    .service(
+        web::resource("/music/{music_id}")
+            .route(web::get().to(music::progress))
+            .route(web::post().to(music::select)),
+    )
+    .route(
+        "/music/{music_id}/track/{track_id}",
+        web::get().to(files::track),
+    )
+    .route("/music/{music_id}/mix/{key}", web::get().to(files::mix))
+    .route("/job", web::get().to(jobs::list))
+    .route("/job/{job_id}", web::get().to(jobs::show))
+    .route("/reset", web::post().to(system::reset))
+    .route("/healthz", web::get().to(system::health))
+    .default_service(web::to(|| async {
+        Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such endpoint".into()))
+    }));
+}
+
+/// Parses an id from the path: a positive integer below 2^53.
+fn parse_id<T: std::str::FromStr>(raw: &str, what: &str) -> Result<T, ApiError> {
+    let ok = !raw.is_empty() && raw.len() <= 16 && raw.bytes().all(|b| b.is_ascii_digit());
+    ok.then(|| raw.parse().ok()).flatten().ok_or_else(|| {
+        ApiError::BadRequest(format!("malformed {what}: expected a positive integer"))
+    })
+}
+
+/// Base of absolute links: the configured public URL, else the request's scheme and host.
+fn base_url(req: &HttpRequest, state: &AppState) -> String {
+    match &state.config.public_url {
+        Some(url) => url.trim_end_matches('/').to_string(),
+        None => {
+            let info = req.connection_info();
+            format!("{}://{}", info.scheme(), info.host())
+        }
+    }
+}

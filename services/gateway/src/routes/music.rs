@@ -1,0 +1,338 @@
+//! `/music`: upload, list, progress and selection.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use dme_protocol::messages::{MixRequest, MusicUploaded};
+use dme_protocol::records::{MixRecord, MusicRecord, MusicState, TrackRecord};
+use dme_protocol::{now_ms, objects, subjects, MusicId, TrackId};
+use serde::Serialize;
+
+use super::{base_url, parse_id};
+use crate::upload;
+use crate::{ApiError, AppState};
+
+/// One track in an answer.
+#[derive(Serialize)]
+struct Track {
+    name: String,
+    track_id: TrackId,
+}
+
+/// api.yaml's `Musica`, extended with what the probe found and where processing is.
+#[derive(Serialize)]
+struct Music {
+    music_id: MusicId,
+    name: String,
+    band: String,
+    tracks: Vec<Track>,
+    duration_s: f64,
+    sample_rate: u32,
+    channels: u16,
+    codec: String,
+    size: u64,
+    state: &'static str,
+    progress: u8,
+}
+
+impl From<&MusicRecord> for Music {
+    fn from(r: &MusicRecord) -> Self {
+        Music {
+            music_id: r.music_id,
+            name: r.name.clone(),
+            band: r.band.clone(),
+            tracks: r
+                .tracks
+                .iter()
+                .map(|t| Track {
+                    name: t.name.clone(),
+                    track_id: t.track_id,
+                })
+                .collect(),
+            duration_s: r.duration_s,
+            sample_rate: r.sample_rate,
+            channels: r.channels,
+            codec: r.codec.clone(),
+            size: r.size,
+            state: r.state.as_str(),
+            progress: r.progress(),
+        }
+    }
+}
+
+/// An instrument link (api.yaml's `Instrument`).
+#[derive(Serialize)]
+struct Instrument {
+    name: String,
+    track: String,
+    track_id: TrackId,
+}
+
+/// api.yaml's `Progress`, extended.
+#[derive(Serialize)]
+struct Progress {
+    music_id: MusicId,
+    name: String,
+    band: String,
+    progress: u8,
+    state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    instruments: Vec<Instrument>,
+    #[serde(rename = "final", skip_serializing_if = "Option::is_none")]
+    final_mix: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    selection: Option<Vec<TrackId>>,
+    segments: u32,
+    segments_done: u32,
+    tracks: Vec<Track>,
+    duration_s: f64,
+}
+
+/// `POST /music`: store a song, answer its id and tracks; the same bytes again give the same id.
+pub async fn upload(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let spooled = upload::receive(&req, payload, &state).await?;
+    let music_id = MusicId::from_content_hash(&spooled.hash);
+    let hash = spooled.hash.to_hex().to_string();
+    if let Some(existing) = state.store.music(music_id).await? {
+        return existing_upload(&state, existing, &hash).await;
+    }
+    let probe = upload::probe(&spooled).await?;
+    if probe.duration_s > state.config.max_duration_s {
+        return Err(ApiError::TooLarge(format!(
+            "the song lasts {:.0} s; the limit is {:.0} s",
+            probe.duration_s, state.config.max_duration_s
+        )));
+    }
+    let model = state.store.model().await?.ok_or_else(|| {
+        ApiError::Unavailable(
+            "no separator has registered a model yet: start a separator and retry".into(),
+        )
+    })?;
+    let name = probe
+        .title
+        .clone()
+        .filter(|t| !t.trim().is_empty())
+        .or_else(|| {
+            std::path::Path::new(&spooled.file_name)
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .filter(|s| !s.is_empty())
+        })
+        .unwrap_or_else(|| "untitled".into());
+    let record = MusicRecord {
+        music_id,
+        content_hash: hash.clone(),
+        name: name.trim().to_string(),
+        band: probe.artist.clone().unwrap_or_default().trim().to_string(),
+        file_name: spooled.file_name.clone(),
+        size: spooled.size,
+        codec: probe.codec.clone(),
+        sample_rate: probe.sample_rate,
+        channels: probe.channels,
+        duration_s: probe.duration_s,
+        tracks: TrackRecord::for_sources(music_id, &model.sources),
+        model: model.fingerprint.clone(),
+        created_ms: now_ms(),
+        updated_ms: now_ms(),
+        state: MusicState::Queued,
+        error: None,
+        plan: None,
+        separated: Vec::new(),
+        tracks_ready: false,
+        mixes: Vec::new(),
+    };
+    let mut file = tokio::fs::File::open(&spooled.file)
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    state
+        .store
+        .put_object_from(&objects::original(music_id), &mut file)
+        .await?;
+    if !state.store.create_music(&record).await? {
+        // Another client uploaded the same bytes at the same moment.
+        let existing = state.store.music(music_id).await?.ok_or_else(|| {
+            ApiError::Internal(anyhow::anyhow!(
+                "record {music_id} vanished after a create race"
+            ))
+        })?;
+        return existing_upload(&state, existing, &hash).await;
+    }
+    publish_uploaded(&state, music_id).await?;
+    tracing::info!(%music_id, name = %record.name, size = record.size, codec = %record.codec, "song uploaded");
+    Ok(HttpResponse::Ok().json(Music::from(&record)))
+}
+
+async fn existing_upload(
+    state: &AppState,
+    existing: MusicRecord,
+    hash: &str,
+) -> Result<HttpResponse, ApiError> {
+    if existing.content_hash != hash {
+        return Err(ApiError::Conflict(format!(
+            "a different file already has id {}; this upload cannot be stored",
+            existing.music_id
+        )));
+    }
+    if existing.state == MusicState::Queued {
+        // The first upload's event may have been lost between the record and the publish.
+        publish_uploaded(state, existing.music_id).await?;
+    }
+    Ok(HttpResponse::Ok().json(Music::from(&existing)))
+}
+
+async fn publish_uploaded(state: &AppState, music_id: MusicId) -> Result<(), ApiError> {
+    state
+        .store
+        .publish(
+            subjects::MUSIC_UPLOADED,
+            &MusicUploaded { music_id },
+            Some(&format!("up-{music_id}")),
+        )
+        .await?;
+    Ok(())
+}
+
+/// `GET /music`: every song, oldest first.
+pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let mut records = state.store.list_music().await?;
+    records.sort_by_key(|r| (r.created_ms, r.music_id));
+    let out: Vec<Music> = records.iter().map(Music::from).collect();
+    Ok(HttpResponse::Ok().json(out))
+}
+
+async fn load(state: &AppState, raw: &str) -> Result<MusicRecord, ApiError> {
+    let id: MusicId = parse_id(raw, "music id")?;
+    state
+        .store
+        .music(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no music with id {id}")))
+}
+
+/// `GET /music/{id}`: progress, links to finished stems, and the mix link when it is ready.
+pub async fn progress(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let record = load(&state, &path).await?;
+    let base = base_url(&req, &state);
+    let instruments = if record.tracks_ready {
+        record
+            .tracks
+            .iter()
+            .map(|t| Instrument {
+                name: t.name.clone(),
+                track: format!("{base}/music/{}/track/{}", record.music_id, t.track_id),
+                track_id: t.track_id,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let latest = record.latest_mix();
+    let final_mix = latest
+        .filter(|m| m.ready)
+        .map(|m| format!("{base}/music/{}/mix/{}", record.music_id, m.key));
+    let body = Progress {
+        music_id: record.music_id,
+        name: record.name.clone(),
+        band: record.band.clone(),
+        progress: record.progress(),
+        state: record.state.as_str(),
+        error: record.error.clone(),
+        instruments,
+        final_mix,
+        selection: latest.map(|m| m.tracks.clone()),
+        segments: record.separated.len() as u32,
+        segments_done: record.segments_done(),
+        tracks: Music::from(&record).tracks,
+        duration_s: record.duration_s,
+    };
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// `POST /music/{id}` with a JSON array of track ids: mix those tracks. Answers at once;
+/// separation started at upload, and a selection already mixed is not mixed again.
+pub async fn select(
+    path: web::Path<String>,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let record = load(&state, &path).await?;
+    let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::BadRequest(format!("body must be a JSON array of track ids: {e}"))
+    })?;
+    let items = value
+        .as_array()
+        .ok_or_else(|| ApiError::BadRequest("body must be a JSON array of track ids".into()))?;
+    if items.is_empty() {
+        return Err(ApiError::BadRequest("choose at least one track".into()));
+    }
+    let mut tracks = Vec::with_capacity(items.len());
+    for item in items {
+        let id = item.as_u64().ok_or_else(|| {
+            ApiError::BadRequest(format!("track id {item} is not a positive integer"))
+        })?;
+        tracks.push(TrackId(id));
+    }
+    let mut indices = Vec::with_capacity(tracks.len());
+    for t in &tracks {
+        let i = record.stem_index(*t).ok_or_else(|| {
+            ApiError::TrackNotFound(format!("song {} has no track {t}", record.music_id))
+        })?;
+        indices.push(i);
+    }
+    let key = objects::selection_key(&indices);
+    let mut unique: Vec<TrackId> = Vec::new();
+    for t in tracks {
+        if !unique.contains(&t) {
+            unique.push(t);
+        }
+    }
+    let updated = state
+        .store
+        .update_music(record.music_id, |m| {
+            let existing = m.mixes.iter().position(|x| x.key == key);
+            let mix = match existing {
+                Some(i) => m.mixes.remove(i),
+                None => MixRecord {
+                    key: key.clone(),
+                    tracks: unique.clone(),
+                    ready: false,
+                },
+            };
+            if !mix.ready && m.tracks_ready && m.state == MusicState::Done {
+                m.state = MusicState::Mixing;
+            }
+            m.mixes.push(mix);
+            m.updated_ms = now_ms();
+            true
+        })
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no music with id {}", record.music_id)))?;
+    let ready = updated.latest_mix().is_some_and(|m| m.ready);
+    if !ready {
+        state
+            .store
+            .publish(
+                subjects::MIX_REQUESTED,
+                &MixRequest {
+                    music_id: updated.music_id,
+                    tracks: unique.clone(),
+                },
+                None,
+            )
+            .await?;
+    }
+    state.store.announce(&updated).await;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "music_id": updated.music_id,
+        "tracks": unique,
+        "state": updated.state.as_str(),
+        "progress": updated.progress(),
+    })))
+}

@@ -1,0 +1,187 @@
+//! Receiving an upload: spooled to a temporary file while it arrives (bounded memory), hashed
+//! with blake3 on the way, limited in size, then probed.
+
+use std::path::Path;
+
+use actix_web::{web, HttpRequest};
+use futures::{Stream, StreamExt};
+use tokio::io::AsyncWriteExt;
+
+use crate::{ApiError, AppState};
+
+/// An upload on disk.
+pub struct Spooled {
+    /// The temporary file (deleted on drop).
+    pub file: tempfile::TempPath,
+    /// Its blake3 hash.
+    pub hash: blake3::Hash,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The client's file name, sanitised (may be empty).
+    pub file_name: String,
+}
+
+/// Receives the body of `POST /music`: raw bytes (any content type but multipart) or the first
+/// file field of a `multipart/form-data` form.
+pub async fn receive(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<Spooled, ApiError> {
+    let multipart = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
+    if multipart {
+        let mut form = actix_multipart::Multipart::new(req.headers(), payload);
+        while let Some(field) = form.next().await {
+            let field = field
+                .map_err(|e| ApiError::BadRequest(format!("malformed multipart body: {e}")))?;
+            let cd = field.content_disposition().cloned();
+            let file_name = cd
+                .as_ref()
+                .and_then(|cd| cd.get_filename())
+                .map(sanitise_file_name);
+            let is_file = file_name.is_some()
+                || cd
+                    .as_ref()
+                    .and_then(|cd| cd.get_name())
+                    .is_some_and(|n| n == "file");
+            if !is_file {
+                continue; // a plain form field
+            }
+            let stream = field.map(|chunk| {
+                chunk.map_err(|e| ApiError::BadRequest(format!("upload interrupted: {e}")))
+            });
+            return spool(stream, file_name.unwrap_or_default(), state).await;
+        }
+        return Err(ApiError::BadRequest(
+            "multipart body has no file field".into(),
+        ));
+    }
+    let file_name = raw_file_name(req);
+    let stream = payload
+        .map(|chunk| chunk.map_err(|e| ApiError::BadRequest(format!("upload interrupted: {e}"))));
+    spool(stream, file_name, state).await
+}
+
+async fn spool<S>(mut body: S, file_name: String, state: &AppState) -> Result<Spooled, ApiError>
+where
+    S: Stream<Item = Result<web::Bytes, ApiError>> + Unpin,
+{
+    let temp = match &state.config.spool_dir {
+        Some(dir) => tempfile::NamedTempFile::new_in(dir),
+        None => tempfile::NamedTempFile::new(),
+    }
+    .map_err(|e| ApiError::Internal(e.into()))?;
+    let (std_file, path) = temp.into_parts();
+    let mut file = tokio::fs::File::from_std(std_file);
+    let mut hasher = blake3::Hasher::new();
+    let mut size = 0u64;
+    let limit = state.config.max_upload_bytes;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        size += chunk.len() as u64;
+        if size > limit {
+            return Err(ApiError::TooLarge(format!(
+                "upload exceeds the limit of {limit} bytes"
+            )));
+        }
+        hasher.update(&chunk);
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?;
+    }
+    file.flush()
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    if size == 0 {
+        return Err(ApiError::BadRequest(
+            "empty upload: send the audio file as the request body".into(),
+        ));
+    }
+    Ok(Spooled {
+        file: path,
+        hash: hasher.finalize(),
+        size,
+        file_name,
+    })
+}
+
+/// The file name of a raw upload: `?name=`, else `X-File-Name`, else a Content-Disposition
+/// filename.
+fn raw_file_name(req: &HttpRequest) -> String {
+    let from_query =
+        web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
+            .ok()
+            .and_then(|q| q.get("name").cloned());
+    let from_header = || {
+        req.headers()
+            .get("x-file-name")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let from_cd = || {
+        req.headers()
+            .get(actix_web::http::header::CONTENT_DISPOSITION)
+            .and_then(|v| actix_web::http::header::ContentDisposition::from_raw(v).ok())
+            .and_then(|cd| cd.get_filename().map(str::to_string))
+    };
+    from_query
+        .or_else(from_header)
+        .or_else(from_cd)
+        .map(|n| sanitise_file_name(&n))
+        .unwrap_or_default()
+}
+
+/// The last path component of a client-supplied name, without control characters, at most 200
+/// characters: never a path.
+pub fn sanitise_file_name(name: &str) -> String {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or("");
+    let clean: String = base.chars().filter(|c| !c.is_control()).take(200).collect();
+    let clean = clean.trim().trim_start_matches('.').to_string();
+    clean
+}
+
+/// The extension of a file name, lower-case, as a decoder hint.
+pub fn extension(name: &str) -> Option<String> {
+    Path::new(name)
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .filter(|e| e.len() <= 5)
+}
+
+/// Probes a spooled upload off the async executor.
+pub async fn probe(spooled: &Spooled) -> Result<dme_audio::Probe, ApiError> {
+    let path = spooled.file.to_path_buf();
+    let hint = extension(&spooled.file_name);
+    let probe = tokio::task::spawn_blocking(move || dme_audio::probe_path(&path, hint.as_deref()))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    use dme_audio::AudioError as A;
+    match probe {
+        Ok(p) if p.frames == 0 => Err(ApiError::Unsupported(
+            "the file holds no audio samples".into(),
+        )),
+        Ok(p) => Ok(p),
+        Err(A::Empty) => Err(ApiError::BadRequest("empty upload".into())),
+        Err(e @ (A::NotAudio(_) | A::UnsupportedCodec(_) | A::Corrupt(_) | A::NoSamples)) => {
+            Err(ApiError::Unsupported(e.to_string()))
+        }
+        Err(e) => Err(ApiError::Internal(e.into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_never_carry_paths() {
+        assert_eq!(sanitise_file_name("../../etc/passwd"), "passwd");
+        assert_eq!(sanitise_file_name("C:\\x\\song.mp3"), "song.mp3");
+        assert_eq!(sanitise_file_name("..hidden\u{0}.mp3"), "hidden.mp3");
+        assert_eq!(extension("a.MP3").as_deref(), Some("mp3"));
+    }
+}

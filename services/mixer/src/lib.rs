@@ -1,0 +1,365 @@
+//! The mixer: puts separated segments back together into one track per stem, and mixes the
+//! tracks a user selects.
+//!
+//! Consumes: [`subjects::SEGMENT_DONE`] (durable consumer [`streams::ASSEMBLER_CONSUMER`]) and
+//! [`subjects::MIX_REQUESTED`] (durable consumer [`streams::MIX_CONSUMER`]), the segment stems in
+//! the object store.
+//! Produces: each song's progress on its record (and a progress event per change), one float WAV
+//! per stem ([`objects::track`]) once every segment is in, and one float WAV per selection
+//! ([`objects::mix`]).
+//! Guarantees: idempotent: a segment reported twice counts once, in whatever order segments
+//! arrive; assembly blends segments in offset order with demucs' triangular weights
+//! ([`dme_segment::Blender`]), holding only two segments in memory, so a song separated by many
+//! workers equals the single-process result; an event is acked only after its effect is stored,
+//! so a mixer killed mid-assembly is replaced by a redelivery that assembles again.
+
+mod config;
+mod error;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use config::MixerConfig;
+use dme_audio::{Format, MODEL_SAMPLE_RATE};
+use dme_protocol::messages::{MixRequest, SegmentDone};
+use dme_protocol::records::{MusicRecord, MusicState};
+use dme_protocol::{now_ms, objects, streams, subjects, MusicId};
+use dme_segment::Blender;
+use dme_storage::work::{consume, Delivery, Verdict};
+use dme_storage::Store;
+pub use error::MixerError;
+use tokio_util::sync::CancellationToken;
+
+/// Delay before a failed assembly or mix is tried again.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+struct Mixer {
+    store: Store,
+    config: MixerConfig,
+    max_deliver: u32,
+}
+
+/// Assembles and mixes until `shutdown`.
+///
+/// # Errors
+/// When NATS cannot be reached at start-up.
+pub async fn run(config: MixerConfig, shutdown: CancellationToken) -> Result<(), MixerError> {
+    let store = Store::connect(
+        &config.nats_url,
+        "dme-mixer",
+        Duration::from_secs(config.connect_timeout_s),
+    )
+    .await?;
+    let redelivery = streams::Redelivery::PIPELINE;
+    let assembled = store
+        .work_consumer(
+            streams::ASSEMBLER_CONSUMER,
+            subjects::SEGMENT_DONE,
+            redelivery,
+        )
+        .await?;
+    let mixes = store
+        .work_consumer(streams::MIX_CONSUMER, subjects::MIX_REQUESTED, redelivery)
+        .await?;
+    let slots = config.slots;
+    let mixer = Arc::new(Mixer {
+        store,
+        config,
+        max_deliver: redelivery.max_deliver as u32,
+    });
+    tracing::info!("mixer ready");
+    let m1 = mixer.clone();
+    let assemble = consume(
+        assembled,
+        redelivery.ack_wait,
+        slots,
+        shutdown.clone(),
+        move |d| {
+            let m = m1.clone();
+            async move { m.on_segment_done(d).await }
+        },
+    );
+    let m2 = mixer.clone();
+    let mix = consume(mixes, redelivery.ack_wait, 2, shutdown, move |d| {
+        let m = m2.clone();
+        async move { m.on_mix_request(d).await }
+    });
+    tokio::join!(assemble, mix);
+    tracing::info!("mixer stopped");
+    Ok(())
+}
+
+impl Mixer {
+    fn verdict(&self, music: MusicId, attempt: u32, result: Result<(), String>) -> Verdict {
+        match result {
+            Ok(()) => Verdict::Ack,
+            Err(reason) if attempt < self.max_deliver => {
+                tracing::warn!(%music, attempt, reason, "will retry");
+                Verdict::Retry(RETRY_DELAY)
+            }
+            Err(reason) => Verdict::Term(reason),
+        }
+    }
+
+    async fn on_segment_done(&self, d: Delivery) -> Verdict {
+        let done: SegmentDone = match dme_protocol::decode(&d.message.payload) {
+            Ok(m) => m,
+            Err(e) => return Verdict::Term(e.to_string()),
+        };
+        let result = self.segment_done(&done).await;
+        if let Err(reason) = &result {
+            if d.attempt >= self.max_deliver {
+                self.fail(
+                    done.music_id,
+                    &format!("assembling the stems failed: {reason}"),
+                )
+                .await;
+            }
+        }
+        self.verdict(done.music_id, d.attempt, result)
+    }
+
+    async fn segment_done(&self, done: &SegmentDone) -> Result<(), String> {
+        let store = &self.store;
+        let index = done.index as usize;
+        let mut changed = false;
+        let record = store
+            .update_music(done.music_id, |m| {
+                changed = false;
+                match m.separated.get_mut(index) {
+                    Some(flag) if !*flag => {
+                        *flag = true;
+                        m.updated_ms = now_ms();
+                        changed = true;
+                        true
+                    }
+                    _ => false,
+                }
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(record) = record else {
+            // Deleted (reset) while its segments were in flight: drop their leftovers.
+            let _ = store.delete_song_objects(done.music_id).await;
+            return Ok(());
+        };
+        if changed {
+            store.announce(&record).await;
+        }
+        let all_in = !record.separated.is_empty() && record.separated.iter().all(|d| *d);
+        if all_in && !record.tracks_ready && record.state != MusicState::Failed {
+            self.assemble(record).await?;
+        }
+        Ok(())
+    }
+
+    async fn assemble(&self, record: MusicRecord) -> Result<(), String> {
+        let store = &self.store;
+        let music = record.music_id;
+        let plan = record.plan.ok_or("no segment plan")?;
+        let stems = record.tracks.len();
+        let lanes = 2 * stems;
+        let spool = match &self.config.spool_dir {
+            Some(dir) => tempfile::tempdir_in(dir),
+            None => tempfile::tempdir(),
+        }
+        .map_err(|e| format!("spool folder: {e}"))?;
+        let paths: Vec<_> = (0..stems)
+            .map(|s| spool.path().join(format!("{s}.wav")))
+            .collect();
+        let mut writers = paths
+            .iter()
+            .map(|p| hound::WavWriter::create(p, float_wav_spec()).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut blender = Blender::new(plan, lanes);
+        for seg in plan.segments() {
+            let name = objects::segment_stems(music, seg.index);
+            let bytes = store
+                .get_object(&name)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("stems {name} missing"))?;
+            let data = objects::unpack_planar(&bytes, lanes).map_err(|e| e.to_string())?;
+            if data[0].len() != seg.len as usize {
+                return Err(format!(
+                    "stems {name} hold {} samples, expected {}",
+                    data[0].len(),
+                    seg.len
+                ));
+            }
+            let views: Vec<&[f32]> = data.iter().map(|l| l.as_slice()).collect();
+            let (out, _) = blender.push(seg.index, &views);
+            for (s, w) in writers.iter_mut().enumerate() {
+                for (l, r) in out[2 * s].iter().zip(&out[2 * s + 1]) {
+                    w.write_sample(*l).map_err(|e| e.to_string())?;
+                    w.write_sample(*r).map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        for w in writers {
+            w.finalize().map_err(|e| e.to_string())?;
+        }
+        for (track, path) in record.tracks.iter().zip(&paths) {
+            put_file(store, &objects::track(music, &track.name), path).await?;
+        }
+        let updated = store
+            .update_music(music, |m| {
+                if m.tracks_ready {
+                    return false;
+                }
+                m.tracks_ready = true;
+                if m.state != MusicState::Failed {
+                    m.state = if m.mixes.iter().all(|x| x.ready) {
+                        MusicState::Done
+                    } else {
+                        MusicState::Mixing
+                    };
+                }
+                m.updated_ms = now_ms();
+                true
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(%music, stems, frames = plan.frames, "stems assembled");
+        // Segment inputs and stems are no longer needed: the tracks hold everything.
+        for seg in plan.segments() {
+            let _ = store
+                .delete_object(&objects::segment_input(music, seg.index))
+                .await;
+            let _ = store
+                .delete_object(&objects::segment_stems(music, seg.index))
+                .await;
+        }
+        if let Some(record) = updated {
+            store.announce(&record).await;
+            self.make_pending_mixes(&record).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_mix_request(&self, d: Delivery) -> Verdict {
+        let request: MixRequest = match dme_protocol::decode(&d.message.payload) {
+            Ok(m) => m,
+            Err(e) => return Verdict::Term(e.to_string()),
+        };
+        let result = match self.store.music(request.music_id).await {
+            Ok(Some(record)) if record.tracks_ready => self.make_pending_mixes(&record).await,
+            // Not assembled yet: the assembler mixes pending selections when it is done.
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        };
+        self.verdict(request.music_id, d.attempt, result)
+    }
+
+    async fn make_pending_mixes(&self, record: &MusicRecord) -> Result<(), String> {
+        for mix in record.mixes.iter().filter(|m| !m.ready) {
+            let indices: Vec<usize> = mix
+                .tracks
+                .iter()
+                .filter_map(|t| record.stem_index(*t))
+                .collect();
+            let bytes = self.render_mix(record, &indices).await?;
+            self.store
+                .put_object(&objects::mix(record.music_id, &mix.key), &bytes)
+                .await
+                .map_err(|e| e.to_string())?;
+            let key = mix.key.clone();
+            let updated = self
+                .store
+                .update_music(record.music_id, |m| {
+                    let Some(x) = m.mixes.iter_mut().find(|x| x.key == key) else {
+                        return false;
+                    };
+                    if x.ready {
+                        return false;
+                    }
+                    x.ready = true;
+                    if m.state != MusicState::Failed
+                        && m.tracks_ready
+                        && m.mixes.iter().all(|x| x.ready)
+                    {
+                        m.state = MusicState::Done;
+                    }
+                    m.updated_ms = now_ms();
+                    true
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(music = %record.music_id, key = %mix.key, "mix ready");
+            if let Some(r) = updated {
+                self.store.announce(&r).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sums the selected tracks into one float WAV.
+    async fn render_mix(&self, record: &MusicRecord, indices: &[usize]) -> Result<Vec<u8>, String> {
+        let frames = record.plan.map(|p| p.frames as usize).unwrap_or(0);
+        let mut left = vec![0.0f32; frames];
+        let mut right = vec![0.0f32; frames];
+        for &i in indices {
+            let track = &record.tracks[i];
+            let name = objects::track(record.music_id, &track.name);
+            let bytes = self
+                .store
+                .get_object(&name)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("track {name} missing"))?;
+            let (stereo, _) = dme_audio::read_wav(&bytes).map_err(|e| e.to_string())?;
+            for (acc, v) in left.iter_mut().zip(&stereo.left) {
+                *acc += v;
+            }
+            for (acc, v) in right.iter_mut().zip(&stereo.right) {
+                *acc += v;
+            }
+        }
+        tokio::task::spawn_blocking(move || {
+            dme_audio::encode(&left, &right, MODEL_SAMPLE_RATE, Format::Wav32f)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+    }
+
+    async fn fail(&self, music: MusicId, reason: &str) {
+        tracing::error!(%music, reason, "song failed");
+        if let Ok(Some(record)) = self
+            .store
+            .update_music(music, |m| {
+                if m.state == MusicState::Failed {
+                    return false;
+                }
+                m.state = MusicState::Failed;
+                m.error = Some(reason.to_string());
+                m.updated_ms = now_ms();
+                true
+            })
+            .await
+        {
+            self.store.announce(&record).await;
+        }
+    }
+}
+
+/// Stereo IEEE float WAV at the model rate: what tracks and mixes are stored as.
+fn float_wav_spec() -> hound::WavSpec {
+    hound::WavSpec {
+        channels: 2,
+        sample_rate: MODEL_SAMPLE_RATE,
+        bits_per_sample: 32,
+        sample_format: hound::SampleFormat::Float,
+    }
+}
+
+async fn put_file(store: &Store, name: &str, path: &Path) -> Result<(), String> {
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| e.to_string())?;
+    store
+        .put_object_from(name, &mut file)
+        .await
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,56 @@
+//! Separator settings: flags with `DME_*` environment equivalents.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dme_protocol::streams::Redelivery;
+
+/// A separator worker: runs the model on segments from the shared queue.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SeparatorConfig {
+    /// NATS server to take work from.
+    #[arg(long, env = "DME_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// ONNX model to run (contract: `mix` [1,2,T] -> `stems` [1,S,2,T]); the embedded default
+    /// DSP separator when absent.
+    #[arg(long, env = "DME_MODEL")]
+    pub model: Option<PathBuf>,
+    /// ONNX Runtime intra-op threads for this worker. Keep threads × workers per machine at or
+    /// below its cores (`dme up` divides the cores among its separators).
+    #[arg(long, env = "DME_INTRA_THREADS", default_value_t = 1)]
+    pub intra_threads: usize,
+    /// Name shown in job records; defaults to `<host>-<pid>`.
+    #[arg(long, env = "DME_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// Milliseconds a segment may go without an ack before another worker gets it (applies when
+    /// this worker creates the shared consumer).
+    #[arg(long, env = "DME_SEPARATOR_ACK_WAIT_MS", default_value_t = Redelivery::SEPARATOR.ack_wait.as_millis() as u64)]
+    pub ack_wait_ms: u64,
+    /// Deliveries of one segment before it is declared poison and its song failed.
+    #[arg(long, env = "DME_SEPARATOR_MAX_DELIVER", default_value_t = Redelivery::SEPARATOR.max_deliver)]
+    pub max_deliver: i64,
+    /// Seconds to keep trying to reach NATS at start-up.
+    #[arg(long, env = "DME_CONNECT_TIMEOUT_S", default_value_t = 60)]
+    pub connect_timeout_s: u64,
+}
+
+impl SeparatorConfig {
+    /// The consumer's redelivery settings.
+    pub fn redelivery(&self) -> Redelivery {
+        Redelivery {
+            ack_wait: Duration::from_millis(self.ack_wait_ms.max(1000)),
+            max_deliver: self.max_deliver.max(1),
+            ..Redelivery::SEPARATOR
+        }
+    }
+
+    /// This worker's id.
+    pub fn worker_id(&self) -> String {
+        self.worker_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "host".into());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+}

@@ -1,0 +1,17 @@
+use clap::Parser;
+
+/// dme splitter: decodes uploaded songs and cuts them into segments for the separators.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(flatten)]
+    config: dme_splitter::SplitterConfig,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    dme_telemetry::init("splitter");
+    let cli = Cli::parse();
+    dme_splitter::run(cli.config, dme_telemetry::shutdown_token()).await?;
+    Ok(())
+}
