@@ -387,11 +387,18 @@ def _to_stems(g: Graph, y: str, n_src: int, out: str = "stems") -> str:
 def build_conv(t_dim, sources, seed: int, name: str, kernel: int = 129, segment: int | None = 44100) -> onnx.ModelProto:
     g = Graph("")
     y = _conv_stems(g, len(sources), kernel, seed)
+    # Position-dependent gain (1 at the window's first sample, 1.5 at its end): like a real
+    # network, the output depends on where a sample sits in the window, so a segment cut or
+    # padded at the wrong place cannot go unnoticed in the lossless-distribution tests.
+    t_f = g.op("Cast", [g.op("Gather", [g.op("Shape", ["mix"]), g.const(2, np.int64)], axis=0)], to=TensorProto.FLOAT)
+    ramp = g.op("Range", [g.const(0.0), t_f, g.const(1.0)])
+    ramp = g.op("Add", [g.op("Mul", [g.op("Div", [ramp, t_f]), g.const(0.5)]), g.const(1.0)])
+    y = g.op("Mul", [y, ramp])
     _to_stems(g, y, len(sources))
     md = {"sources": ",".join(sources), "sample_rate": str(SAMPLE_RATE), "name": name}
     if segment is not None:
         md["segment_samples"] = str(segment)
-    doc = f"dme test model: each stem is a different two-sided FIR (kernel {kernel}, 'same' zero padding) of the mix."
+    doc = f"dme test model: each stem is a different two-sided FIR (kernel {kernel}, 'same' zero padding) of the mix, times a gain rising from 1 to 1.5 across the window."
     return finish_model(g, [mix_input(t_dim)], [stems_output(len(sources), t_dim)], name, md, doc)
 
 

@@ -77,3 +77,38 @@ fn missing_and_non_onnx_files_are_refused() {
     let err = Model::load(&ModelSource::File(junk), &ModelOptions::default()).err();
     assert!(matches!(err, Some(ModelError::Load { .. })));
 }
+
+#[test]
+fn committed_models_are_exactly_what_the_generator_makes() {
+    let root = dme_testkit::repo_root();
+    let python = root.join(".tools/venv/bin/python");
+    assert!(
+        python.exists(),
+        "run `make test` (scripts/setup.sh makes the venv)"
+    );
+    let out = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new(python)
+        .arg(root.join("models/gen/generate.py"))
+        .arg("--out")
+        .arg(out.path())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for rel in [
+        "default.onnx",
+        "test/conv_fixed.onnx",
+        "test/conv_dynamic.onnx",
+        "test/conv_six.onnx",
+        "test/sum_dynamic.onnx",
+        "test/slow_dynamic.onnx",
+        "test/bad_contract.onnx",
+    ] {
+        let fresh = std::fs::read(out.path().join(rel)).unwrap();
+        let committed = std::fs::read(model(rel)).unwrap();
+        assert!(
+            fresh == committed,
+            "{rel} differs from what models/gen/generate.py makes"
+        );
+    }
+}

@@ -1,0 +1,391 @@
+//! Distributed separation and mixing end to end: real nats-server, real ONNX Runtime, real audio.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{decode_bytes, fixture_bytes, fixture_path, model_path, synth_wav, Options, System};
+use dme_model::{Model, ModelOptions, ModelSource};
+use serde_json::Value;
+
+/// A single-process implementation of `shared/reference/segmenting.md`, written from the text
+/// (not from `dme_segment`): segments in offset order, centred padding for a fixed-length model,
+/// triangular weights, weighted sum divided by the sum of weights. Returns `S × 2` lanes.
+fn reference(model: &ModelSource, left: &[f32], right: &[f32]) -> Vec<Vec<f32>> {
+    let mut model = Model::load(model, &ModelOptions::default()).unwrap();
+    let info = model.info().clone();
+    let seg = info.segment as usize;
+    let len = left.len();
+    let stride = ((1.0 - 0.25) * seg as f64) as usize;
+    let m = (seg / 2) as f32;
+    let weight = |i: usize| {
+        if i < seg / 2 {
+            (i + 1) as f32 / m
+        } else {
+            (seg - i) as f32 / m
+        }
+    };
+    let lanes = 2 * info.sources.len();
+    let mut out = vec![vec![0.0f32; len]; lanes];
+    let mut sum_w = vec![0.0f32; len];
+    let mut offset = 0;
+    while offset < len {
+        let n = seg.min(len - offset);
+        let (start, width) = if info.fixed {
+            (offset as i64 - ((seg - n) / 2) as i64, seg)
+        } else {
+            (offset as i64, n)
+        };
+        let mut input = vec![0.0f32; 2 * width];
+        for i in 0..width {
+            let t = start + i as i64;
+            if t >= 0 && (t as usize) < len {
+                input[i] = left[t as usize];
+                input[width + i] = right[t as usize];
+            }
+        }
+        let stems = model.separate(&input).unwrap();
+        let crop = (offset as i64 - start) as usize;
+        for i in 0..n {
+            sum_w[offset + i] += weight(i);
+        }
+        for (lane, acc) in out.iter_mut().enumerate() {
+            for i in 0..n {
+                acc[offset + i] += weight(i) * stems[lane * width + crop + i];
+            }
+        }
+        offset += stride;
+    }
+    for acc in &mut out {
+        for (v, w) in acc.iter_mut().zip(&sum_w) {
+            *v /= w;
+        }
+    }
+    out
+}
+
+/// Downloads every stem of a finished song as float WAV, as `S × 2` lanes.
+async fn stem_lanes(sys: &System, done: &Value) -> Vec<Vec<f32>> {
+    let mut lanes = Vec::new();
+    for inst in done["instruments"].as_array().unwrap() {
+        let url = format!("{}?format=wav32f", inst["track"].as_str().unwrap());
+        let (status, bytes, _) = sys.download(&url).await;
+        assert_eq!(status, 200);
+        let (audio, rate) = dme_audio::read_wav(&bytes).unwrap();
+        assert_eq!(rate, 44_100);
+        lanes.push(audio.left);
+        lanes.push(audio.right);
+    }
+    lanes
+}
+
+fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lane count");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            assert_eq!(x.len(), y.len(), "lane length");
+            x.iter()
+                .zip(y)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0, f32::max)
+        })
+        .fold(0.0, f32::max)
+}
+
+#[tokio::test]
+async fn wildblood_with_one_separator_downloads_in_every_format_and_sums_back_to_the_input() {
+    let sys = System::start(Options::default()).await;
+    let (music, done) = sys
+        .separate_and_mix(
+            fixture_bytes(),
+            "wildblood.mp3",
+            &["drums", "bass", "other", "vocals"],
+        )
+        .await;
+    let input = dme_audio::decode_path(&fixture_path(), Some("mp3"), 44_100).unwrap();
+    let frames = input.frames();
+    assert_eq!(done["instruments"].as_array().unwrap().len(), 4);
+    assert_eq!(done["state"], "done");
+    assert_eq!(done["segments_done"], done["segments"]);
+
+    // Every stem and the mix, in every format, last as long as the input.
+    let mut urls: Vec<String> = done["instruments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["track"].as_str().unwrap().to_string())
+        .collect();
+    urls.push(done["final"].as_str().unwrap().to_string());
+    for url in &urls {
+        for (format, ext, ctype) in [
+            ("wav", "wav", "audio/wav"),
+            ("wav32f", "wav", "audio/wav"),
+            ("flac", "flac", "audio/flac"),
+            ("mp3", "mp3", "audio/mpeg"),
+        ] {
+            let (status, bytes, headers) = sys.download(&format!("{url}?format={format}")).await;
+            assert_eq!(status, 200, "{url} {format}");
+            assert_eq!(headers["content-type"], ctype);
+            let cd = headers["content-disposition"].to_str().unwrap();
+            assert!(
+                cd.starts_with("attachment") && cd.contains(&format!(".{ext}")),
+                "{cd}"
+            );
+            let decoded = decode_bytes(&bytes, ext);
+            if format == "mp3" {
+                assert!(
+                    decoded.frames().abs_diff(frames) <= 1152,
+                    "{url} mp3: {} vs {frames}",
+                    decoded.frames()
+                );
+            } else {
+                assert_eq!(decoded.frames(), frames, "{url} {format}");
+            }
+        }
+    }
+
+    // The four tracks of a model whose stems sum to its input sum back to the decoded input,
+    // and the mix of all four equals their sum.
+    let lanes = stem_lanes(&sys, &done).await;
+    let mut sum = [vec![0.0f32; frames], vec![0.0f32; frames]];
+    for (i, lane) in lanes.iter().enumerate() {
+        for (acc, v) in sum[i % 2].iter_mut().zip(lane) {
+            *acc += v;
+        }
+    }
+    let err = max_abs_diff(&sum, &[input.left.clone(), input.right.clone()]);
+    assert!(err <= 1e-4, "tracks sum to the input within {err}");
+    let (_, mix_bytes, _) = sys
+        .download(&format!(
+            "{}?format=wav32f",
+            done["final"].as_str().unwrap()
+        ))
+        .await;
+    let (mix, _) = dme_audio::read_wav(&mix_bytes).unwrap();
+    let err = max_abs_diff(&[mix.left, mix.right], &sum);
+    assert!(err <= 1e-5, "mix equals the sum of its tracks within {err}");
+
+    // A byte range can be fetched (seeking in a browser).
+    let r = sys
+        .http
+        .get(format!("{}?format=wav", urls[0]))
+        .header("range", "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert!(r.headers()["content-range"]
+        .to_str()
+        .unwrap()
+        .starts_with("bytes 100-199/"));
+    assert_eq!(r.bytes().await.unwrap().len(), 100);
+    let r = sys
+        .http
+        .get(format!("{}?format=ogg", urls[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // Jobs: one per segment, done, with api.yaml's fields.
+    let (_, jobs) = sys.get("/job").await;
+    assert_eq!(
+        jobs.as_array().unwrap().len() as u64,
+        done["segments"].as_u64().unwrap()
+    );
+    let (status, job) = sys.get(&format!("/job/{}", jobs[0])).await;
+    assert_eq!(status, 200);
+    assert_eq!(job["music_id"], music["music_id"]);
+    assert_eq!(job["state"], "done");
+    assert!(job["size"].as_u64().unwrap() > 0);
+    assert!(job["time"].is_u64() && job["worker"].is_string());
+    assert_eq!(job["track_id"].as_array().unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn three_separators_give_exactly_the_single_process_result() {
+    let model = model_path("test/conv_fixed.onnx");
+    let sys = System::start(Options {
+        separators: 3,
+        model: Some(model.clone()),
+        ..Options::default()
+    })
+    .await;
+    let (_, done) = sys
+        .separate_and_mix(fixture_bytes(), "wildblood.mp3", &["vocals"])
+        .await;
+    let input = dme_audio::decode_path(&fixture_path(), Some("mp3"), 44_100).unwrap();
+    let expected = reference(&ModelSource::File(model), &input.left, &input.right);
+    let got = stem_lanes(&sys, &done).await;
+    let err = max_abs_diff(&got, &expected);
+    assert!(
+        err <= 1e-6,
+        "distributed vs single-process: max abs diff {err}"
+    );
+    // Several workers took part.
+    let (_, jobs) = sys.get("/job").await;
+    let mut workers = std::collections::BTreeSet::new();
+    for id in jobs.as_array().unwrap() {
+        let (_, job) = sys.get(&format!("/job/{id}")).await;
+        workers.insert(job["worker"].as_str().unwrap().to_string());
+    }
+    assert!(workers.len() >= 2, "only {workers:?} worked");
+}
+
+#[tokio::test]
+async fn edge_lengths_are_lossless_for_fixed_and_dynamic_models() {
+    for model in ["test/conv_fixed.onnx", "test/conv_dynamic.onnx"] {
+        let path = model_path(model);
+        let sys = System::start(Options {
+            separators: 2,
+            model: Some(path.clone()),
+            ..Options::default()
+        })
+        .await;
+        // Segment 44100, stride 33075: shorter than one segment, exactly one segment, and one
+        // sample more than a whole number of strides.
+        for (k, frames) in [20_000usize, 44_100, 3 * 33_075 + 1]
+            .into_iter()
+            .enumerate()
+        {
+            let wav = synth_wav(frames, 44_100, k as f32 * 10.0);
+            let (_, done) = sys
+                .separate_and_mix(wav.clone(), &format!("s{k}.wav"), &["bass"])
+                .await;
+            let input = decode_bytes(&wav, "wav");
+            assert_eq!(input.frames(), frames);
+            let expected = reference(&ModelSource::File(path.clone()), &input.left, &input.right);
+            let got = stem_lanes(&sys, &done).await;
+            let err = max_abs_diff(&got, &expected);
+            assert!(err <= 1e-6, "{model}, {frames} frames: max abs diff {err}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_second_selection_only_remixes() {
+    let sys = System::start(Options {
+        model: Some(model_path("test/sum_dynamic.onnx")),
+        ..Options::default()
+    })
+    .await;
+    let wav = synth_wav(100_000, 44_100, 5.0);
+    let (music, first) = sys
+        .separate_and_mix(wav.clone(), "a.wav", &["drums", "bass"])
+        .await;
+    let id = music["music_id"].as_u64().unwrap();
+    let (_, jobs) = sys.get("/job").await;
+    let mut before = Vec::new();
+    for j in jobs.as_array().unwrap() {
+        before.push(sys.get(&format!("/job/{j}")).await.1);
+    }
+    let vocals = music["tracks"][3]["track_id"].as_u64().unwrap();
+    let (status, body) = sys
+        .post_json(&format!("/music/{id}"), &format!("[{vocals}, {vocals}]"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let second = sys
+        .wait_music(id, "the second mix", |b| {
+            b["progress"] == 100 && b["final"].is_string() && b["final"] != first["final"]
+        })
+        .await;
+    assert_eq!(second["selection"], serde_json::json!([vocals]));
+    // No segment was separated again.
+    let (_, jobs_after) = sys.get("/job").await;
+    assert_eq!(jobs_after, jobs);
+    for (j, old) in jobs.as_array().unwrap().iter().zip(before) {
+        let now = sys.get(&format!("/job/{j}")).await.1;
+        assert_eq!(now, old, "job {j} changed");
+    }
+    // The second mix is the vocals track alone.
+    let (_, mix, _) = sys
+        .download(&format!(
+            "{}?format=wav32f",
+            second["final"].as_str().unwrap()
+        ))
+        .await;
+    let (_, track, _) = sys
+        .download(&format!(
+            "{}?format=wav32f",
+            second["instruments"][3]["track"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(
+        dme_audio::read_wav(&mix).unwrap().0,
+        dme_audio::read_wav(&track).unwrap().0
+    );
+    // Selections with unknown or malformed track ids.
+    assert_eq!(sys.post_json(&format!("/music/{id}"), "[1]").await.0, 405);
+    assert_eq!(
+        sys.post_json(&format!("/music/{id}"), "[\"drums\"]")
+            .await
+            .0,
+        400
+    );
+    assert_eq!(sys.post_json(&format!("/music/{id}"), "[-3]").await.0, 400);
+    assert_eq!(sys.post_json(&format!("/music/{id}"), "[]").await.0, 400);
+    assert_eq!(sys.post_json(&format!("/music/{id}"), "{oops").await.0, 400);
+    assert_eq!(
+        sys.post_json("/music/424242", &format!("[{vocals}]"))
+            .await
+            .0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn a_short_song_overtakes_a_long_one() {
+    let sys = System::start(Options {
+        model: Some(model_path("test/slow_dynamic.onnx")),
+        ..Options::default()
+    })
+    .await;
+    let long = sys
+        .upload_ok(synth_wav(180 * 44_100, 44_100, 1.0), "long.wav")
+        .await;
+    let long_id = long["music_id"].as_u64().unwrap();
+    sys.wait_music(long_id, "the long song to start", |b| {
+        b["state"] == "separating"
+    })
+    .await;
+    let short = sys
+        .upload_ok(synth_wav(10 * 44_100, 44_100, 2.0), "short.wav")
+        .await;
+    let short_id = short["music_id"].as_u64().unwrap();
+    sys.wait_music(short_id, "the short song", |b| b["progress"] == 100)
+        .await;
+    let (_, long_now) = sys.get(&format!("/music/{long_id}")).await;
+    assert!(
+        long_now["progress"].as_u64().unwrap() < 100,
+        "the long song finished first: {long_now}"
+    );
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+#[tokio::test]
+async fn a_six_source_model_gives_six_tracks() {
+    let sys = System::start(Options {
+        model: Some(model_path("test/conv_six.onnx")),
+        ..Options::default()
+    })
+    .await;
+    let (music, done) = sys
+        .separate_and_mix(
+            synth_wav(50_000, 44_100, 3.0),
+            "six.wav",
+            &["guitar", "piano"],
+        )
+        .await;
+    let names: Vec<&str> = music["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["drums", "bass", "other", "vocals", "guitar", "piano"]
+    );
+    assert_eq!(done["instruments"].as_array().unwrap().len(), 6);
+}
