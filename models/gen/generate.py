@@ -447,6 +447,21 @@ def build_slow(name: str = "slow_dynamic", seed: int = 500, layers: int = 5, ker
     return finish_model(g, [mix_input("T")], [stems_output(n, "T")], name, md, doc)
 
 
+def build_poison(name: str = "poison_dynamic", seed: int = 600, kernel: int = 129) -> onnx.ModelProto:
+    """Like conv_dynamic, but every output sample is NaN when any input sample exceeds 1.5 in
+    magnitude: a model that fails on one segment of a song and works on the others."""
+    g = Graph("")
+    y = _conv_stems(g, len(SOURCES4), kernel, seed)
+    peak = g.op("ReduceMax", [g.op("Abs", ["mix"])], keepdims=0)
+    # log(1.5 - peak) is NaN past 1.5; 0 * NaN = NaN, 0 * finite = 0.
+    poison = g.op("Mul", [g.op("Log", [g.op("Sub", [g.const(1.5), peak])]), g.const(0.0)])
+    y = g.op("Add", [y, poison])
+    _to_stems(g, y, len(SOURCES4))
+    md = {"sources": ",".join(SOURCES4), "sample_rate": str(SAMPLE_RATE), "name": name, "segment_samples": "44100"}
+    doc = "dme test model: FIRs of the mix, all NaN when the window holds a sample above 1.5 (a poison segment)."
+    return finish_model(g, [mix_input("T")], [stems_output(len(SOURCES4), "T")], name, md, doc)
+
+
 def build_bad_contract(name: str = "bad_contract") -> onnx.ModelProto:
     g = Graph("")
     sq = g.op("Squeeze", ["audio", g.i64([1])])  # [1, T]
@@ -472,6 +487,7 @@ def all_models() -> dict[str, onnx.ModelProto]:
         "test/sum_dynamic.onnx": build_sum(),
         "test/slow_dynamic.onnx": build_slow(),
         "test/bad_contract.onnx": build_bad_contract(),
+        "test/poison_dynamic.onnx": build_poison(),
     }
 
 

@@ -103,6 +103,7 @@ fn committed_models_are_exactly_what_the_generator_makes() {
         "test/sum_dynamic.onnx",
         "test/slow_dynamic.onnx",
         "test/bad_contract.onnx",
+        "test/poison_dynamic.onnx",
     ] {
         let fresh = std::fs::read(out.path().join(rel)).unwrap();
         let committed = std::fs::read(model(rel)).unwrap();

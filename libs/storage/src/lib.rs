@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::PullConsumer, kv, object_store::ObjectStore};
 use bytes::Bytes;
 use dme_protocol::messages::ProgressEvent;
-use dme_protocol::records::{JobRecord, ModelInfo, MusicRecord};
+use dme_protocol::records::{JobRecord, ModelInfo, MusicRecord, MusicState};
 use dme_protocol::streams::{self, Redelivery};
 use dme_protocol::{subjects, DecodeError, JobId, MusicId};
 use futures::{StreamExt, TryStreamExt};
@@ -406,6 +406,31 @@ impl Store {
         if let Err(e) = self.js.publish(subject, payload).await {
             tracing::warn!(error = %e, music_id = %record.music_id, "progress event not published");
         }
+    }
+
+    /// Marks a song failed with `reason` (unless it already is) and announces it. A song that
+    /// no longer exists is left alone.
+    ///
+    /// # Errors
+    /// On NATS failure.
+    pub async fn fail_music(&self, music: MusicId, reason: &str) -> Result<()> {
+        tracing::error!(%music, reason, "song failed");
+        let mut changed = false;
+        let record = self
+            .update_music(music, |m| {
+                changed = m.state != MusicState::Failed;
+                if changed {
+                    m.state = MusicState::Failed;
+                    m.error = Some(reason.to_string());
+                    m.updated_ms = dme_protocol::now_ms();
+                }
+                changed
+            })
+            .await?;
+        if let (Some(record), true) = (record, changed) {
+            self.announce(&record).await;
+        }
+        Ok(())
     }
 
     /// The durable work consumer `name` on `subject`, created if missing.

@@ -6,7 +6,8 @@
 //! the object store.
 //! Produces: each song's progress on its record (and a progress event per change), one float WAV
 //! per stem ([`objects::track`]) once every segment is in, and one float WAV per selection
-//! ([`objects::mix`]).
+//! ([`objects::mix`]); a song failed with the reason when one of its work items ran out of
+//! deliveries without a verdict (`watchdog`).
 //! Guarantees: idempotent: a segment reported twice counts once, in whatever order segments
 //! arrive; assembly blends segments in offset order with demucs' triangular weights
 //! ([`dme_segment::Blender`]), holding only two segments in memory, so a song separated by many
@@ -15,6 +16,7 @@
 
 mod config;
 mod error;
+mod watchdog;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -81,11 +83,12 @@ pub async fn run(config: MixerConfig, shutdown: CancellationToken) -> Result<(),
         },
     );
     let m2 = mixer.clone();
-    let mix = consume(mixes, redelivery.ack_wait, 2, shutdown, move |d| {
+    let mix = consume(mixes, redelivery.ack_wait, 2, shutdown.clone(), move |d| {
         let m = m2.clone();
         async move { m.on_mix_request(d).await }
     });
-    tokio::join!(assemble, mix);
+    let watchdog = watchdog::watch_max_deliveries(mixer.store.clone(), shutdown.clone());
+    tokio::join!(assemble, mix, watchdog);
     tracing::info!("mixer stopped");
     Ok(())
 }
@@ -110,11 +113,10 @@ impl Mixer {
         let result = self.segment_done(&done).await;
         if let Err(reason) = &result {
             if d.attempt >= self.max_deliver {
-                self.fail(
-                    done.music_id,
-                    &format!("assembling the stems failed: {reason}"),
-                )
-                .await;
+                let reason = format!("assembling the stems failed: {reason}");
+                if let Err(e) = self.store.fail_music(done.music_id, &reason).await {
+                    tracing::warn!(error = %e, "could not record the failure");
+                }
             }
         }
         self.verdict(done.music_id, d.attempt, result)
@@ -322,25 +324,6 @@ impl Mixer {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())
-    }
-
-    async fn fail(&self, music: MusicId, reason: &str) {
-        tracing::error!(%music, reason, "song failed");
-        if let Ok(Some(record)) = self
-            .store
-            .update_music(music, |m| {
-                if m.state == MusicState::Failed {
-                    return false;
-                }
-                m.state = MusicState::Failed;
-                m.error = Some(reason.to_string());
-                m.updated_ms = now_ms();
-                true
-            })
-            .await
-        {
-            self.store.announce(&record).await;
-        }
     }
 }
 

@@ -282,20 +282,8 @@ impl Worker {
                 true
             })
             .await;
-        if let Ok(Some(record)) = self
-            .store
-            .update_music(work.music_id, |m| {
-                if m.state == MusicState::Failed {
-                    return false;
-                }
-                m.state = MusicState::Failed;
-                m.error = Some(reason.to_string());
-                m.updated_ms = dme_protocol::now_ms();
-                true
-            })
-            .await
-        {
-            self.store.announce(&record).await;
+        if let Err(e) = self.store.fail_music(work.music_id, reason).await {
+            tracing::warn!(error = %e, "could not record the failure");
         }
     }
 }

@@ -99,7 +99,9 @@ impl Splitter {
                 Verdict::Retry(NO_MODEL_RETRY)
             }
             Err(Failure::Transient(reason)) | Err(Failure::Permanent(reason)) => {
-                fail_song(&self.store, msg.music_id, &reason).await;
+                if let Err(e) = self.store.fail_music(msg.music_id, &reason).await {
+                    tracing::warn!(error = %e, "could not record the failure");
+                }
                 Verdict::Term(reason)
             }
         }
@@ -228,25 +230,6 @@ impl Splitter {
                 .await?;
         }
         Ok(())
-    }
-}
-
-/// Marks a song failed with `reason` and announces it.
-pub async fn fail_song(store: &Store, music: MusicId, reason: &str) {
-    tracing::error!(%music, reason, "song failed");
-    if let Ok(Some(record)) = store
-        .update_music(music, |m| {
-            if m.state == MusicState::Failed {
-                return false;
-            }
-            m.state = MusicState::Failed;
-            m.error = Some(reason.to_string());
-            m.updated_ms = now_ms();
-            true
-        })
-        .await
-    {
-        store.announce(&record).await;
     }
 }
 
