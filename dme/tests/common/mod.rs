@@ -61,6 +61,9 @@ impl System {
             port: free_port(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
+                // A fresh connection per request: a kept-alive one the server has just closed
+                // fails with IncompleteMessage, a client-side race, not a server error.
+                .pool_max_idle_per_host(0)
                 .build()
                 .unwrap(),
         };
