@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use dme_protocol::records::ModelInfo;
+use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::{Tensor, ValueType};
 
@@ -139,6 +140,7 @@ pub fn init_runtime(
 pub struct Model {
     session: Session,
     info: ModelInfo,
+    from_cache: bool,
 }
 
 impl Model {
@@ -166,27 +168,67 @@ impl Model {
                 (bytes, name, Some(PathBuf::from(sidecar)))
             }
         };
-        let load_err = |name: &str| {
-            let name = name.to_string();
-            move |e: ort::Error| ModelError::Load {
-                name: name.clone(),
-                reason: e.to_string(),
+        let fingerprint = blake3::hash(&bytes).to_hex()[..16].to_string();
+        let cache = match source {
+            ModelSource::File(path) => Some(optimized_cache_path(path, &fingerprint)),
+            ModelSource::Embedded => None,
+        };
+        let mut from_cache = false;
+        let mut session = None;
+        if let Some(cache) = cache.as_ref().filter(|c| c.exists()) {
+            match new_builder(env, options, &name).and_then(|b| {
+                b.with_optimization_level(GraphOptimizationLevel::Disable)
+                    .map_err(|e| load_error(&name, e.into()))?
+                    .commit_from_file(cache)
+                    .map_err(|e| load_error(&name, e))
+            }) {
+                Ok(s) => {
+                    from_cache = true;
+                    session = Some(s);
+                }
+                Err(e) => {
+                    tracing::warn!(cache = %cache.display(), error = %e, "optimised model cache unusable; loading the model")
+                }
+            }
+        }
+        let session = match session {
+            Some(s) => s,
+            None => {
+                let mut builder = new_builder(env, options, &name)?;
+                // Save ONNX Runtime's optimised graph beside the model (under a name unique to
+                // this process, renamed into place once complete), so later starts skip the
+                // optimisation that makes big models slow to load.
+                let temp = cache
+                    .as_ref()
+                    .map(|c| c.with_extension(format!("{}.tmp", std::process::id())));
+                if let Some(temp) = &temp {
+                    builder = builder
+                        .with_optimized_model_path(temp)
+                        .map_err(|e| load_error(&name, e.into()))?;
+                }
+                let session = builder
+                    .commit_from_memory(&bytes)
+                    .map_err(|e| load_error(&name, e))?;
+                if let (Some(temp), Some(cache)) = (&temp, &cache) {
+                    if let Err(e) = std::fs::rename(temp, cache) {
+                        tracing::debug!(error = %e, "optimised model not cached");
+                        let _ = std::fs::remove_file(temp);
+                    }
+                }
+                session
             }
         };
-        let session = Session::builder(env)
-            .map_err(load_err(&name))?
-            .with_intra_threads(options.intra_threads.max(1))
-            .map_err(|e| load_err(&name)(e.into()))?
-            .with_inter_threads(1)
-            .map_err(|e| load_err(&name)(e.into()))?
-            // Spinning threads burn a core each between segments; separators idle often.
-            .with_intra_op_spinning(false)
-            .map_err(|e| load_err(&name)(e.into()))?
-            .commit_from_memory(&bytes)
-            .map_err(load_err(&name))?;
-        let fingerprint = blake3::hash(&bytes).to_hex()[..16].to_string();
         let info = check_contract(&session, &name, fingerprint, sidecar.as_deref(), options)?;
-        Ok(Model { session, info })
+        Ok(Model {
+            session,
+            info,
+            from_cache,
+        })
+    }
+
+    /// True when the session was built from the optimised-graph cache beside the model file.
+    pub fn loaded_from_cache(&self) -> bool {
+        self.from_cache
     }
 
     /// What this model is: name, stems, segment.
@@ -254,6 +296,41 @@ impl Model {
         let t = self.info.segment as usize;
         self.separate(&vec![0.0; 2 * t]).map(|_| ())
     }
+}
+
+fn load_error(name: &str, e: ort::Error) -> ModelError {
+    ModelError::Load {
+        name: name.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+fn new_builder(
+    env: &ort::environment::Environment,
+    options: &ModelOptions,
+    name: &str,
+) -> Result<ort::session::builder::SessionBuilder, ModelError> {
+    Session::builder(env)
+        .map_err(|e| load_error(name, e))?
+        .with_intra_threads(options.intra_threads.max(1))
+        .map_err(|e| load_error(name, e.into()))?
+        .with_inter_threads(1)
+        .map_err(|e| load_error(name, e.into()))?
+        // Spinning threads burn a core each between segments; separators idle often.
+        .with_intra_op_spinning(false)
+        .map_err(|e| load_error(name, e.into()))
+}
+
+/// Where the optimised graph of the model at `path` is cached: beside it, keyed by the model's
+/// fingerprint and the ONNX Runtime build (an optimised graph is only valid for the runtime
+/// that made it).
+pub fn optimized_cache_path(path: &Path, fingerprint: &str) -> PathBuf {
+    let runtime = blake3::hash(ort::info().as_bytes()).to_hex()[..8].to_string();
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!("{stem}.{fingerprint}.ort-{runtime}.optimized.onnx"))
 }
 
 fn check_contract(
