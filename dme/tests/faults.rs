@@ -420,3 +420,31 @@ async fn fifty_clients_at_once_all_get_their_mix() {
     let (_, list) = sys.get("/music").await;
     assert_eq!(list.as_array().unwrap().len(), 50);
 }
+
+#[tokio::test]
+async fn a_song_without_progress_is_reported_stalled_and_recovers() {
+    let mut sys = System::start(Options {
+        model: Some(model_path("test/conv_dynamic.onnx")),
+        gateway_env: env(&[("DME_STALL_AFTER_S", "2")]),
+        ..Options::default()
+    })
+    .await;
+    sys.separators[0].kill();
+    let id = upload_and_select(&sys, synth_wav(2 * 44_100, 44_100, 1.0), "s.wav").await;
+    let stalled = dme_testkit::wait_for(
+        "the song to be reported stalled",
+        Duration::from_secs(30),
+        || async {
+            let (_, b) = sys.get(&format!("/music/{id}")).await;
+            (b["state"] == "stalled").then_some(b)
+        },
+    )
+    .await;
+    assert!(
+        stalled["error"].as_str().unwrap().contains("no progress"),
+        "{stalled}"
+    );
+    sys.add_separator();
+    let done = finished(&sys, id).await;
+    assert_eq!(done["state"], "done");
+}

@@ -130,6 +130,15 @@ impl MusicRecord {
         pct.min(99) as u8
     }
 
+    /// True when the song should be moving (queued, separating or mixing) but its record has not
+    /// changed for `after_ms`: no segment finished, no step completed.
+    pub fn stalled(&self, now_ms: u64, after_ms: u64) -> bool {
+        matches!(
+            self.state,
+            MusicState::Queued | MusicState::Separating | MusicState::Mixing
+        ) && now_ms.saturating_sub(self.updated_ms) > after_ms
+    }
+
     /// The latest selection, if any.
     pub fn latest_mix(&self) -> Option<&MixRecord> {
         self.mixes.last()

@@ -9,6 +9,11 @@ pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 200_000_000;
 /// users separate; storage per song grows linearly with it.
 pub const DEFAULT_MAX_DURATION_S: f64 = 3.0 * 3600.0;
 
+/// Seconds without any progress after which a song in work is reported `stalled`: well above
+/// the slowest step seen (a 7.8 s HT-Demucs segment takes 3-6 s on one core; decoding an hour of
+/// MP3 about a minute), so a busy system is not mistaken for a stuck one.
+pub const DEFAULT_STALL_AFTER_S: u64 = 300;
+
 /// The HTTP gateway.
 #[derive(Debug, Clone, clap::Args)]
 pub struct GatewayConfig {
@@ -31,6 +36,9 @@ pub struct GatewayConfig {
     /// Folder uploads are spooled to while they arrive (the system's temporary folder when absent).
     #[arg(long, env = "DME_SPOOL_DIR")]
     pub spool_dir: Option<PathBuf>,
+    /// Seconds without progress after which a song in work is reported as `stalled`.
+    #[arg(long, env = "DME_STALL_AFTER_S", default_value_t = DEFAULT_STALL_AFTER_S)]
+    pub stall_after_s: u64,
     /// HTTP worker threads.
     #[arg(long, env = "DME_HTTP_WORKERS", default_value_t = 2)]
     pub http_workers: usize,
