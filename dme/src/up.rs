@@ -29,6 +29,9 @@ pub struct UpConfig {
     /// Port of the own nats-server (the next free one when taken).
     #[arg(long, env = "DME_NATS_PORT", default_value_t = 4222)]
     pub nats_port: u16,
+    /// Monitoring port of the own nats-server (the next free one when taken).
+    #[arg(long, env = "DME_NATS_MONITOR_PORT", default_value_t = 8222)]
+    pub nats_monitor_port: u16,
     /// Separator processes (default: one per core).
     #[arg(long, env = "DME_SEPARATORS")]
     pub separators: Option<usize>,
@@ -59,6 +62,11 @@ pub async fn run(config: UpConfig, shutdown: CancellationToken) -> anyhow::Resul
                 .with_context(|| {
                     format!("no free port from {} for nats-server", config.nats_port)
                 })?;
+            let monitor = (config.nats_monitor_port..config.nats_monitor_port.saturating_add(20))
+                .find(|p| *p != port && std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+                .with_context(|| {
+                    format!("no free monitoring port from {}", config.nats_monitor_port)
+                })?;
             let store = config.data_dir.join("nats");
             std::fs::create_dir_all(&store)
                 .with_context(|| format!("creating {}", store.display()))?;
@@ -66,6 +74,7 @@ pub async fn run(config: UpConfig, shutdown: CancellationToken) -> anyhow::Resul
                 .arg("-c")
                 .arg(&config.nats_conf)
                 .args(["-p", &port.to_string()])
+                .args(["-m", &monitor.to_string()])
                 .arg("-sd")
                 .arg(&store)
                 .stdin(Stdio::null())

@@ -116,9 +116,10 @@ impl System {
         let http = self.http.clone();
         let url = self.url("/healthz");
         let separators: Vec<u32> = self.separators.iter().map(|p| p.id()).collect();
+        // Generous: on a loaded 2-core machine, starting several ONNX Runtime sessions is slow.
         wait_for(
             "gateway with a registered model",
-            Duration::from_secs(60),
+            Duration::from_secs(180),
             || {
                 let http = http.clone();
                 let url = url.clone();

@@ -219,6 +219,18 @@ impl Store {
         update_record(&self.jobs, &id.to_string(), change).await
     }
 
+    /// Deletes a job record; deleting a missing one is not an error.
+    ///
+    /// # Errors
+    /// On NATS failure.
+    pub async fn delete_job(&self, id: JobId) -> Result<()> {
+        self.jobs
+            .delete(id.to_string())
+            .await
+            .map_err(nats("delete job"))?;
+        Ok(())
+    }
+
     /// Every job id.
     ///
     /// # Errors

@@ -206,7 +206,16 @@ impl Splitter {
                 let plan = record.plan.unwrap_or(plan);
                 self.release_first_window(&record, plan).await
             }
-            None => Ok(()), // deleted meanwhile
+            None => {
+                // Deleted (a reset) while it was being cut: remove what this cut wrote.
+                for seg in plan.segments() {
+                    let _ = store
+                        .delete_object(&objects::segment_input(music, seg.index))
+                        .await;
+                    let _ = store.delete_job(JobId::of(music, seg.index)).await;
+                }
+                Ok(())
+            }
         }
     }
 
