@@ -26,3 +26,18 @@ lint:
 
 fmt:
 	cargo fmt --all
+
+# Quality and the real-architecture model (see eval/results.md and scripts/export_htdemucs.py).
+#   make eval            SDR of the default model through the whole system vs mix/4 and the oracle
+#   make htdemucs-model  export a randomly initialised HT-Demucs to models/htdemucs-random.onnx (~5 GB of wheels)
+#   make test-htdemucs   the system with that model equals a single-process run (opt-in, slow)
+.PHONY: eval htdemucs-model test-htdemucs
+
+eval: setup build
+	@DME_EVAL_VIA_MAKE=1 scripts/eval.sh
+
+htdemucs-model:
+	python3 scripts/export_htdemucs.py
+
+test-htdemucs: setup
+	@$(ENV); cargo test -p dme --test htdemucs -- --ignored --nocapture 2>&1

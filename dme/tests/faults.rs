@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{model_path, synth_wav, Options, System, SONG_DEADLINE};
-use dme_model::{Model, ModelOptions, ModelSource};
+use dme_model::ModelSource;
 use serde_json::Value;
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -24,51 +24,18 @@ fn quick_redelivery(max_deliver: u32) -> Vec<(String, String)> {
     ])
 }
 
-/// The single-process result (segmenting.md over the same model), `S × 2` lanes.
+/// The single-process result of `model` on `wav` (segmenting.md), `S × 2` lanes.
 fn reference(model: &str, wav: &[u8]) -> Vec<Vec<f32>> {
     let input = common::decode_bytes(wav, "wav");
-    let mut m = Model::load(
+    common::reference(
         &ModelSource::File(model_path(model)),
-        &ModelOptions::default(),
+        &input.left,
+        &input.right,
     )
-    .unwrap();
-    let plan =
-        dme_segment::SegmentPlan::new(input.frames() as u64, m.info().segment, m.info().fixed);
-    let lanes = 2 * m.info().sources.len();
-    let mut blender = dme_segment::Blender::new(plan, lanes);
-    let mut out = vec![Vec::new(); lanes];
-    for seg in plan.segments() {
-        let window = dme_segment::window_of(&[&input.left, &input.right], &seg);
-        let stems = m.separate(&window.concat()).unwrap();
-        let w = seg.window_len as usize;
-        let crop = seg.crop_start();
-        let cut: Vec<&[f32]> = stems
-            .chunks_exact(w)
-            .map(|l| &l[crop..crop + seg.len as usize])
-            .collect();
-        let (done, _) = blender.push(seg.index, &cut);
-        for (o, d) in out.iter_mut().zip(done) {
-            o.extend(d);
-        }
-    }
-    out
 }
 
 async fn stems(sys: &System, done: &Value) -> Vec<Vec<f32>> {
-    let mut lanes = Vec::new();
-    for inst in done["instruments"].as_array().unwrap() {
-        let (status, bytes, _) = sys
-            .download(&format!(
-                "{}?format=wav32f",
-                inst["track"].as_str().unwrap()
-            ))
-            .await;
-        assert_eq!(status, 200);
-        let (audio, _) = dme_audio::read_wav(&bytes).unwrap();
-        lanes.push(audio.left);
-        lanes.push(audio.right);
-    }
-    lanes
+    common::stem_lanes(sys, done).await
 }
 
 fn assert_same(got: &[Vec<f32>], expected: &[Vec<f32>], what: &str) {
@@ -104,6 +71,15 @@ async fn upload_and_select(sys: &System, wav: Vec<u8>, name: &str) -> u64 {
         .await;
     assert_eq!(status, 200);
     id
+}
+
+/// Waits until the song is `failed` and returns its answer.
+async fn failed(sys: &System, id: u64) -> Value {
+    dme_testkit::wait_for("the song to fail", SONG_DEADLINE, || async {
+        let (_, b) = sys.get(&format!("/music/{id}")).await;
+        (b["state"] == "failed").then_some(b)
+    })
+    .await
 }
 
 async fn finished(sys: &System, id: u64) -> Value {
@@ -225,11 +201,7 @@ async fn a_poison_segment_fails_its_song_with_the_reason_and_others_continue() {
     let poison = dme_audio::encode(&left, &right, 44_100, dme_audio::Format::Wav32f).unwrap();
     let bad = upload_and_select(&sys, poison, "poison.wav").await;
     let good = upload_and_select(&sys, synth_wav(frames, 44_100, 4.0), "good.wav").await;
-    let failed = dme_testkit::wait_for("the poisoned song to fail", SONG_DEADLINE, || async {
-        let (_, b) = sys.get(&format!("/music/{bad}")).await;
-        (b["state"] == "failed").then_some(b)
-    })
-    .await;
+    let failed = failed(&sys, bad).await;
     let error = failed["error"].as_str().unwrap();
     assert!(
         error.contains("segment 1") && error.contains("3 attempt"),
@@ -268,11 +240,7 @@ async fn a_corrupt_segment_payload_is_terminated_at_once() {
         .await
         .unwrap();
     sys.add_separator();
-    let failed = dme_testkit::wait_for("the song to fail", SONG_DEADLINE, || async {
-        let (_, b) = sys.get(&format!("/music/{id}")).await;
-        (b["state"] == "failed").then_some(b)
-    })
-    .await;
+    let failed = failed(&sys, id).await;
     let error = failed["error"].as_str().unwrap();
     assert!(
         error.contains("segment 1 failed after 1 attempt") && error.contains("3 bytes"),
@@ -302,11 +270,7 @@ async fn a_worker_crash_loop_is_caught_by_the_max_deliveries_advisory() {
         sys.separators.clear();
         sys.add_separator();
     }
-    let failed = dme_testkit::wait_for("the song to fail", SONG_DEADLINE, || async {
-        let (_, b) = sys.get(&format!("/music/{id}")).await;
-        (b["state"] == "failed").then_some(b)
-    })
-    .await;
+    let failed = failed(&sys, id).await;
     let error = failed["error"].as_str().unwrap();
     assert!(error.contains("delivered 2 times"), "{error}");
     let jobs = jobs_of(&sys, id).await;

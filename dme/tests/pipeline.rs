@@ -4,80 +4,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{decode_bytes, fixture_bytes, fixture_path, model_path, synth_wav, Options, System};
-use dme_model::{Model, ModelOptions, ModelSource};
-use serde_json::Value;
-
-/// A single-process implementation of `shared/reference/segmenting.md`, written from the text
-/// (not from `dme_segment`): segments in offset order, centred padding for a fixed-length model,
-/// triangular weights, weighted sum divided by the sum of weights. Returns `S × 2` lanes.
-fn reference(model: &ModelSource, left: &[f32], right: &[f32]) -> Vec<Vec<f32>> {
-    let mut model = Model::load(model, &ModelOptions::default()).unwrap();
-    let info = model.info().clone();
-    let seg = info.segment as usize;
-    let len = left.len();
-    let stride = ((1.0 - 0.25) * seg as f64) as usize;
-    let m = (seg / 2) as f32;
-    let weight = |i: usize| {
-        if i < seg / 2 {
-            (i + 1) as f32 / m
-        } else {
-            (seg - i) as f32 / m
-        }
-    };
-    let lanes = 2 * info.sources.len();
-    let mut out = vec![vec![0.0f32; len]; lanes];
-    let mut sum_w = vec![0.0f32; len];
-    let mut offset = 0;
-    while offset < len {
-        let n = seg.min(len - offset);
-        let (start, width) = if info.fixed {
-            (offset as i64 - ((seg - n) / 2) as i64, seg)
-        } else {
-            (offset as i64, n)
-        };
-        let mut input = vec![0.0f32; 2 * width];
-        for i in 0..width {
-            let t = start + i as i64;
-            if t >= 0 && (t as usize) < len {
-                input[i] = left[t as usize];
-                input[width + i] = right[t as usize];
-            }
-        }
-        let stems = model.separate(&input).unwrap();
-        let crop = (offset as i64 - start) as usize;
-        for i in 0..n {
-            sum_w[offset + i] += weight(i);
-        }
-        for (lane, acc) in out.iter_mut().enumerate() {
-            for i in 0..n {
-                acc[offset + i] += weight(i) * stems[lane * width + crop + i];
-            }
-        }
-        offset += stride;
-    }
-    for acc in &mut out {
-        for (v, w) in acc.iter_mut().zip(&sum_w) {
-            *v /= w;
-        }
-    }
-    out
-}
-
-/// Downloads every stem of a finished song as float WAV, as `S × 2` lanes.
-async fn stem_lanes(sys: &System, done: &Value) -> Vec<Vec<f32>> {
-    let mut lanes = Vec::new();
-    for inst in done["instruments"].as_array().unwrap() {
-        let url = format!("{}?format=wav32f", inst["track"].as_str().unwrap());
-        let (status, bytes, _) = sys.download(&url).await;
-        assert_eq!(status, 200);
-        let (audio, rate) = dme_audio::read_wav(&bytes).unwrap();
-        assert_eq!(rate, 44_100);
-        lanes.push(audio.left);
-        lanes.push(audio.right);
-    }
-    lanes
-}
+use common::{
+    decode_bytes, fixture_bytes, fixture_path, model_path, reference, stem_lanes, synth_wav,
+    Options, System,
+};
+use dme_model::ModelSource;
 
 fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
     assert_eq!(a.len(), b.len(), "lane count");
