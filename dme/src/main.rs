@@ -43,8 +43,12 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Gateway(config) => {
             dme_telemetry::init("gateway");
-            let app = dme_gateway::Application::build(config).await?;
-            app.run_until(shutdown()).await?
+            let shutdown = shutdown();
+            let app = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                app = dme_gateway::Application::build(config) => app?,
+            };
+            app.run_until(shutdown).await?
         }
         Command::Splitter(config) => {
             dme_telemetry::init("splitter");

@@ -70,7 +70,9 @@ pub async fn run(config: UpConfig, shutdown: CancellationToken) -> anyhow::Resul
             let store = config.data_dir.join("nats");
             std::fs::create_dir_all(&store)
                 .with_context(|| format!("creating {}", store.display()))?;
-            let child = Command::new(&config.nats_server)
+            let mut command = Command::new(&config.nats_server);
+            die_with_parent(&mut command);
+            let child = command
                 .arg("-c")
                 .arg(&config.nats_conf)
                 .args(["-p", &port.to_string()])
@@ -93,7 +95,9 @@ pub async fn run(config: UpConfig, shutdown: CancellationToken) -> anyhow::Resul
     };
     tracing::info!(%nats_url, separators, threads, "starting dme");
     let spawn = |args: &[&str]| -> anyhow::Result<Child> {
-        Command::new(&exe)
+        let mut command = Command::new(&exe);
+        die_with_parent(&mut command);
+        command
             .args(args)
             .env("DME_NATS_URL", &nats_url)
             .stdin(Stdio::null())
@@ -144,6 +148,20 @@ pub async fn run(config: UpConfig, shutdown: CancellationToken) -> anyhow::Resul
     match reason {
         Some(why) => bail!("dme stopped because {why}"),
         None => Ok(()),
+    }
+}
+
+/// Children get SIGTERM when `dme up` dies, even by SIGKILL, so a killed launcher never leaves
+/// services running on their own.
+fn die_with_parent(command: &mut Command) {
+    // SAFETY: prctl is async-signal-safe and touches only the child being created.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

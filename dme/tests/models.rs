@@ -47,24 +47,20 @@ fn a_separator_with_a_missing_model_file_stops_at_start_up_saying_why() {
     );
 }
 
-#[test]
-fn dme_up_runs_the_whole_system_and_stops_cleanly_on_sigterm() {
-    let data = tempfile::tempdir().unwrap();
+/// Starts `dme up` on free ports and waits until it serves with a registered model.
+fn start_up(data: &std::path::Path) -> (dme_testkit::Process, u16) {
     let port = dme_testkit::free_port();
-    let nats_port = dme_testkit::free_port();
-    let mut up = dme_testkit::Process::spawn("dme up", {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_dme"));
-        c.arg("up")
-            .env("DME_DATA_DIR", data.path())
-            .env("DME_HTTP_ADDR", format!("127.0.0.1:{port}"))
-            .env("DME_NATS_PORT", nats_port.to_string())
-            .env("DME_NATS_SERVER", dme_testkit::nats_server_binary())
-            .env("DME_NATS_CONF", dme_testkit::repo_root().join("nats.conf"))
-            .env("DME_SEPARATORS", "2")
-            .env("DME_LOG", "warn")
-            .env_remove("DME_NATS_URL");
-        c
-    });
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dme"));
+    c.arg("up")
+        .env("DME_DATA_DIR", data)
+        .env("DME_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("DME_NATS_PORT", dme_testkit::free_port().to_string())
+        .env("DME_NATS_SERVER", dme_testkit::nats_server_binary())
+        .env("DME_NATS_CONF", dme_testkit::repo_root().join("nats.conf"))
+        .env("DME_SEPARATORS", "2")
+        .env("DME_LOG", "warn")
+        .env_remove("DME_NATS_URL");
+    let mut up = dme_testkit::Process::spawn("dme up", c);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let url = format!("http://127.0.0.1:{port}/healthz");
@@ -81,6 +77,13 @@ fn dme_up_runs_the_whole_system_and_stops_cleanly_on_sigterm() {
         assert_eq!(health["status"], "ok");
         assert_eq!(health["model"]["name"], "dme-hpss-dsp");
     });
+    (up, port)
+}
+
+#[test]
+fn dme_up_runs_the_whole_system_and_stops_cleanly_on_sigterm() {
+    let data = tempfile::tempdir().unwrap();
+    let (mut up, _) = start_up(data.path());
     let status = up
         .terminate(Duration::from_secs(30))
         .expect("dme up stops within 30 s");
@@ -89,4 +92,19 @@ fn dme_up_runs_the_whole_system_and_stops_cleanly_on_sigterm() {
         data.path().join("nats/jetstream").exists(),
         "its nats-server kept a store in DME_DATA_DIR"
     );
+}
+
+#[test]
+fn a_killed_dme_up_leaves_no_service_behind() {
+    let data = tempfile::tempdir().unwrap();
+    let (mut up, port) = start_up(data.path());
+    up.kill();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway outlived its launcher"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -12,7 +12,11 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     dme_telemetry::init("gateway");
     let cli = Cli::parse();
-    let app = dme_gateway::Application::build(cli.config).await?;
-    app.run_until(dme_telemetry::shutdown_token()).await?;
+    let shutdown = dme_telemetry::shutdown_token();
+    let app = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        app = dme_gateway::Application::build(cli.config) => app?,
+    };
+    app.run_until(shutdown).await?;
     Ok(())
 }

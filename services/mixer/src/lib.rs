@@ -47,12 +47,15 @@ struct Mixer {
 /// # Errors
 /// When NATS cannot be reached at start-up.
 pub async fn run(config: MixerConfig, shutdown: CancellationToken) -> Result<(), MixerError> {
-    let store = Store::connect(
+    // Shutdown also applies while NATS is still unreachable at start-up.
+    let store = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        store = Store::connect(
         &config.nats_url,
         "dme-mixer",
         Duration::from_secs(config.connect_timeout_s),
-    )
-    .await?;
+    ) => store?,
+    };
     let redelivery = streams::Redelivery::PIPELINE;
     let assembled = store
         .work_consumer(

@@ -80,12 +80,15 @@ pub async fn run(
         segment = info.segment, fixed = info.fixed, threads = config.intra_threads,
         ready_ms = started.elapsed().as_millis() as u64, "model loaded and warmed up"
     );
-    let store = Store::connect(
+    // Shutdown also applies while NATS is still unreachable at start-up.
+    let store = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        store = Store::connect(
         &config.nats_url,
         &worker_id,
         Duration::from_secs(config.connect_timeout_s),
-    )
-    .await?;
+    ) => store?,
+    };
     store.register_model(&info).await?;
     let redelivery = config.redelivery();
     let consumer = store

@@ -46,12 +46,15 @@ struct Splitter {
 /// # Errors
 /// When NATS cannot be reached at start-up.
 pub async fn run(config: SplitterConfig, shutdown: CancellationToken) -> Result<(), SplitterError> {
-    let store = Store::connect(
+    // Shutdown also applies while NATS is still unreachable at start-up.
+    let store = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        store = Store::connect(
         &config.nats_url,
         "dme-splitter",
         Duration::from_secs(config.connect_timeout_s),
-    )
-    .await?;
+    ) => store?,
+    };
     let redelivery = streams::Redelivery::PIPELINE;
     let consumer = store
         .work_consumer(
