@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use config::MixerConfig;
-use dme_audio::{Format, MODEL_SAMPLE_RATE};
+use dme_audio::MODEL_SAMPLE_RATE;
 use dme_protocol::messages::{MixRequest, SegmentDone};
 use dme_protocol::records::{MusicRecord, MusicState};
 use dme_protocol::{now_ms, objects, streams, subjects, MusicId};
@@ -264,11 +264,8 @@ impl Mixer {
                 .iter()
                 .filter_map(|t| record.stem_index(*t))
                 .collect();
-            let bytes = self.render_mix(record, &indices).await?;
-            self.store
-                .put_object(&objects::mix(record.music_id, &mix.key), &bytes)
-                .await
-                .map_err(|e| e.to_string())?;
+            self.render_mix(record, &indices, &objects::mix(record.music_id, &mix.key))
+                .await?;
             let key = mix.key.clone();
             let updated = self
                 .store
@@ -299,35 +296,69 @@ impl Mixer {
         Ok(())
     }
 
-    /// Sums the selected tracks into one float WAV.
-    async fn render_mix(&self, record: &MusicRecord, indices: &[usize]) -> Result<Vec<u8>, String> {
-        let frames = record.plan.map(|p| p.frames as usize).unwrap_or(0);
-        let mut left = vec![0.0f32; frames];
-        let mut right = vec![0.0f32; frames];
-        for &i in indices {
-            let track = &record.tracks[i];
-            let name = objects::track(record.music_id, &track.name);
-            let bytes = self
+    /// Sums the selected tracks into one float WAV object, streaming through temporary files:
+    /// memory stays bounded whatever the song's length.
+    async fn render_mix(
+        &self,
+        record: &MusicRecord,
+        indices: &[usize],
+        object: &str,
+    ) -> Result<(), String> {
+        let spool = match &self.config.spool_dir {
+            Some(dir) => tempfile::tempdir_in(dir),
+            None => tempfile::tempdir(),
+        }
+        .map_err(|e| format!("spool folder: {e}"))?;
+        let mut inputs = Vec::with_capacity(indices.len());
+        for (n, &i) in indices.iter().enumerate() {
+            let name = objects::track(record.music_id, &record.tracks[i].name);
+            let mut reader = self
                 .store
-                .get_object(&name)
+                .object_reader(&name)
                 .await
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("track {name} missing"))?;
-            let (stereo, _) = dme_audio::read_wav(&bytes).map_err(|e| e.to_string())?;
-            for (acc, v) in left.iter_mut().zip(&stereo.left) {
-                *acc += v;
-            }
-            for (acc, v) in right.iter_mut().zip(&stereo.right) {
-                *acc += v;
+            let path = spool.path().join(format!("in{n}.wav"));
+            let mut file = tokio::fs::File::create(&path)
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::io::copy(&mut reader, &mut file)
+                .await
+                .map_err(|e| format!("reading {name}: {e}"))?;
+            inputs.push(path);
+        }
+        let out = spool.path().join("mix.wav");
+        let out_path = out.clone();
+        tokio::task::spawn_blocking(move || sum_wavs(&inputs, &out_path))
+            .await
+            .map_err(|e| e.to_string())??;
+        put_file(&self.store, object, &out).await
+    }
+}
+
+/// Writes the sample-by-sample sum of float WAV files `inputs` (equal lengths) to `out`.
+fn sum_wavs(inputs: &[std::path::PathBuf], out: &Path) -> Result<(), String> {
+    let mut readers = inputs
+        .iter()
+        .map(|p| hound::WavReader::open(p).map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut writer = hound::WavWriter::create(out, float_wav_spec()).map_err(|e| e.to_string())?;
+    let mut samples: Vec<_> = readers.iter_mut().map(|r| r.samples::<f32>()).collect();
+    loop {
+        let mut sum = 0.0f32;
+        let mut ended = 0;
+        for s in samples.iter_mut() {
+            match s.next() {
+                Some(v) => sum += v.map_err(|e| e.to_string())?,
+                None => ended += 1,
             }
         }
-        tokio::task::spawn_blocking(move || {
-            dme_audio::encode(&left, &right, MODEL_SAMPLE_RATE, Format::Wav32f)
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
+        if ended == samples.len() {
+            break;
+        }
+        writer.write_sample(sum).map_err(|e| e.to_string())?;
     }
+    writer.finalize().map_err(|e| e.to_string())
 }
 
 /// Stereo IEEE float WAV at the model rate: what tracks and mixes are stored as.
