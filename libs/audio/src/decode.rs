@@ -9,7 +9,7 @@ use symphonia::core::formats::FormatReader;
 
 use crate::probe::{
     next_track_packet, open_media, probe_inner, too_many_bad, MAX_CONSECUTIVE_BAD_PACKETS,
-    SAMPLE_RATE_RANGE,
+    MAX_PACKET_FRAMES, SAMPLE_RATE_RANGE,
 };
 use crate::resample::StreamResampler;
 use crate::{guard_panics, AudioError, Probe, Stereo};
@@ -27,6 +27,10 @@ const SAMPLE_LIMIT: f32 = 10_000.0;
 /// 44.1 kHz, 128 MiB of stereo f32), so a header that lies about its length cannot make us
 /// allocate gigabytes before a single sample is decoded. Longer files simply grow the buffer.
 const MAX_RESERVE_FRAMES: u64 = 1 << 24;
+
+/// Frames of concealment silence emitted per block: small enough that a run of long bad packets
+/// never needs more than 64 KiB at once, large enough that it costs nothing.
+const SILENCE_BLOCK_FRAMES: u64 = 8_192;
 
 /// One block of decoded audio: planar stereo, both channels the same length.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -63,10 +67,13 @@ impl StereoBlock {
 ///   (16-bit PCM gives `i16 / 32768`).
 /// * Memory is bounded: the decoder works one packet at a time and the resampler holds at most
 ///   one chunk, so an hour-long file is never in memory.
-/// * Packets that fail to decode are skipped and counted ([`StereoDecoder::skipped_packets`]);
-///   more than a bounded number in a row ends decoding with [`AudioError::Corrupt`]. The end of
-///   the file, even in the middle of a packet or before a header says it should end, is the end
-///   of the stream.
+/// * Packets that fail to decode are replaced by silence of their duration and counted
+///   ([`StereoDecoder::skipped_packets`]), so the audio after a damaged spot keeps its place in
+///   time and the stream is exactly as long as [`crate::probe_path`] said (the probe sums the
+///   same packet durations). Silence before the first good packet is emitted once the rate is
+///   known; more than a bounded number of bad packets in a row ends decoding with
+///   [`AudioError::Corrupt`]. The end of the file, even in the middle of a packet or before a
+///   header says it should end, is the end of the stream.
 /// * MP3 encoder delay and padding recorded in a LAME/Info tag are trimmed from the decoded
 ///   samples, so the output lines up with what was encoded; MP3s without that tag keep the
 ///   encoder's leading silence (typically 1105 frames for LAME). Other formats use symphonia's
@@ -93,6 +100,12 @@ pub struct StereoDecoder {
     skipped: u64,
     consecutive_bad: u32,
     decoded_frames: u64,
+    /// Frames of silence owed for packets that could not be decoded, at the source rate.
+    concealment: u64,
+    /// A decoded block waiting for the concealment silence that must precede it.
+    held: Option<StereoBlock>,
+    /// The demuxer has reported the end of the stream.
+    at_end: bool,
     state: State,
 }
 
@@ -141,6 +154,9 @@ impl StereoDecoder {
                 skipped: 0,
                 consecutive_bad: 0,
                 decoded_frames: 0,
+                concealment: 0,
+                held: None,
+                at_end: false,
                 state: State::Running,
             })
         })
@@ -184,17 +200,44 @@ impl StereoDecoder {
 
     fn next_block_inner(&mut self) -> Result<Option<StereoBlock>, AudioError> {
         loop {
-            let Some(packet) = next_track_packet(&mut *self.format, self.track_id)? else {
+            // Concealment silence waits until one packet has decoded: only then is the rate of
+            // the stream (and so of the silence) certain.
+            if self.concealment > 0 && self.decoded_frames > 0 {
+                let n = self.concealment.min(SILENCE_BLOCK_FRAMES);
+                self.concealment -= n;
+                let silence = StereoBlock {
+                    left: vec![0.0; n as usize],
+                    right: vec![0.0; n as usize],
+                };
+                let block = self.emit(silence)?;
+                if !block.is_empty() {
+                    return Ok(Some(block));
+                }
+                continue;
+            }
+            if let Some(held) = self.held.take() {
+                let block = self.emit(held)?;
+                if !block.is_empty() {
+                    return Ok(Some(block));
+                }
+                continue;
+            }
+            if self.at_end {
                 return self.finish();
+            }
+            let Some(packet) = next_track_packet(&mut *self.format, self.track_id)? else {
+                self.at_end = true;
+                continue;
             };
             let decoded = match self.decoder.decode(&packet) {
                 Ok(decoded) => decoded,
                 Err(SymphoniaError::DecodeError(_) | SymphoniaError::IoError(_)) => {
-                    self.skip_bad_packet()?;
+                    self.skip_bad_packet(packet.dur)?;
                     continue;
                 }
                 Err(SymphoniaError::ResetRequired) => {
                     self.decoder.reset();
+                    self.conceal(packet.dur);
                     continue;
                 }
                 Err(SymphoniaError::Unsupported(what)) => {
@@ -219,7 +262,7 @@ impl StereoDecoder {
             // Later, a frame at another rate is a false sync inside garbage (MP3) or a stream
             // change we cannot splice in without glitches: treat it as a bad packet.
             if rate != self.source_rate || decoded.spec().channels.count() == 0 {
-                self.skip_bad_packet()?;
+                self.skip_bad_packet(packet.dur)?;
                 continue;
             }
             self.consecutive_bad = 0;
@@ -236,30 +279,52 @@ impl StereoDecoder {
                 slot => slot.insert(decoded.make_equivalent::<f32>()),
             };
             decoded.convert(planar);
+            let first = self.decoded_frames == 0;
             self.decoded_frames += planar.frames() as u64;
-            let mut block = self.trim.apply(to_stereo(planar, &mut self.downmix));
-            sanitize(&mut block);
-
-            let block = match &mut self.resampler {
-                None => block,
-                Some(resampler) => {
-                    let mut out = StereoBlock::default();
-                    resampler.push(&block.left, &block.right, &mut out)?;
-                    out
-                }
-            };
+            let block = to_stereo(planar, &mut self.downmix);
+            if first && self.concealment > 0 {
+                // Silence for the bad packets before this one goes first.
+                self.held = Some(block);
+                continue;
+            }
+            let block = self.emit(block)?;
             if !block.is_empty() {
                 return Ok(Some(block));
             }
         }
     }
 
-    fn skip_bad_packet(&mut self) -> Result<(), AudioError> {
+    /// Passes a block of source-rate stereo through gapless trimming, sanitising and the
+    /// resampler; the result may be empty.
+    fn emit(&mut self, block: StereoBlock) -> Result<StereoBlock, AudioError> {
+        let mut block = self.trim.apply(block);
+        sanitize(&mut block);
+        match &mut self.resampler {
+            None => Ok(block),
+            Some(resampler) => {
+                let mut out = StereoBlock::default();
+                resampler.push(&block.left, &block.right, &mut out)?;
+                // The resampler's low-pass rings past a full-scale step (Gibbs): clamp again so
+                // the limit holds for what we hand out, not only for what went in.
+                sanitize(&mut out);
+                Ok(out)
+            }
+        }
+    }
+
+    /// Owes silence for a packet of `dur` frames that produced no audio (bounded like the
+    /// probe's count, so a garbage duration cannot make us emit hours of silence).
+    fn conceal(&mut self, dur: u64) {
+        self.concealment = self.concealment.saturating_add(dur.min(MAX_PACKET_FRAMES));
+    }
+
+    fn skip_bad_packet(&mut self, dur: u64) -> Result<(), AudioError> {
         self.skipped += 1;
         self.consecutive_bad += 1;
         if self.consecutive_bad > MAX_CONSECUTIVE_BAD_PACKETS {
             return Err(too_many_bad());
         }
+        self.conceal(dur);
         Ok(())
     }
 
@@ -282,6 +347,7 @@ impl StereoDecoder {
         let mut out = StereoBlock::default();
         if let Some(resampler) = &mut self.resampler {
             resampler.finish(&mut out)?;
+            sanitize(&mut out);
         }
         Ok((!out.is_empty()).then_some(out))
     }

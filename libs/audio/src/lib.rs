@@ -22,9 +22,10 @@
 //!   and stereo passes through without arithmetic. With resampling, the output is
 //!   latency-compensated and `round(frames · target / source)` frames long.
 //! * **Tolerant of damage.** Lying WAV sizes (0, `0xFFFF_FFFF`, or past the end of a truncated
-//!   file) are corrected so everything present is decoded; undecodable packets are skipped and
-//!   counted; the end of the file is the end of the stream. Only long runs of bad packets are
-//!   fatal.
+//!   file) are corrected so everything present is decoded; undecodable packets are replaced by
+//!   silence of their duration and counted, so what follows keeps its place in time and the
+//!   decoded length is the probed length; the end of the file is the end of the stream. Only long
+//!   runs of bad packets are fatal.
 //! * **Gapless.** MP3 encoder delay and padding recorded in a LAME/Info tag are trimmed, so a
 //!   decoded MP3 lines up with the audio it was encoded from (and an MP3 written by [`encode`]
 //!   decodes to exactly the input's length).

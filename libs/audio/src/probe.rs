@@ -32,6 +32,11 @@ pub(crate) const SAMPLE_RATE_RANGE: std::ops::RangeInclusive<u32> = 1_000..=768_
 /// so real files with damaged regions stay far below this.
 pub(crate) const MAX_CONSECUTIVE_BAD_PACKETS: u32 = 100;
 
+/// Longest packet, in frames, counted by the probe and concealed by the decoder when it cannot be
+/// decoded: above every real codec's packet (MP3 1152, AAC 2048, Vorbis 8192, FLAC 65 535), so
+/// real packets count in full, while a garbage duration in a damaged container cannot add hours.
+pub(crate) const MAX_PACKET_FRAMES: u64 = 65_536;
+
 /// Extensions of MPEG audio files, used to recognise MPEG audio that does not start with a
 /// frame sync or an ID3v2 tag.
 const MPEG_EXTENSIONS: &[&str] = &["mp3", "mp2", "mp1", "mpa", "mpga"];
@@ -104,7 +109,7 @@ pub(crate) fn probe_inner(path: &Path, ext_hint: Option<&str>) -> Result<Probe, 
             let mut bad: u32 = 0;
             while let Some(packet) = next_track_packet(&mut *media.format, media.track_id)? {
                 packets += 1;
-                counted = counted.saturating_add(packet.dur);
+                counted = counted.saturating_add(packet.dur.min(MAX_PACKET_FRAMES));
                 if channels.is_none() {
                     channels = decode_channel_count(&mut *media.decoder, &packet, &mut bad)?;
                 }

@@ -23,6 +23,13 @@ pub(crate) const SNIFF_LEN: usize = 64;
 /// handful, and the bound keeps a crafted file of millions of tiny chunks from stalling us.
 const MAX_RIFF_CHUNKS: usize = 4096;
 
+/// ID3v2 tags checked in a row at the head of a file (taggers that prepend instead of replacing
+/// leave two or three); a file of nothing but tiny tags stops being checked here.
+const MAX_ID3V2_TAGS: usize = 16;
+
+/// ID3v2 frames checked per tag (real tags have dozens; each costs one small read).
+const MAX_ID3V2_FRAMES: usize = 4096;
+
 /// An open input file plus what we learnt from its first bytes.
 pub(crate) struct OpenedFile {
     /// The source to hand to symphonia.
@@ -33,36 +40,142 @@ pub(crate) struct OpenedFile {
     pub len: u64,
 }
 
-/// Open `path`, reject an empty file, and prepare WAV header repairs.
+/// Open `path`, reject an empty file, prepare WAV header repairs, and step over broken ID3v2
+/// tags.
 ///
 /// # Errors
 ///
 /// [`AudioError::Io`] when the file cannot be opened or read, [`AudioError::Empty`] when it has
-/// zero bytes.
+/// zero bytes, [`AudioError::NotAudio`] when it holds nothing but a broken ID3v2 tag.
 pub(crate) fn open_file(path: &Path) -> Result<OpenedFile, AudioError> {
     let mut file = File::open(path)?;
     let len = file.metadata()?.len();
     if len == 0 {
         return Err(AudioError::Empty);
     }
-    let mut head = Vec::with_capacity(SNIFF_LEN);
-    (&mut file).take(SNIFF_LEN as u64).read_to_end(&mut head)?;
-    let patches = if is_wav(&head) {
+    let mut head = read_head(&mut file, 0)?;
+    let base = if head.starts_with(b"ID3") {
+        id3v2_skip(&mut file, len)?
+    } else {
+        0
+    };
+    if base >= len {
+        return Err(AudioError::NotAudio(
+            "a broken ID3v2 tag and nothing after it".into(),
+        ));
+    }
+    if base > 0 {
+        head = read_head(&mut file, base)?;
+    }
+    let patches = if base == 0 && is_wav(&head) {
         wav_size_patches(&mut file, len)?
     } else {
         Vec::new()
     };
-    file.seek(SeekFrom::Start(0))?;
+    file.seek(SeekFrom::Start(base))?;
     Ok(OpenedFile {
         source: PatchedFile {
             file,
-            len,
+            base,
+            len: len - base,
             pos: 0,
             patches,
         },
         head,
-        len,
+        len: len - base,
     })
+}
+
+/// The first [`SNIFF_LEN`] bytes from `offset`.
+fn read_head(file: &mut File, offset: u64) -> io::Result<Vec<u8>> {
+    file.seek(SeekFrom::Start(offset))?;
+    let mut head = Vec::with_capacity(SNIFF_LEN);
+    file.take(SNIFF_LEN as u64).read_to_end(&mut head)?;
+    Ok(head)
+}
+
+/// Where symphonia should start reading a file that opens with ID3v2 tags: 0 when every tag is
+/// sound, else just past the last broken one.
+///
+/// Symphonia allocates each ID3v2 frame at the size its header states before reading it, so one
+/// frame claiming 4 GiB in a 100-byte upload is a 4 GiB allocation (which aborts the process
+/// where memory is not overcommitted). A tag is broken when a frame runs past the end of the tag
+/// or of the file, or when its frames cannot be checked without decoding it first (tag-wide
+/// unsynchronisation, extended headers). Skipping a broken tag loses its title and artist; the
+/// audio after it is untouched.
+fn id3v2_skip(file: &mut File, len: u64) -> io::Result<u64> {
+    let mut offset = 0;
+    let mut skip_to = 0;
+    for _ in 0..MAX_ID3V2_TAGS {
+        let mut header = [0u8; 10];
+        if offset + 10 > len {
+            break;
+        }
+        file.seek(SeekFrom::Start(offset))?;
+        file.read_exact(&mut header)?;
+        if &header[0..3] != b"ID3" {
+            break;
+        }
+        let (major, flags) = (header[3], header[5]);
+        if !(2..=4).contains(&major) {
+            break; // symphonia rejects it before reading any frame
+        }
+        let size = syncsafe(&header[6..10]);
+        let footer = if major == 4 && flags & 0x10 != 0 {
+            10
+        } else {
+            0
+        };
+        let end = offset + 10 + size + footer;
+        let checkable = flags & 0x40 == 0 && !(flags & 0x80 != 0 && major < 4);
+        let body_end = (offset + 10 + size).min(len);
+        if !checkable || !id3v2_frames_fit(file, offset + 10, body_end, major)? {
+            skip_to = end;
+        }
+        offset = end;
+    }
+    Ok(skip_to)
+}
+
+/// Whether every frame of the ID3v2 tag body in `start..end` ends inside it.
+fn id3v2_frames_fit(file: &mut File, start: u64, end: u64, major: u8) -> io::Result<bool> {
+    let header_len: u64 = if major == 2 { 6 } else { 10 };
+    let mut pos = start;
+    let mut header = [0u8; 10];
+    for _ in 0..MAX_ID3V2_FRAMES {
+        if pos + header_len > end {
+            return Ok(true);
+        }
+        file.seek(SeekFrom::Start(pos))?;
+        file.read_exact(&mut header[..header_len as usize])?;
+        let id_len = if major == 2 { 3 } else { 4 };
+        if !header[..id_len]
+            .iter()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
+        {
+            return Ok(true); // padding: symphonia stops here too
+        }
+        let size = match major {
+            2 => u64::from(u32::from_be_bytes([0, header[3], header[4], header[5]])),
+            3 => u64::from(u32::from_be_bytes([
+                header[4], header[5], header[6], header[7],
+            ])),
+            _ => syncsafe(&header[4..8]),
+        };
+        pos += header_len + size;
+        if pos > end {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// A 28-bit "syncsafe" integer (7 bits per byte), read the way symphonia reads it (high bits
+/// masked off).
+fn syncsafe(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(0u64, |acc, b| (acc << 7) | u64::from(b & 0x7F))
 }
 
 /// Whether the head is a little-endian RIFF/WAVE file (the only kind whose sizes we repair).
@@ -169,9 +282,11 @@ fn wav_size_patches(file: &mut File, len: u64) -> io::Result<Vec<(u64, [u8; 4])>
     Ok(patches)
 }
 
-/// A file seen through a few overwritten bytes (the repaired WAV sizes).
+/// A file seen from `base` on (past broken ID3v2 tags) and through a few overwritten bytes (the
+/// repaired WAV sizes). Positions, `len` and patches are relative to `base`.
 pub(crate) struct PatchedFile {
     file: File,
+    base: u64,
     len: u64,
     pos: u64,
     patches: Vec<(u64, [u8; 4])>,
@@ -197,7 +312,15 @@ impl Read for PatchedFile {
 
 impl Seek for PatchedFile {
     fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        self.pos = self.file.seek(to)?;
+        let target = match to {
+            SeekFrom::Start(n) => Some(n),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+        };
+        let target = target
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start"))?;
+        self.file.seek(SeekFrom::Start(self.base + target))?;
+        self.pos = target;
         Ok(self.pos)
     }
 }
@@ -226,6 +349,47 @@ mod tests {
         assert_eq!(sniff_container(&[0xFF, 0xFB, 0x90, 0x00]), Some("mp3"));
         assert_eq!(sniff_container(&[0xFF, 0xF1, 0x50, 0x80]), Some("aac"));
         assert_eq!(sniff_container(b"hello world"), None);
+    }
+
+    /// An ID3v2.3 tag holding one TIT2 frame whose size field says `frame_size`.
+    fn id3v2_tag(frame_size: u32, padding: usize) -> Vec<u8> {
+        let mut body = b"TIT2".to_vec();
+        body.extend_from_slice(&frame_size.to_be_bytes());
+        body.extend_from_slice(&[0, 0, 0]);
+        body.extend_from_slice(b"Title");
+        body.resize(body.len() + padding, 0);
+        let size = body.len() as u32;
+        let mut tag = b"ID3\x03\x00\x00".to_vec();
+        tag.extend([21, 14, 7, 0].map(|shift| (size >> shift) as u8 & 0x7F));
+        tag.extend(body);
+        tag
+    }
+
+    fn skip_of(bytes: &[u8]) -> u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tagged");
+        std::fs::write(&path, bytes).unwrap();
+        let mut file = File::open(&path).unwrap();
+        id3v2_skip(&mut file, bytes.len() as u64).unwrap()
+    }
+
+    #[test]
+    fn sound_id3v2_tags_are_kept_and_broken_ones_skipped() {
+        let good = id3v2_tag(6, 20);
+        let audio = [0xFFu8, 0xFB, 0x90, 0x00];
+        assert_eq!(skip_of(&[&good[..], &audio].concat()), 0);
+        // A frame claiming 4 GiB inside a 40-byte tag.
+        let broken = id3v2_tag(u32::MAX, 20);
+        assert_eq!(
+            skip_of(&[&broken[..], &audio].concat()),
+            broken.len() as u64
+        );
+        // A sound tag, then a broken one: skip both.
+        let both = [&good[..], &broken[..], &audio].concat();
+        assert_eq!(skip_of(&both), (good.len() + broken.len()) as u64);
+        // A frame running past the end of a file cut inside the tag.
+        let cut = &good[..good.len() - 25];
+        assert_eq!(skip_of(cut), good.len() as u64);
     }
 
     #[test]

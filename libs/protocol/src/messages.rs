@@ -36,6 +36,9 @@ pub struct SegmentWork {
 impl SegmentWork {
     /// The work item that finishing this one releases, if any.
     pub fn successor(&self) -> Option<SegmentWork> {
+        if self.window == 0 {
+            return None;
+        }
         let index = self.index.checked_add(self.window)?;
         self.plan.segment(index)?;
         Some(SegmentWork {

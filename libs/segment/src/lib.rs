@@ -16,8 +16,11 @@ pub const OVERLAP: f64 = 0.25;
 /// Segment length of htdemucs (`int(44100 * 7.8)`), used when a dynamic-length model declares none.
 pub const DEFAULT_SEGMENT_SAMPLES: u32 = 343_980;
 
-/// Where the segments of one song lie.
+/// Where the segments of one song lie. Deserialising checks the geometry (a plan read from a
+/// message or record is the same as one made by [`SegmentPlan::new`]), so a damaged message
+/// can never make the arithmetic divide by zero or run away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "RawPlan")]
 pub struct SegmentPlan {
     /// Song length in samples per channel (`L`).
     pub frames: u64,
@@ -27,6 +30,39 @@ pub struct SegmentPlan {
     pub stride: u32,
     /// True when the model takes exactly `segment` samples (short segments are padded, centred).
     pub fixed: bool,
+}
+
+/// A [`SegmentPlan`] as it travels, before its geometry is checked.
+#[derive(serde::Deserialize)]
+struct RawPlan {
+    frames: u64,
+    segment: u32,
+    stride: u32,
+    fixed: bool,
+}
+
+/// Longest song a plan may describe: 24 hours at 44.1 kHz, far beyond any upload limit.
+const MAX_PLAN_FRAMES: u64 = 24 * 3600 * 44_100;
+
+impl TryFrom<RawPlan> for SegmentPlan {
+    type Error = String;
+
+    fn try_from(raw: RawPlan) -> Result<Self, Self::Error> {
+        if raw.segment < 4 || raw.frames > MAX_PLAN_FRAMES {
+            return Err(format!(
+                "implausible plan: {} frames, segment {}",
+                raw.frames, raw.segment
+            ));
+        }
+        let plan = SegmentPlan::new(raw.frames, raw.segment, raw.fixed);
+        if plan.stride != raw.stride {
+            return Err(format!(
+                "stride {} does not match segment {}",
+                raw.stride, raw.segment
+            ));
+        }
+        Ok(plan)
+    }
 }
 
 /// One segment of a [`SegmentPlan`].
@@ -268,6 +304,19 @@ mod tests {
         let dynamic = SegmentPlan::new(100, 40, false);
         let s = dynamic.segment(3).unwrap();
         assert_eq!((s.window_start, s.window_len), (90, 10));
+    }
+
+    #[test]
+    fn damaged_plans_are_refused_when_read() {
+        let good = SegmentPlan::new(1000, 40, true);
+        let json = |p: &str| serde_json::from_str::<SegmentPlan>(p);
+        assert_eq!(json(&serde_json::to_string(&good).unwrap()).unwrap(), good);
+        assert!(json(r#"{"frames":1000,"segment":40,"stride":0,"fixed":true}"#).is_err());
+        assert!(json(r#"{"frames":1000,"segment":0,"stride":0,"fixed":true}"#).is_err());
+        assert!(
+            json(r#"{"frames":18446744073709551615,"segment":40,"stride":30,"fixed":true}"#)
+                .is_err()
+        );
     }
 
     #[test]

@@ -16,6 +16,9 @@ pub enum ApiError {
     /// A track id that is not one of the song's (405, as the API contract says).
     #[error("{0}")]
     TrackNotFound(String),
+    /// A method the path does not take (405).
+    #[error("{0}")]
+    MethodNotAllowed(String),
     /// Same id, different content (409).
     #[error("{0}")]
     Conflict(String),
@@ -47,7 +50,9 @@ impl ResponseError for ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::TrackNotFound(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::TrackNotFound(_) | ApiError::MethodNotAllowed(_) => {
+                StatusCode::METHOD_NOT_ALLOWED
+            }
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -9,6 +9,10 @@ use tokio::io::AsyncWriteExt;
 
 use crate::{ApiError, AppState};
 
+/// Form fields a multipart upload may carry before its file: a browser form sends a few; a long
+/// run of them is someone probing the parser.
+const MAX_FORM_FIELDS: usize = 64;
+
 /// An upload on disk.
 pub struct Spooled {
     /// The temporary file (deleted on drop).
@@ -34,10 +38,19 @@ pub async fn receive(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
     if multipart {
+        let limit = state.config.max_upload_bytes;
         let mut form = actix_multipart::Multipart::new(req.headers(), payload);
+        let mut fields = 0;
+        let mut field_bytes = 0u64;
         while let Some(field) = form.next().await {
-            let field = field
+            let mut field = field
                 .map_err(|e| ApiError::BadRequest(format!("malformed multipart body: {e}")))?;
+            fields += 1;
+            if fields > MAX_FORM_FIELDS {
+                return Err(ApiError::BadRequest(format!(
+                    "more than {MAX_FORM_FIELDS} form fields before the file"
+                )));
+            }
             let cd = field.content_disposition().cloned();
             let file_name = cd
                 .as_ref()
@@ -49,7 +62,19 @@ pub async fn receive(
                     .and_then(|cd| cd.get_name())
                     .is_some_and(|n| n == "file");
             if !is_file {
-                continue; // a plain form field
+                // A plain form field: read past, its bytes counted against the upload limit.
+                while let Some(chunk) = field.next().await {
+                    let chunk = chunk.map_err(|e| {
+                        ApiError::BadRequest(format!("malformed multipart body: {e}"))
+                    })?;
+                    field_bytes += chunk.len() as u64;
+                    if field_bytes > limit {
+                        return Err(ApiError::TooLarge(format!(
+                            "upload exceeds the limit of {limit} bytes"
+                        )));
+                    }
+                }
+                continue;
             }
             let stream = field.map(|chunk| {
                 chunk.map_err(|e| ApiError::BadRequest(format!("upload interrupted: {e}")))

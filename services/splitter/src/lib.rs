@@ -35,6 +35,18 @@ use tokio_util::sync::CancellationToken;
 /// Delay before an upload is looked at again when no separator has registered a model yet.
 const NO_MODEL_RETRY: Duration = Duration::from_secs(3);
 
+/// How often a song being cut shows it is alive (well under the gateway's stall threshold).
+const HEARTBEAT: Duration = Duration::from_secs(20);
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 struct Splitter {
     store: Store,
     config: SplitterConfig,
@@ -127,6 +139,23 @@ impl Splitter {
             .model()
             .await?
             .ok_or_else(|| Failure::Transient("no separator has registered a model yet".into()))?;
+        // Cutting a long song takes minutes: show that it is alive, so it is never reported
+        // stalled while it works.
+        let heartbeat = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(HEARTBEAT).await;
+                    let _ = store
+                        .update_music(music, |m| {
+                            m.updated_ms = now_ms();
+                            true
+                        })
+                        .await;
+                }
+            })
+        };
+        let _stop_heartbeat = AbortOnDrop(heartbeat);
         let spool = match &self.config.spool_dir {
             Some(dir) => tempfile::tempdir_in(dir),
             None => tempfile::tempdir(),

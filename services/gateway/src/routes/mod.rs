@@ -11,28 +11,36 @@ use crate::{ApiError, AppState};
 
 /// Mounts every route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    // Every path answers a method it does not take with a JSON 405, and an unknown path with a
+    // JSON 404.
+    let resource = |path: &str| web::resource(path).default_service(web::to(method_not_allowed));
     cfg.service(
-        web::resource("/music")
+        resource("/music")
             .route(web::post().to(music::upload))
             .route(web::get().to(music::list)),
     )
     .service(
-        web::resource("/music/{music_id}")
+        resource("/music/{music_id}")
             .route(web::get().to(music::progress))
             .route(web::post().to(music::select)),
     )
-    .route(
-        "/music/{music_id}/track/{track_id}",
-        web::get().to(files::track),
-    )
-    .route("/music/{music_id}/mix/{key}", web::get().to(files::mix))
-    .route("/job", web::get().to(jobs::list))
-    .route("/job/{job_id}", web::get().to(jobs::show))
-    .route("/reset", web::post().to(system::reset))
-    .route("/healthz", web::get().to(system::health))
+    .service(resource("/music/{music_id}/track/{track_id}").route(web::get().to(files::track)))
+    .service(resource("/music/{music_id}/mix/{key}").route(web::get().to(files::mix)))
+    .service(resource("/job").route(web::get().to(jobs::list)))
+    .service(resource("/job/{job_id}").route(web::get().to(jobs::show)))
+    .service(resource("/reset").route(web::post().to(system::reset)))
+    .service(resource("/healthz").route(web::get().to(system::health)))
     .default_service(web::to(|| async {
         Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such endpoint".into()))
     }));
+}
+
+async fn method_not_allowed(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed(format!(
+        "{} is not allowed on {}",
+        req.method(),
+        req.path()
+    )))
 }
 
 /// Parses an id from the path: a positive integer below 2^53.

@@ -1,14 +1,22 @@
 //! `/music`: upload, list, progress and selection.
 
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
+
 use actix_web::{web, HttpRequest, HttpResponse};
 use dme_protocol::messages::{MixRequest, MusicUploaded};
 use dme_protocol::records::{MixRecord, MusicRecord, MusicState, TrackRecord};
 use dme_protocol::{now_ms, objects, subjects, MusicId, TrackId};
+use futures::StreamExt;
 use serde::Serialize;
 
 use super::{base_url, parse_id};
 use crate::upload;
 use crate::{ApiError, AppState};
+
+/// Largest body of a selection: room for thousands of track ids, while nobody can make the
+/// gateway buffer megabytes (and the answer stays a JSON error, not the framework's plain text).
+const MAX_SELECTION_BYTES: usize = 64 * 1024;
 
 /// One track in an answer.
 #[derive(Serialize)]
@@ -96,6 +104,7 @@ pub async fn upload(
     let spooled = upload::receive(&req, payload, &state).await?;
     let music_id = MusicId::from_content_hash(&spooled.hash);
     let hash = spooled.hash.to_hex().to_string();
+    let _storing = UploadInFlight::wait_for_turn(music_id).await;
     if let Some(existing) = state.store.music(music_id).await? {
         return existing_upload(&state, existing, &hash).await;
     }
@@ -144,13 +153,16 @@ pub async fn upload(
         tracks_ready: false,
         mixes: Vec::new(),
     };
-    let mut file = tokio::fs::File::open(&spooled.file)
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?;
-    state
-        .store
-        .put_object_from(&objects::original(music_id), &mut file)
-        .await?;
+    let original = objects::original(music_id);
+    // An original of this size under this content-derived name is these bytes, stored by an
+    // upload that stopped before its record (or by another gateway a moment ago): replacing it
+    // would only leave its chunks behind, or pull them from under a splitter reading them.
+    if state.store.object_size(&original).await? != Some(spooled.size) {
+        let mut file = tokio::fs::File::open(&spooled.file)
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        state.store.put_object_from(&original, &mut file).await?;
+    }
     if !state.store.create_music(&record).await? {
         // Another client uploaded the same bytes at the same moment.
         let existing = state.store.music(music_id).await?.ok_or_else(|| {
@@ -163,6 +175,49 @@ pub async fn upload(
     publish_uploaded(&state, music_id).await?;
     tracing::info!(%music_id, name = %record.name, size = record.size, codec = %record.codec, "song uploaded");
     Ok(HttpResponse::Ok().json(Music::from(&record)))
+}
+
+/// Songs being stored by this gateway, each with the lock its uploads queue on.
+static IN_FLIGHT: LazyLock<Mutex<HashMap<MusicId, Arc<tokio::sync::Mutex<()>>>>> =
+    LazyLock::new(Mutex::default);
+
+/// This gateway's turn to store a song: many clients sending the same file at once are served
+/// one after another, so the first stores the original and the record and the others find the
+/// record. (Gateways do not share this; across gateways the existing-original check and the
+/// atomic record creation keep one record and one original.)
+struct UploadInFlight {
+    music_id: MusicId,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl UploadInFlight {
+    async fn wait_for_turn(music_id: MusicId) -> UploadInFlight {
+        let lock = IN_FLIGHT
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(music_id)
+            .or_default()
+            .clone();
+        UploadInFlight {
+            music_id,
+            _turn: lock.lock_owned().await,
+        }
+    }
+}
+
+impl Drop for UploadInFlight {
+    fn drop(&mut self) {
+        let mut in_flight = IN_FLIGHT
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Held by the map and by this turn only: nobody is queued behind it.
+        if in_flight
+            .get(&self.music_id)
+            .is_some_and(|lock| Arc::strong_count(lock) == 2)
+        {
+            in_flight.remove(&self.music_id);
+        }
+    }
 }
 
 async fn existing_upload(
@@ -233,6 +288,7 @@ pub async fn progress(
     } else {
         Vec::new()
     };
+    let stalled = record.stalled(now_ms(), state.config.stall_after_s * 1000);
     let latest = record.latest_mix();
     let final_mix = latest
         .filter(|m| m.ready)
@@ -242,8 +298,19 @@ pub async fn progress(
         name: record.name.clone(),
         band: record.band.clone(),
         progress: record.progress(),
-        state: record.state.as_str(),
-        error: record.error.clone(),
+        state: if stalled {
+            "stalled"
+        } else {
+            record.state.as_str()
+        },
+        error: if stalled {
+            Some(format!(
+                "no progress for over {} s: no separator may be running, or a service is down",
+                state.config.stall_after_s
+            ))
+        } else {
+            record.error.clone()
+        },
         instruments,
         final_mix,
         selection: latest.map(|m| m.tracks.clone()),
@@ -259,10 +326,11 @@ pub async fn progress(
 /// separation started at upload, and a selection already mixed is not mixed again.
 pub async fn select(
     path: web::Path<String>,
-    body: web::Bytes,
+    payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let record = load(&state, &path).await?;
+    let body = read_selection(payload).await?;
     let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
         ApiError::BadRequest(format!("body must be a JSON array of track ids: {e}"))
     })?;
@@ -335,4 +403,20 @@ pub async fn select(
         "state": updated.state.as_str(),
         "progress": updated.progress(),
     })))
+}
+
+/// The body of a selection, at most [`MAX_SELECTION_BYTES`].
+async fn read_selection(mut payload: web::Payload) -> Result<web::BytesMut, ApiError> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::BadRequest(format!("selection body interrupted: {e}")))?;
+        if body.len() + chunk.len() > MAX_SELECTION_BYTES {
+            return Err(ApiError::TooLarge(format!(
+                "a selection is at most {MAX_SELECTION_BYTES} bytes of JSON"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
