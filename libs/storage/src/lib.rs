@@ -76,6 +76,59 @@ pub struct Store {
     files: ObjectStore,
 }
 
+/// Longest wait for the next chunk of an object being read. An object deleted while it is read
+/// (a reset) never delivers its remaining chunks: without this, its reader would wait forever.
+/// A chunk is 128 KiB, so 30 s without one is never a slow network.
+pub const OBJECT_READ_IDLE: Duration = Duration::from_secs(30);
+
+/// A streaming reader of one object that fails with `TimedOut` after [`OBJECT_READ_IDLE`]
+/// without data, instead of hanging.
+pub struct ObjectReader {
+    inner: async_nats::jetstream::object_store::Object,
+    idle: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl ObjectReader {
+    fn new(inner: async_nats::jetstream::object_store::Object) -> Self {
+        ObjectReader {
+            inner,
+            idle: Box::pin(tokio::time::sleep(OBJECT_READ_IDLE)),
+        }
+    }
+
+    /// Size of the object in bytes.
+    pub fn size(&self) -> u64 {
+        self.inner.info.size as u64
+    }
+}
+
+impl AsyncRead for ObjectReader {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                let next = tokio::time::Instant::now() + OBJECT_READ_IDLE;
+                this.idle.as_mut().reset(next);
+                Poll::Ready(result)
+            }
+            Poll::Pending => match std::future::Future::poll(this.idle.as_mut(), cx) {
+                Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "no data for {OBJECT_READ_IDLE:?}: the object was deleted or NATS is gone"
+                    ),
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
 /// How long to wait between attempts while NATS is not reachable yet.
 const CONNECT_RETRY: Duration = Duration::from_millis(250);
 
@@ -321,13 +374,10 @@ impl Store {
     ///
     /// # Errors
     /// On NATS failure.
-    pub async fn object_reader(
-        &self,
-        name: &str,
-    ) -> Result<Option<async_nats::jetstream::object_store::Object>> {
+    pub async fn object_reader(&self, name: &str) -> Result<Option<ObjectReader>> {
         use async_nats::jetstream::object_store::GetErrorKind;
         match self.files.get(name).await {
-            Ok(o) => Ok(Some(o)),
+            Ok(o) => Ok(Some(ObjectReader::new(o))),
             Err(e) if e.kind() == GetErrorKind::NotFound => Ok(None),
             Err(e) => Err(nats("get object")(e)),
         }

@@ -5,11 +5,10 @@
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use dme_audio::Format;
-use dme_protocol::records::MusicRecord;
-use dme_protocol::{objects, MusicId, TrackId};
+use dme_protocol::{objects, TrackId};
 use serde::Deserialize;
 
-use super::parse_id;
+use super::{load_music as record, parse_id};
 use crate::{ApiError, AppState};
 
 /// `?format=`.
@@ -27,15 +26,6 @@ fn format_of(q: &FormatQuery) -> Result<Format, ApiError> {
             ))
         }),
     }
-}
-
-async fn record(state: &AppState, raw: &str) -> Result<MusicRecord, ApiError> {
-    let id: MusicId = parse_id(raw, "music id")?;
-    state
-        .store
-        .music(id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no music with id {id}")))
 }
 
 /// `GET /music/{id}/track/{track_id}?format=`: one stem.

@@ -7,6 +7,9 @@ mod system;
 
 use actix_web::{web, HttpRequest};
 
+use dme_protocol::records::MusicRecord;
+use dme_protocol::MusicId;
+
 use crate::{ApiError, AppState};
 
 /// Mounts every route.
@@ -49,6 +52,19 @@ fn parse_id<T: std::str::FromStr>(raw: &str, what: &str) -> Result<T, ApiError> 
     ok.then(|| raw.parse().ok()).flatten().ok_or_else(|| {
         ApiError::BadRequest(format!("malformed {what}: expected a positive integer"))
     })
+}
+
+/// The record of the song whose id is `raw` (from the path).
+///
+/// # Errors
+/// 400 for a malformed id, 404 for an unknown one.
+async fn load_music(state: &AppState, raw: &str) -> Result<MusicRecord, ApiError> {
+    let id: MusicId = parse_id(raw, "music id")?;
+    state
+        .store
+        .music(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no music with id {id}")))
 }
 
 /// Base of absolute links: the configured public URL, else the request's scheme and host.

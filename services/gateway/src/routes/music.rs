@@ -10,7 +10,7 @@ use dme_protocol::{now_ms, objects, subjects, MusicId, TrackId};
 use futures::StreamExt;
 use serde::Serialize;
 
-use super::{base_url, parse_id};
+use super::{base_url, load_music as load};
 use crate::upload;
 use crate::{ApiError, AppState};
 
@@ -256,15 +256,6 @@ pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> 
     records.sort_by_key(|r| (r.created_ms, r.music_id));
     let out: Vec<Music> = records.iter().map(Music::from).collect();
     Ok(HttpResponse::Ok().json(out))
-}
-
-async fn load(state: &AppState, raw: &str) -> Result<MusicRecord, ApiError> {
-    let id: MusicId = parse_id(raw, "music id")?;
-    state
-        .store
-        .music(id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no music with id {id}")))
 }
 
 /// `GET /music/{id}`: progress, links to finished stems, and the mix link when it is ready.
