@@ -193,3 +193,30 @@ async fn a_restarted_gateway_loses_nothing_and_two_gateways_agree() {
     assert_eq!(other, list);
     second.kill();
 }
+
+#[tokio::test]
+async fn an_upload_before_any_separator_registered_a_model_is_503() {
+    let nats = dme_testkit::NatsServer::start();
+    let port = dme_testkit::free_port();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_dme"));
+    cmd.args(["gateway", "--http-addr", &format!("127.0.0.1:{port}")])
+        .env("DME_NATS_URL", nats.url())
+        .env("DME_LOG", "warn");
+    let _gateway = dme_testkit::Process::spawn("gateway", cmd);
+    let url = format!("http://127.0.0.1:{port}/music?name=a.wav");
+    let body = common::synth_wav(10_000, 44_100, 1.0);
+    let resp = dme_testkit::wait_for("the gateway", std::time::Duration::from_secs(60), || {
+        let (url, body) = (url.clone(), body.clone());
+        async move {
+            reqwest::Client::new()
+                .post(&url)
+                .body(body)
+                .send()
+                .await
+                .ok()
+        }
+    })
+    .await;
+    let msg = expect_error(resp, 503).await;
+    assert!(msg.contains("no separator"), "{msg}");
+}

@@ -56,21 +56,13 @@ fn assert_same(got: &[Vec<f32>], expected: &[Vec<f32>], what: &str) {
 
 async fn upload_and_select(sys: &System, wav: Vec<u8>, name: &str) -> u64 {
     let music = sys.upload_ok(wav, name).await;
-    let id = music["music_id"].as_u64().unwrap();
-    let all: Vec<u64> = music["tracks"]
+    let all: Vec<&str> = music["tracks"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|t| t["track_id"].as_u64().unwrap())
+        .map(|t| t["name"].as_str().unwrap())
         .collect();
-    let (status, _) = sys
-        .post_json(
-            &format!("/music/{id}"),
-            &serde_json::to_string(&all).unwrap(),
-        )
-        .await;
-    assert_eq!(status, 200);
-    id
+    sys.select(&music, &all).await
 }
 
 /// Waits until the song is `failed` and returns its answer.

@@ -218,14 +218,9 @@ impl System {
         }
     }
 
-    /// Uploads, selects `select` (stem names), and waits for the mix.
-    pub async fn separate_and_mix(
-        &self,
-        bytes: Vec<u8>,
-        name: &str,
-        select: &[&str],
-    ) -> (Value, Value) {
-        let music = self.upload_ok(bytes, name).await;
+    /// Asks for the mix of the tracks of `music` (an upload's answer) named in `select`;
+    /// returns the music id.
+    pub async fn select(&self, music: &Value, select: &[&str]) -> u64 {
         let id = music["music_id"].as_u64().unwrap();
         let ids: Vec<u64> = music["tracks"]
             .as_array()
@@ -241,6 +236,18 @@ impl System {
             )
             .await;
         assert_eq!(status, 200, "{body}");
+        id
+    }
+
+    /// Uploads, selects `select` (stem names), and waits for the mix.
+    pub async fn separate_and_mix(
+        &self,
+        bytes: Vec<u8>,
+        name: &str,
+        select: &[&str],
+    ) -> (Value, Value) {
+        let music = self.upload_ok(bytes, name).await;
+        let id = self.select(&music, select).await;
         let done = self
             .wait_music(id, "the mix", |b| {
                 b["progress"] == 100 && b["final"].is_string()

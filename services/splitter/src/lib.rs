@@ -187,6 +187,8 @@ impl Splitter {
         let plan = SegmentPlan::new(decoded.frames, model.segment, model.fixed);
         tracing::info!(%music, frames = decoded.frames, segments = plan.count(), "decoded; cutting");
         let decoded = Arc::new(decoded);
+        let tracks = TrackRecord::for_sources(music, &model.sources);
+        let track_ids: Vec<_> = tracks.iter().map(|t| t.track_id).collect();
         for seg in plan.segments() {
             let d = decoded.clone();
             let window = tokio::task::spawn_blocking(move || d.window(&seg))
@@ -207,17 +209,13 @@ impl Splitter {
                 worker: None,
                 attempts: 0,
                 time_ms: 0,
-                tracks: TrackRecord::for_sources(music, &model.sources)
-                    .iter()
-                    .map(|t| t.track_id)
-                    .collect(),
+                tracks: track_ids.clone(),
                 error: None,
                 created_ms: now_ms(),
                 updated_ms: now_ms(),
             };
             store.create_job(&job).await?;
         }
-        let tracks = TrackRecord::for_sources(music, &model.sources);
         let updated = store
             .update_music(music, |m| {
                 if m.plan.is_some() || m.state == MusicState::Failed {
