@@ -21,6 +21,7 @@ test: setup
 	@$(ENV); cargo test --workspace --no-fail-fast 2>&1
 
 lint:
+	scripts/msrv.sh
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
