@@ -9,6 +9,8 @@
 
 use std::ops::Range;
 
+use ndarray::{s, Array1, Array2, ArrayView1, NewAxis, Zip};
+
 /// Overlap between consecutive segments, as a fraction of the segment: demucs' default, which the
 /// reference geometry fixes (`overlap=0.25`).
 pub const OVERLAP: f64 = 0.25;
@@ -44,22 +46,43 @@ struct RawPlan {
 /// Longest song a plan may describe: 24 hours at 44.1 kHz, far beyond any upload limit.
 const MAX_PLAN_FRAMES: u64 = 24 * 3600 * 44_100;
 
+/// Why a [`SegmentPlan`] read from a message or record was refused.
+#[derive(Debug, thiserror::Error)]
+enum PlanError {
+    /// The segment is too short for a stride or the song longer than any upload.
+    #[error("implausible plan: {frames} frames, segment {segment}")]
+    Implausible {
+        /// Song length claimed.
+        frames: u64,
+        /// Segment length claimed.
+        segment: u32,
+    },
+    /// The stride is not the one the segment length gives.
+    #[error("stride {stride} does not match segment {segment}")]
+    Stride {
+        /// Stride claimed.
+        stride: u32,
+        /// Segment length claimed.
+        segment: u32,
+    },
+}
+
 impl TryFrom<RawPlan> for SegmentPlan {
-    type Error = String;
+    type Error = PlanError;
 
     fn try_from(raw: RawPlan) -> Result<Self, Self::Error> {
         if raw.segment < 4 || raw.frames > MAX_PLAN_FRAMES {
-            return Err(format!(
-                "implausible plan: {} frames, segment {}",
-                raw.frames, raw.segment
-            ));
+            return Err(PlanError::Implausible {
+                frames: raw.frames,
+                segment: raw.segment,
+            });
         }
         let plan = SegmentPlan::new(raw.frames, raw.segment, raw.fixed);
         if plan.stride != raw.stride {
-            return Err(format!(
-                "stride {} does not match segment {}",
-                raw.stride, raw.segment
-            ));
+            return Err(PlanError::Stride {
+                stride: raw.stride,
+                segment: raw.segment,
+            });
         }
         Ok(plan)
     }
@@ -185,27 +208,35 @@ pub fn window_of(channels: &[&[f32]], seg: &Segment) -> Vec<Vec<f32>> {
 ///
 /// Each segment's samples are laid out as `lanes` planar buffers (stems × channels) of the
 /// segment's `len` samples. The sum of weighted samples and the sum of weights are kept in f32,
-/// added in offset order exactly as the reference does.
+/// added in offset order exactly as the reference does: per sample, `sum_w += w` and
+/// `acc += w · x`, then `acc / sum_w` once the sample is final.
 pub struct Blender {
     plan: SegmentPlan,
-    lanes: usize,
     next: u32,
-    /// Song sample at which `acc[_][0]` lies.
+    /// Song sample at which column 0 of `acc` and element 0 of `sum_w` lie. It is always the
+    /// offset of the next segment, so each segment is added from column 0.
     base: u64,
-    acc: Vec<Vec<f32>>,
-    sum_w: Vec<f32>,
+    /// Weighted sums, `[lanes, samples]`, as wide as the longest segment. Columns at and past
+    /// `open` are zero.
+    acc: Array2<f32>,
+    /// Sums of weights, as wide as `acc`, zero at and past `open`.
+    sum_w: Array1<f32>,
+    /// Columns that hold overlap carried over from earlier segments.
+    open: usize,
 }
 
 impl Blender {
     /// A blender for `lanes` planar outputs (e.g. 4 stems × 2 channels = 8).
     pub fn new(plan: SegmentPlan, lanes: usize) -> Self {
+        // No segment is longer than the model segment or the song.
+        let width = (plan.frames.min(u64::from(plan.segment))) as usize;
         Self {
             plan,
-            lanes,
             next: 0,
             base: 0,
-            acc: vec![Vec::new(); lanes],
-            sum_w: Vec::new(),
+            acc: Array2::zeros((lanes, width)),
+            sum_w: Array1::zeros(width),
+            open: 0,
         }
     }
 
@@ -225,45 +256,51 @@ impl Blender {
             .plan
             .segment(index)
             .expect("segment index inside the plan");
-        assert_eq!(lanes.len(), self.lanes);
+        assert_eq!(lanes.len(), self.acc.nrows());
         let n = seg.len as usize;
-        let start = (seg.offset - self.base) as usize;
-        let end = start + n;
-        if self.sum_w.len() < end {
-            self.sum_w.resize(end, 0.0);
-            for acc in &mut self.acc {
-                acc.resize(end, 0.0);
-            }
-        }
-        for i in 0..n {
-            self.sum_w[start + i] += self.plan.weight(i);
-        }
-        for (acc, lane) in self.acc.iter_mut().zip(lanes) {
+        debug_assert_eq!(
+            seg.offset, self.base,
+            "each segment starts where the last left off"
+        );
+        let weights = Array1::from(self.plan.weights(n));
+        let mut sum_w = self.sum_w.slice_mut(s![..n]);
+        sum_w += &weights;
+        for (acc, lane) in self.acc.outer_iter_mut().zip(lanes) {
             assert_eq!(lane.len(), n, "lane length must equal the segment length");
-            for i in 0..n {
-                acc[start + i] += self.plan.weight(i) * lane[i];
-            }
+            Zip::from(acc.slice_move(s![..n]))
+                .and(&ArrayView1::from(*lane))
+                .and(&weights)
+                .for_each(|a, &x, &w| *a += w * x);
         }
+        self.open = self.open.max(n);
         self.next += 1;
         // Everything before the next segment's offset is final.
         let final_until = match self.plan.segment(self.next) {
             Some(next) => (next.offset - self.base) as usize,
-            None => self.sum_w.len(),
+            None => self.open,
         };
         let out_base = self.base;
-        let w: Vec<f32> = self.sum_w.drain(..final_until).collect();
-        let out = self
-            .acc
-            .iter_mut()
-            .map(|acc| {
-                acc.drain(..final_until)
-                    .zip(&w)
-                    .map(|(a, w)| a / w)
-                    .collect()
-            })
-            .collect();
+        let finished =
+            &self.acc.slice(s![.., ..final_until]) / &self.sum_w.slice(s![NewAxis, ..final_until]);
+        self.carry_over(final_until);
         self.base += final_until as u64;
-        (out, out_base)
+        (
+            finished.outer_iter().map(|lane| lane.to_vec()).collect(),
+            out_base,
+        )
+    }
+
+    /// Moves the still-open columns after `final_until` to the front and zeroes the rest.
+    fn carry_over(&mut self, final_until: usize) {
+        let open = self.open;
+        let kept = open - final_until;
+        let rest = self.acc.slice(s![.., final_until..open]).to_owned();
+        self.acc.slice_mut(s![.., ..kept]).assign(&rest);
+        self.acc.slice_mut(s![.., kept..open]).fill(0.0);
+        let rest = self.sum_w.slice(s![final_until..open]).to_owned();
+        self.sum_w.slice_mut(s![..kept]).assign(&rest);
+        self.sum_w.slice_mut(s![kept..open]).fill(0.0);
+        self.open = kept;
     }
 
     /// True once every segment of the plan has been pushed.
@@ -345,6 +382,85 @@ mod tests {
             assert_eq!(out[0].len() as u64, frames);
             assert!(out[0].iter().all(|v| (v - 1.5).abs() < 1e-6));
             assert!(out[1].iter().all(|v| (v + 2.0).abs() < 1e-6));
+        }
+    }
+
+    /// The blend as it was written before the blender held ndarrays: flat vectors grown to each
+    /// segment's end, `sum_w += w` and `acc += w · x` per sample in offset order, and `acc / sum_w`
+    /// for every sample before the next segment's offset.
+    fn blend_with_flat_vectors(plan: SegmentPlan, segments: &[Vec<Vec<f32>>]) -> Vec<Vec<f32>> {
+        let lanes = segments[0].len();
+        let (mut acc, mut sum_w) = (vec![Vec::<f32>::new(); lanes], Vec::<f32>::new());
+        let (mut base, mut out) = (0u64, vec![Vec::new(); lanes]);
+        for (k, data) in segments.iter().enumerate() {
+            let seg = plan.segment(k as u32).unwrap();
+            let n = seg.len as usize;
+            let start = (seg.offset - base) as usize;
+            if sum_w.len() < start + n {
+                sum_w.resize(start + n, 0.0);
+                acc.iter_mut().for_each(|a| a.resize(start + n, 0.0));
+            }
+            for i in 0..n {
+                sum_w[start + i] += plan.weight(i);
+            }
+            for (a, lane) in acc.iter_mut().zip(data) {
+                for i in 0..n {
+                    a[start + i] += plan.weight(i) * lane[i];
+                }
+            }
+            let final_until = match plan.segment(k as u32 + 1) {
+                Some(next) => (next.offset - base) as usize,
+                None => sum_w.len(),
+            };
+            let w: Vec<f32> = sum_w.drain(..final_until).collect();
+            for (o, a) in out.iter_mut().zip(&mut acc) {
+                o.extend(a.drain(..final_until).zip(&w).map(|(a, w)| a / w));
+            }
+            base += final_until as u64;
+        }
+        out
+    }
+
+    #[test]
+    fn blender_is_bit_identical_to_the_flat_vector_blend() {
+        // Irrational-looking values, so any change in the order or kind of float operations
+        // shows up in the last bit somewhere.
+        let value = |lane: usize, t: u64| ((t as f32 * 0.37 + lane as f32).sin() * 0.9) / 3.0;
+        for (frames, segment, fixed) in [(1000u64, 40u32, true), (1001, 41, false), (7, 40, true)] {
+            let plan = SegmentPlan::new(frames, segment, fixed);
+            let lanes = 6;
+            let segments: Vec<Vec<Vec<f32>>> = plan
+                .segments()
+                .map(|seg| {
+                    (0..lanes)
+                        .map(|l| {
+                            seg.range()
+                                .map(|t| value(l, t * 31 + seg.index as u64))
+                                .collect()
+                        })
+                        .collect()
+                })
+                .collect();
+            let expected = blend_with_flat_vectors(plan, &segments);
+            let mut blender = Blender::new(plan, lanes);
+            let mut got = vec![Vec::new(); lanes];
+            for (seg, data) in plan.segments().zip(&segments) {
+                let views: Vec<&[f32]> = data.iter().map(Vec::as_slice).collect();
+                let (done, base) = blender.push(seg.index, &views);
+                assert_eq!(base as usize, got[0].len());
+                got.iter_mut().zip(done).for_each(|(g, d)| g.extend(d));
+            }
+            let bits = |lanes: &[Vec<f32>]| -> Vec<Vec<u32>> {
+                lanes
+                    .iter()
+                    .map(|l| l.iter().map(|v| v.to_bits()).collect())
+                    .collect()
+            };
+            assert_eq!(
+                bits(&got),
+                bits(&expected),
+                "{frames} frames, segment {segment}"
+            );
         }
     }
 
