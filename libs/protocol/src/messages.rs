@@ -2,17 +2,40 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::records::MusicState;
+use crate::records::{MusicRecord, MusicState};
 use crate::{JobId, MusicId, SegmentPlan, TrackId};
 
-/// [`crate::subjects::MUSIC_UPLOADED`]: a song's original is stored and its record written.
+/// What every work message says about itself, for logs and for failing its song.
+pub trait WorkItem {
+    /// The song the work is for.
+    fn music_id(&self) -> MusicId;
+    /// The segment the work is for, when it is for one.
+    fn segment_index(&self) -> Option<u32> {
+        None
+    }
+}
+
+/// [`crate::subjects::WORK_UPLOADED`]: a song's original is stored and its record written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MusicUploaded {
     /// The song.
     pub music_id: MusicId,
 }
 
-/// [`crate::subjects::SEGMENT_TODO`]: separate one segment.
+impl WorkItem for MusicUploaded {
+    fn music_id(&self) -> MusicId {
+        self.music_id
+    }
+}
+
+impl MusicUploaded {
+    /// The JetStream message id that makes a repeated publish (a re-upload) a no-op.
+    pub fn msg_id(&self) -> String {
+        format!("up-{}", self.music_id)
+    }
+}
+
+/// [`crate::subjects::WORK_SEGMENT`]: separate one segment.
 ///
 /// The input window is in the object store at [`crate::objects::segment_input`]. Segments of one
 /// song are released `window` at a time: the worker that finishes segment `k` releases
@@ -31,6 +54,15 @@ pub struct SegmentWork {
     pub window: u32,
     /// Fingerprint of the model the plan was made for: a worker running another model refuses.
     pub model: String,
+}
+
+impl WorkItem for SegmentWork {
+    fn music_id(&self) -> MusicId {
+        self.music_id
+    }
+    fn segment_index(&self) -> Option<u32> {
+        Some(self.index)
+    }
 }
 
 impl SegmentWork {
@@ -54,7 +86,7 @@ impl SegmentWork {
     }
 }
 
-/// [`crate::subjects::SEGMENT_DONE`]: the stems of one segment are in the object store at
+/// [`crate::subjects::WORK_SEPARATED`]: the stems of one segment are in the object store at
 /// [`crate::objects::segment_stems`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SegmentDone {
@@ -66,13 +98,35 @@ pub struct SegmentDone {
     pub job_id: JobId,
 }
 
-/// [`crate::subjects::MIX_REQUESTED`]: mix these tracks of a song.
+impl WorkItem for SegmentDone {
+    fn music_id(&self) -> MusicId {
+        self.music_id
+    }
+    fn segment_index(&self) -> Option<u32> {
+        Some(self.index)
+    }
+}
+
+impl SegmentDone {
+    /// The JetStream message id that makes a repeated publish (a redelivered segment) a no-op.
+    pub fn msg_id(&self) -> String {
+        format!("done-{}-{}", self.music_id, self.index)
+    }
+}
+
+/// [`crate::subjects::WORK_MIX`]: mix these tracks of a song.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MixRequest {
     /// The song.
     pub music_id: MusicId,
     /// The chosen tracks (checked against the song by the gateway).
     pub tracks: Vec<TrackId>,
+}
+
+impl WorkItem for MixRequest {
+    fn music_id(&self) -> MusicId {
+        self.music_id
+    }
 }
 
 /// `dme.event.<music_id>`: a song's state or progress changed.
@@ -90,6 +144,20 @@ pub struct ProgressEvent {
     pub segments: u32,
     /// Why it failed, when it did.
     pub error: Option<String>,
+}
+
+impl ProgressEvent {
+    /// The event that tells where `record`'s song is now.
+    pub fn of(record: &MusicRecord) -> ProgressEvent {
+        ProgressEvent {
+            music_id: record.music_id,
+            state: record.state,
+            progress: record.progress(),
+            segments_done: record.segments_done(),
+            segments: record.separated.len() as u32,
+            error: record.error.clone(),
+        }
+    }
 }
 
 #[cfg(test)]

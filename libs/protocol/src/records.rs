@@ -139,6 +139,18 @@ impl MusicRecord {
         ) && now_ms.saturating_sub(self.updated_ms) > after_ms
     }
 
+    /// Marks the song failed with `reason`; false (and nothing changed) when it already failed,
+    /// so the first reason stays.
+    pub fn fail(&mut self, reason: &str) -> bool {
+        if self.state == MusicState::Failed {
+            return false;
+        }
+        self.state = MusicState::Failed;
+        self.error = Some(reason.to_string());
+        self.updated_ms = crate::now_ms();
+        true
+    }
+
     /// The latest selection, if any.
     pub fn latest_mix(&self) -> Option<&MixRecord> {
         self.mixes.last()

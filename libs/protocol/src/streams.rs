@@ -13,14 +13,14 @@ pub const WORK_STREAM: &str = "DME_WORK";
 /// Progress events, kept for a while so a late subscriber (a web page) can catch up.
 pub const EVENT_STREAM: &str = "DME_EVENTS";
 
-/// Durable consumer of [`subjects::MUSIC_UPLOADED`].
+/// Durable consumer of [`subjects::WORK_UPLOADED`].
 pub const SPLITTER_CONSUMER: &str = "splitter";
-/// Durable consumer of [`subjects::SEGMENT_TODO`], shared by every separator worker.
+/// Durable consumer of [`subjects::WORK_SEGMENT`], shared by every separator worker.
 pub const SEPARATOR_CONSUMER: &str = "separator";
-/// Durable consumer of [`subjects::SEGMENT_DONE`].
-pub const ASSEMBLER_CONSUMER: &str = "mixer-assemble";
-/// Durable consumer of [`subjects::MIX_REQUESTED`].
-pub const MIX_CONSUMER: &str = "mixer-mix";
+/// Durable consumer of [`subjects::WORK_SEPARATED`].
+pub const MIXER_ASSEMBLE_CONSUMER: &str = "mixer-assemble";
+/// Durable consumer of [`subjects::WORK_MIX`].
+pub const MIXER_MIX_CONSUMER: &str = "mixer-mix";
 
 /// KV bucket of music records, keyed by music id.
 pub const MUSIC_BUCKET: &str = "dme-music";
@@ -39,6 +39,22 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(15 * 60);
 
 /// How long progress events are kept.
 pub const EVENT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// Progress events kept per song: a page that connects late needs only the latest, and 64 covers
+/// a burst of segment completions without letting a long song fill the stream.
+pub const EVENTS_PER_SONG: i64 = 64;
+
+/// Values kept per KV key: records are changed by compare-and-swap on the latest revision, and
+/// nobody reads history.
+pub const KV_HISTORY: i64 = 1;
+
+/// Separator messages handed out and not yet acked, over all workers. Workers pull one message
+/// per free slot, so the real bound is the number of separators; this only has to stay above any
+/// cluster's size (it is not a throttle).
+pub const SEPARATOR_MAX_ACK_PENDING: i64 = 10_000;
+/// Like [`SEPARATOR_MAX_ACK_PENDING`] for the splitter and mixer, which run in a few copies of a
+/// few slots each.
+pub const PIPELINE_MAX_ACK_PENDING: i64 = 1_000;
 
 /// The work stream.
 pub fn work_stream() -> stream::Config {
@@ -62,7 +78,7 @@ pub fn event_stream() -> stream::Config {
         retention: stream::RetentionPolicy::Limits,
         storage: stream::StorageType::File,
         max_age: EVENT_MAX_AGE,
-        max_messages_per_subject: 64,
+        max_messages_per_subject: EVENTS_PER_SONG,
         ..Default::default()
     }
 }
@@ -86,14 +102,15 @@ impl Redelivery {
     pub const SEPARATOR: Redelivery = Redelivery {
         ack_wait: Duration::from_secs(10),
         max_deliver: 5,
-        max_ack_pending: 10_000,
+        max_ack_pending: SEPARATOR_MAX_ACK_PENDING,
     };
     /// Splitter, assembler and mixer: decoding or assembling a long song takes a while, and
-    /// they also send in-progress acks.
+    /// they also send in-progress acks; ten deliveries ride out a NATS restart or two before a
+    /// step is given up.
     pub const PIPELINE: Redelivery = Redelivery {
         ack_wait: Duration::from_secs(30),
         max_deliver: 10,
-        max_ack_pending: 1_000,
+        max_ack_pending: PIPELINE_MAX_ACK_PENDING,
     };
 }
 
@@ -111,11 +128,21 @@ pub fn work_consumer(name: &str, subject: &str, r: Redelivery) -> consumer::pull
     }
 }
 
+/// The stream behind KV bucket `bucket` (JetStream's naming).
+pub fn kv_stream(bucket: &str) -> String {
+    format!("KV_{bucket}")
+}
+
+/// The stream behind object store `bucket` (JetStream's naming).
+pub fn object_stream(bucket: &str) -> String {
+    format!("OBJ_{bucket}")
+}
+
 /// A KV bucket keeping only the latest value of each key.
 pub fn kv_bucket(name: &str) -> kv::Config {
     kv::Config {
         bucket: name.to_string(),
-        history: 1,
+        history: KV_HISTORY,
         storage: stream::StorageType::File,
         ..Default::default()
     }

@@ -1,8 +1,8 @@
 //! The HTTP gateway: the API of `shared/reference/api.yaml`, extended, over NATS.
 //!
 //! Consumes: HTTP requests; music and job records, files and the registered model from NATS.
-//! Produces: stored originals and music records, [`dme_protocol::subjects::MUSIC_UPLOADED`] and
-//! [`dme_protocol::subjects::MIX_REQUESTED`] work items, downloads in several formats.
+//! Produces: stored originals and music records, [`dme_protocol::subjects::WORK_UPLOADED`] and
+//! [`dme_protocol::subjects::WORK_MIX`] work items, downloads in several formats.
 //! Guarantees: the gateway keeps nothing of its own (a restart loses nothing, and any number of
 //! gateways can serve at once); uploads are spooled to disk while they arrive, so memory stays
 //! bounded; bad input gets a 4xx with a JSON `{"error": ...}`, never a 500.

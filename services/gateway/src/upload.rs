@@ -184,16 +184,19 @@ pub async fn probe(spooled: &Spooled) -> Result<dme_audio::Probe, ApiError> {
     let probe = tokio::task::spawn_blocking(move || dme_audio::probe_path(&path, hint.as_deref()))
         .await
         .map_err(|e| ApiError::Internal(e.into()))?;
-    use dme_audio::AudioError as A;
+    use dme_audio::AudioError;
     match probe {
         Ok(p) if p.frames == 0 => Err(ApiError::Unsupported(
             "the file holds no audio samples".into(),
         )),
         Ok(p) => Ok(p),
-        Err(A::Empty) => Err(ApiError::BadRequest("empty upload".into())),
-        Err(e @ (A::NotAudio(_) | A::UnsupportedCodec(_) | A::Corrupt(_) | A::NoSamples)) => {
-            Err(ApiError::Unsupported(e.to_string()))
-        }
+        Err(AudioError::Empty) => Err(ApiError::BadRequest("empty upload".into())),
+        Err(
+            e @ (AudioError::NotAudio(_)
+            | AudioError::UnsupportedCodec(_)
+            | AudioError::Corrupt(_)
+            | AudioError::NoSamples),
+        ) => Err(ApiError::Unsupported(e.to_string())),
         Err(e) => Err(ApiError::Internal(e.into())),
     }
 }

@@ -1,8 +1,8 @@
 //! The mixer: puts separated segments back together into one track per stem, and mixes the
 //! tracks a user selects.
 //!
-//! Consumes: [`subjects::SEGMENT_DONE`] (durable consumer [`streams::ASSEMBLER_CONSUMER`]) and
-//! [`subjects::MIX_REQUESTED`] (durable consumer [`streams::MIX_CONSUMER`]), the segment stems in
+//! Consumes: [`subjects::WORK_SEPARATED`] (durable consumer [`streams::MIXER_ASSEMBLE_CONSUMER`]) and
+//! [`subjects::WORK_MIX`] (durable consumer [`streams::MIXER_MIX_CONSUMER`]), the segment stems in
 //! the object store.
 //! Produces: each song's progress on its record (and a progress event per change), one float WAV
 //! per stem ([`objects::track`]) once every segment is in, and one float WAV per selection
@@ -59,13 +59,13 @@ pub async fn run(config: MixerConfig, shutdown: CancellationToken) -> Result<(),
     let redelivery = streams::Redelivery::PIPELINE;
     let assembled = store
         .work_consumer(
-            streams::ASSEMBLER_CONSUMER,
-            subjects::SEGMENT_DONE,
+            streams::MIXER_ASSEMBLE_CONSUMER,
+            subjects::WORK_SEPARATED,
             redelivery,
         )
         .await?;
     let mixes = store
-        .work_consumer(streams::MIX_CONSUMER, subjects::MIX_REQUESTED, redelivery)
+        .work_consumer(streams::MIXER_MIX_CONSUMER, subjects::WORK_MIX, redelivery)
         .await?;
     let slots = config.slots;
     let mixer = Arc::new(Mixer {

@@ -1,10 +1,10 @@
 //! The separator worker: runs the separation model on one segment at a time.
 //!
-//! Consumes: [`subjects::SEGMENT_TODO`] through the durable consumer
+//! Consumes: [`subjects::WORK_SEGMENT`] through the durable consumer
 //! [`streams::SEPARATOR_CONSUMER`], shared by every separator on every machine (scaling = starting
 //! more of them), and each segment's input window from the object store.
 //! Produces: the segment's stems (cut back to the segment) in the object store, the job record,
-//! [`subjects::SEGMENT_DONE`], and the song's next segment in its fairness window
+//! [`subjects::WORK_SEPARATED`], and the song's next segment in its fairness window
 //! ([`SegmentWork::successor`]).
 //! Guarantees: a message is acked only after its stems and its done event are stored, so a worker
 //! killed at any point loses nothing (JetStream redelivers after the ack wait); in-progress acks
@@ -94,7 +94,7 @@ pub async fn run(
     let consumer = store
         .work_consumer(
             streams::SEPARATOR_CONSUMER,
-            subjects::SEGMENT_TODO,
+            subjects::WORK_SEGMENT,
             redelivery,
         )
         .await?;
@@ -250,11 +250,7 @@ impl Worker {
             job_id: work.job_id,
         };
         store
-            .publish(
-                subjects::SEGMENT_DONE,
-                &done,
-                Some(&format!("done-{}-{}", work.music_id, work.index)),
-            )
+            .publish(subjects::WORK_SEPARATED, &done, Some(&done.msg_id()))
             .await
             .map_err(transient)?;
         tracing::info!(
@@ -267,7 +263,7 @@ impl Worker {
     async fn release_successor(&self, work: &SegmentWork) -> Result<(), Failure> {
         if let Some(next) = work.successor() {
             self.store
-                .publish(subjects::SEGMENT_TODO, &next, Some(&next.msg_id()))
+                .publish(subjects::WORK_SEGMENT, &next, Some(&next.msg_id()))
                 .await
                 .map_err(|e| Failure::Transient(e.to_string()))?;
         }

@@ -1,12 +1,12 @@
 //! The splitter: turns an uploaded song into segments for the separators.
 //!
-//! Consumes: [`subjects::MUSIC_UPLOADED`] through the durable consumer
+//! Consumes: [`subjects::WORK_UPLOADED`] through the durable consumer
 //! [`streams::SPLITTER_CONSUMER`], the original from the object store, and the registered model
 //! (its segment length and stems).
 //! Produces: each segment's model input window in the object store (see
 //! [`dme_protocol::objects::segment_input`]), one job record per segment, the song's
 //! [`SegmentPlan`] on its record, and the first `segment_window` work items on
-//! [`subjects::SEGMENT_TODO`] (separators release the rest as they finish).
+//! [`subjects::WORK_SEGMENT`] (separators release the rest as they finish).
 //! Guarantees: decoding streams to temporary files, so memory stays bounded whatever the song's
 //! length; the geometry is exactly demucs' `apply_model` ([`dme_segment`]); a redelivered upload
 //! is cut again idempotently (objects overwritten, jobs created once, work items deduplicated by
@@ -71,7 +71,7 @@ pub async fn run(config: SplitterConfig, shutdown: CancellationToken) -> Result<
     let consumer = store
         .work_consumer(
             streams::SPLITTER_CONSUMER,
-            subjects::MUSIC_UPLOADED,
+            subjects::WORK_UPLOADED,
             redelivery,
         )
         .await?;
@@ -265,7 +265,7 @@ impl Splitter {
                 model: record.model.clone(),
             };
             self.store
-                .publish(subjects::SEGMENT_TODO, &work, Some(&work.msg_id()))
+                .publish(subjects::WORK_SEGMENT, &work, Some(&work.msg_id()))
                 .await?;
         }
         Ok(())

@@ -8,7 +8,7 @@ use dme_audio::Format;
 use dme_protocol::{objects, TrackId};
 use serde::Deserialize;
 
-use super::{load_music as record, parse_id};
+use super::{load_music, parse_id};
 use crate::{ApiError, AppState};
 
 /// `?format=`.
@@ -36,7 +36,7 @@ pub async fn track(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let format = format_of(&query)?;
-    let record = record(&state, &path.0).await?;
+    let record = load_music(&state, &path.0).await?;
     let track_id: TrackId = parse_id(&path.1, "track id")?;
     let track = record
         .tracks
@@ -68,7 +68,7 @@ pub async fn mix(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let format = format_of(&query)?;
-    let record = record(&state, &path.0).await?;
+    let record = load_music(&state, &path.0).await?;
     let mix = record
         .mixes
         .iter()

@@ -10,7 +10,7 @@ use dme_protocol::{now_ms, objects, subjects, MusicId, TrackId};
 use futures::StreamExt;
 use serde::Serialize;
 
-use super::{base_url, load_music as load};
+use super::{base_url, load_music};
 use crate::upload;
 use crate::{ApiError, AppState};
 
@@ -239,13 +239,10 @@ async fn existing_upload(
 }
 
 async fn publish_uploaded(state: &AppState, music_id: MusicId) -> Result<(), ApiError> {
+    let uploaded = MusicUploaded { music_id };
     state
         .store
-        .publish(
-            subjects::MUSIC_UPLOADED,
-            &MusicUploaded { music_id },
-            Some(&format!("up-{music_id}")),
-        )
+        .publish(subjects::WORK_UPLOADED, &uploaded, Some(&uploaded.msg_id()))
         .await?;
     Ok(())
 }
@@ -264,7 +261,7 @@ pub async fn progress(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let record = load(&state, &path).await?;
+    let record = load_music(&state, &path).await?;
     let base = base_url(&req, &state);
     let instruments = if record.tracks_ready {
         record
@@ -320,7 +317,7 @@ pub async fn select(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let record = load(&state, &path).await?;
+    let record = load_music(&state, &path).await?;
     let body = read_selection(payload).await?;
     let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
         ApiError::BadRequest(format!("body must be a JSON array of track ids: {e}"))
@@ -378,7 +375,7 @@ pub async fn select(
         state
             .store
             .publish(
-                subjects::MIX_REQUESTED,
+                subjects::WORK_MIX,
                 &MixRequest {
                     music_id: updated.music_id,
                     tracks: unique.clone(),
