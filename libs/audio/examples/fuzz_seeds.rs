@@ -1,10 +1,11 @@
 //! Writes the seed files of the `probe_decode` fuzz target (see `fuzz/README.md`): small valid
 //! WAV (8/16/24-bit, float, mono to 6 channels, plain and extensible headers, lying sizes), MP3
-//! (with and without tags), FLAC, and the first kilobytes of the project's fixture MP3.
+//! (with and without tags), FLAC, and the first kilobytes of the test song (`dme_testkit::song`)
+//! as MP3 and of the committed OGG Vorbis and AAC/M4A fixtures.
 //!
 //! `cargo run -p dme-audio --example fuzz_seeds -- fuzz/seeds/probe_decode`
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use dme_audio::{encode, Format};
 
@@ -127,10 +128,20 @@ fn main() {
         &encode(&l, &r, 8_000, Format::Flac).unwrap(),
     );
 
-    let fixture =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/wildblood.mp3");
-    if let Ok(bytes) = std::fs::read(&fixture) {
-        write("wildblood-head.mp3", &bytes[..bytes.len().min(12_000)]);
+    // Seeds are kept small so the fuzzer mutates headers and first packets, not bulk audio.
+    const HEAD: usize = 12_000;
+    let song = dme_testkit::song::test_song_mp3();
+    write("song-head.mp3", &song[..song.len().min(HEAD)]);
+    for fixture in dme_testkit::fixtures::ALL {
+        let bytes = std::fs::read(fixture.path()).unwrap();
+        write(
+            &format!(
+                "{}-head.{}",
+                fixture.codec,
+                fixture.path().extension().unwrap().to_str().unwrap()
+            ),
+            &bytes[..bytes.len().min(HEAD)],
+        );
     }
     eprintln!("seeds written to {}", out.display());
 }

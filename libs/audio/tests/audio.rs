@@ -1,12 +1,15 @@
 //! End-to-end tests of dme-audio on files written to a temporary directory (hound for WAV, our
-//! own encoders for FLAC and MP3) and on the real MP3 fixture.
+//! own encoders for FLAC and MP3), on the test song generator's music (`dme_testkit::song`)
+//! and on the committed OGG Vorbis and AAC fixtures made from it.
 
 use std::f64::consts::PI;
 use std::path::{Path, PathBuf};
 
 use dme_audio::{
-    decode_path, encode, probe_path, read_wav, AudioError, Format, StereoDecoder, MODEL_SAMPLE_RATE,
+    decode_path, encode, probe_path, read_wav, AudioError, Format, Stereo, StereoDecoder,
+    MODEL_SAMPLE_RATE,
 };
+use dme_testkit::song;
 use hound::{SampleFormat, WavSpec, WavWriter};
 use tempfile::TempDir;
 
@@ -66,10 +69,6 @@ fn zero_crossing_freq(samples: &[f32], rate: u32) -> f64 {
         .filter(|w| (w[0] < 0.0) != (w[1] < 0.0))
         .count();
     crossings as f64 / 2.0 / (middle.len() as f64 / f64::from(rate))
-}
-
-fn fixture_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/wildblood.mp3")
 }
 
 #[test]
@@ -707,50 +706,165 @@ fn unsupported_target_rate_is_rejected() {
     ));
 }
 
-#[test]
-fn real_mp3_fixture() {
-    let path = fixture_path();
-    if !path.exists() {
-        panic!("fixture missing at {}", path.display());
+/// Correlation a lossy decode of the generated song must keep with the generator's samples:
+/// MP3 at 320 kbit/s, Vorbis and AAC at about 110 kbit/s measure 0.99 and up; another song
+/// scores below 0.5.
+const LOSSY_CORRELATION: f64 = 0.95;
+
+/// Decodes `path` block by block at `rate`; returns the audio and the packets concealed.
+fn decode_streaming(path: &Path, ext: &str, rate: u32) -> (Stereo, u64) {
+    let mut decoder = StereoDecoder::open(path, Some(ext), rate).unwrap();
+    let mut audio = Stereo::default();
+    while let Some(block) = decoder.next_block().unwrap() {
+        audio.left.extend(block.left);
+        audio.right.extend(block.right);
     }
+    (audio, decoder.skipped_packets())
+}
+
+/// The generated test song (30 s, 44.1 kHz stereo) as dme's 320 kbit/s MP3 behind an ID3v2
+/// tag: probed exactly (the LAME tag's delay and padding are trimmed), tags read, and decoded
+/// in blocks to music that lines up with the generator's, sample for sample.
+#[test]
+fn generated_song_mp3_probes_decodes_and_matches_the_generator() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("song.mp3");
+    std::fs::write(&path, song::test_song_mp3()).unwrap();
     let probe = probe_path(&path, Some("mp3")).unwrap();
-    println!(
-        "wildblood.mp3 probe: codec {} container {} {} Hz {} ch, {} frames, {:.6} s, title {:?}, artist {:?}",
-        probe.codec, probe.container, probe.sample_rate, probe.channels, probe.frames, probe.duration_s, probe.title, probe.artist
+    assert_eq!(
+        (probe.codec.as_str(), probe.container.as_str()),
+        ("mp3", "mp3")
     );
-    assert_eq!(probe.codec, "mp3");
-    assert_eq!(probe.container, "mp3");
     assert_eq!((probe.sample_rate, probe.channels), (44_100, 2));
+    assert_eq!(probe.frames, song::TEST_SONG.frames() as u64);
     assert!(
-        (probe.duration_s - 34.0).abs() < 1.5,
-        "{} s",
+        (probe.duration_s - 30.0).abs() < 1e-9,
+        "{}",
         probe.duration_s
     );
-    assert_eq!(probe.title.as_deref(), Some("bensound-wildblood"));
+    assert_eq!(probe.title.as_deref(), Some(song::TEST_SONG_TITLE));
+    assert_eq!(probe.artist.as_deref(), Some(song::TEST_SONG_ARTIST));
 
-    let mut decoder = StereoDecoder::open(&path, Some("mp3"), MODEL_SAMPLE_RATE).unwrap();
-    let (mut frames, mut peak) = (0usize, 0.0f32);
-    while let Some(block) = decoder.next_block().unwrap() {
-        frames += block.frames();
-        peak = block
+    let (decoded, skipped) = decode_streaming(&path, "mp3", MODEL_SAMPLE_RATE);
+    assert_eq!(skipped, 0);
+    assert_eq!(decoded.frames() as u64, probe.frames);
+    let reference = song::test_song();
+    for (channel, (got, want)) in [
+        (&decoded.left, &reference.left),
+        (&decoded.right, &reference.right),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let a = song::align(got, want, 2_048);
+        println!("test song mp3, channel {channel}: {a:?}");
+        assert_eq!(a.lag, 0, "gapless decoding lines up exactly");
+        assert!(
+            a.correlation > LOSSY_CORRELATION,
+            "channel {channel}: {a:?}"
+        );
+    }
+}
+
+/// The generated song through dme's lossless encoders at an unusual rate: WAV and FLAC probe to
+/// the right length, rate and channels, and decode to the generator's samples within one 16-bit
+/// step (float WAV exactly).
+#[test]
+fn generated_song_wav_and_flac_decode_to_the_generator() {
+    let spec = song::SongSpec::new(4.0, 48_000, 4);
+    let reference = spec.render();
+    let dir = TempDir::new().unwrap();
+    for (format, codec, tolerance) in [
+        (Format::Wav16, "pcm_s16le", 1.0 / 32_768.0),
+        (Format::Wav32f, "pcm_f32le", 0.0),
+        (Format::Flac, "flac", 1.0 / 32_768.0),
+    ] {
+        let path = dir
+            .path()
+            .join(format!("song-{}.{}", format.as_str(), format.extension()));
+        reference.write(&path, format).unwrap();
+        let probe = probe_path(&path, None).unwrap();
+        assert_eq!(probe.codec, codec);
+        assert_eq!(
+            (probe.sample_rate, probe.channels, probe.frames),
+            (48_000, 2, spec.frames() as u64),
+            "{format}"
+        );
+        let (decoded, skipped) = decode_streaming(&path, format.extension(), 48_000);
+        assert_eq!(skipped, 0);
+        assert_eq!(decoded.frames(), spec.frames(), "{format}");
+        let error = decoded
             .left
             .iter()
-            .chain(&block.right)
-            .fold(peak, |p, s| p.max(s.abs()));
+            .zip(&reference.left)
+            .chain(decoded.right.iter().zip(&reference.right))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(error <= tolerance, "{format}: max error {error}");
     }
-    println!(
-        "wildblood.mp3 decoded: {frames} frames ({:.6} s), peak {peak:.3}, {} packets skipped",
-        frames as f64 / 44_100.0,
-        decoder.skipped_packets()
-    );
-    // The fixture has no LAME/Info tag, so there is no recorded delay or padding to trim: both
-    // probe (counting packets) and decoder give 1315 MPEG frames x 1152 = 1 514 880 frames,
-    // which include the encoder's leading delay and final-frame padding (for LAME, 1105 frames
-    // of delay and up to 1151 of padding; how much of the 34.35 s is silence of that kind is not
-    // recorded in the file). They agree exactly; the brief allows two MPEG frames.
-    assert!(frames.abs_diff(probe.frames as usize) <= 1152 * 2);
-    assert!(peak > 0.1, "real music is not silent");
-    assert_eq!(decoder.skipped_packets(), 0);
+}
+
+/// The committed OGG Vorbis and AAC/M4A files (made by `scripts/make_fixtures.sh` from the
+/// generator): container, codec, rate, channels, length and tags, and decoded music that
+/// correlates with the generator's at the file's own rate; resampled to the model rate, the
+/// length scales with the rate.
+#[test]
+fn committed_vorbis_and_aac_fixtures_decode_to_the_generated_song() {
+    for fixture in dme_testkit::fixtures::ALL {
+        let path = fixture.path();
+        let ext = path.extension().unwrap().to_str().unwrap().to_string();
+        let spec = fixture.spec;
+        let probe = probe_path(&path, Some(&ext)).unwrap();
+        println!("{}: {probe:?}", fixture.file);
+        assert_eq!(probe.codec, fixture.codec, "{}", fixture.file);
+        assert_eq!(probe.container, fixture.container, "{}", fixture.file);
+        assert_eq!(
+            (probe.sample_rate, probe.channels),
+            (spec.sample_rate, 2),
+            "{}",
+            fixture.file
+        );
+        assert_eq!(probe.title.as_deref(), Some(fixture.title));
+        assert_eq!(probe.artist.as_deref(), Some(fixture.artist));
+        // Encoders pad to whole packets (AAC: 1024 frames, plus its priming) unless the
+        // container says how much to drop.
+        assert!(
+            probe.frames.abs_diff(spec.frames() as u64) <= 2 * 1024,
+            "{}: {} frames, encoded {}",
+            fixture.file,
+            probe.frames,
+            spec.frames()
+        );
+
+        let (decoded, skipped) = decode_streaming(&path, &ext, spec.sample_rate);
+        assert_eq!(skipped, 0, "{}", fixture.file);
+        // AAC: the probe takes the MP4's frame count, the decoder gives whole 1024-frame
+        // packets (145 408 decoded vs 145 024 stated for this file); elsewhere they agree.
+        let slack = if fixture.codec == "aac" { 1024 } else { 0 };
+        assert!(
+            (decoded.frames() as u64).abs_diff(probe.frames) <= slack,
+            "{}: decoded {} frames, probed {}",
+            fixture.file,
+            decoded.frames(),
+            probe.frames
+        );
+        let reference = spec.render();
+        for (got, want) in [
+            (&decoded.left, &reference.left),
+            (&decoded.right, &reference.right),
+        ] {
+            let a = song::align(got, want, 4_096);
+            println!("{}: {a:?}", fixture.file);
+            assert!(a.lag.unsigned_abs() <= 2 * 1024, "{}: {a:?}", fixture.file);
+            assert!(a.correlation > LOSSY_CORRELATION, "{}: {a:?}", fixture.file);
+        }
+
+        let resampled = decode_path(&path, Some(&ext), MODEL_SAMPLE_RATE).unwrap();
+        let expected = (decoded.frames() as f64 * f64::from(MODEL_SAMPLE_RATE)
+            / f64::from(spec.sample_rate))
+        .round() as usize;
+        assert_eq!(resampled.frames(), expected, "{}", fixture.file);
+    }
 }
 
 /// Found by fuzzing (`fuzz/regressions/probe_decode/resampler-overshoot-*`): a float WAV whose

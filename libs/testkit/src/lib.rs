@@ -1,10 +1,29 @@
-//! Test support: a real `nats-server` per test, and helpers to find the project's tools and
-//! fixtures.
+//! dme-testkit: what dme's tests share. It consumes the repository (its `nats.conf`, models
+//! and committed fixtures) and the `dme` binary a test names; it produces real running systems
+//! and deterministic audio. Nothing here mocks NATS or a service.
 //!
-//! [`NatsServer::start`] runs `nats-server -c nats.conf` on a free port with a temporary store,
-//! and kills it on drop; [`NatsServer::kill`] and [`NatsServer::restart`] let failure tests stop
-//! and bring back the same server with the same store. [`Process`] does the same for a service
-//! binary. Nothing here mocks NATS.
+//! # Layout
+//!
+//! * this file: [`NatsServer`] (a real `nats-server` on a free port with a temporary store,
+//!   killed on drop; [`NatsServer::kill`] and [`NatsServer::restart`] let failure tests stop and
+//!   bring back the same server with the same store), [`Process`] (a child killed on drop,
+//!   stopped with real signals), [`wait_for`] (poll a condition with a deadline), and where the
+//!   project's files are ([`repo_root`], [`model`], [`fixture`]).
+//! * `song`: a deterministic song generator (drums, bass, chords, a sung line, in stereo) and
+//!   [`song::test_song_mp3`], the song end-to-end tests upload.
+//! * `system`: [`system::System`], a whole dme system (nats-server, gateway, splitter, mixer,
+//!   separators) for one test, with typed HTTP helpers.
+//! * `reference`: [`reference::separate`], a single-process implementation of dme's segmenting
+//!   that distributed results are compared with.
+//!
+//! * `fixtures`: the committed files (`libs/testkit/fixtures/`) of what dme cannot encode
+//!   itself (OGG Vorbis, AAC in M4A), made from the generator's output by
+//!   `scripts/make_fixtures.sh`, each with the spec it was made from.
+
+pub mod fixtures;
+pub mod reference;
+pub mod song;
+pub mod system;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -24,9 +43,14 @@ pub fn repo_root() -> PathBuf {
     dir
 }
 
-/// A file of `../shared/fixtures` (beside the repository).
+/// A committed fixture file under `libs/testkit/fixtures/` (see its README).
+///
+/// # Panics
+/// When the file is missing.
 pub fn fixture(name: &str) -> PathBuf {
-    let path = repo_root().join("../shared/fixtures").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name);
     assert!(path.exists(), "fixture {} missing", path.display());
     path
 }
@@ -188,11 +212,18 @@ impl Process {
         let _ = self.child.wait();
     }
 
-    /// Sends SIGTERM and waits up to `timeout` for the exit status.
+    /// Sends SIGTERM and waits up to `timeout` for the exit status; `None` when it is still
+    /// running then.
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Some(status); // already gone: its pid may belong to another process now
+        }
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pids fit pid_t");
+        // SAFETY: kill(2) only sends a signal; the pid is our own unreaped child, so it cannot
+        // have been reused by another process.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
