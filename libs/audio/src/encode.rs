@@ -27,11 +27,13 @@ const MP3_QUALITY: Quality = Quality::NearBest;
 /// FLAC block size in frames: the reference encoder's default, a good size for 44.1 kHz music.
 const FLAC_BLOCK_SIZE: usize = 4096;
 
-/// WAVE format tag for integer PCM.
-const WAVE_FORMAT_PCM: u16 = 1;
+/// Longest header hound writes before the samples (`WAVE_FORMAT_EXTENSIBLE`, used for float);
+/// the 16-bit header is 44 bytes.
+const WAV_MAX_HEADER_LEN: u64 = 68;
 
-/// WAVE format tag for IEEE float samples.
-const WAVE_FORMAT_IEEE_FLOAT: u16 = 3;
+/// Frames quantised per batch of 16-bit WAV output: hound's 16-bit writer buffers one batch, so
+/// this bounds that buffer (256 KiB) however long the signal.
+const WAV16_CHUNK_FRAMES: usize = 1 << 16;
 
 /// Output formats for downloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,64 +205,73 @@ enum WavSample {
     Float32,
 }
 
-/// Write a canonical WAV: `fmt ` (plus `fact` for float, as the spec asks for non-PCM data)
-/// and one `data` chunk. Written by hand rather than with hound to size the buffer exactly and
-/// avoid a per-sample call.
+impl WavSample {
+    fn spec(self, rate: u32) -> hound::WavSpec {
+        let (bits_per_sample, sample_format) = match self {
+            WavSample::Int16 => (16, hound::SampleFormat::Int),
+            WavSample::Float32 => (32, hound::SampleFormat::Float),
+        };
+        hound::WavSpec {
+            channels: 2,
+            sample_rate: rate,
+            bits_per_sample,
+            sample_format,
+        }
+    }
+
+    /// Bytes of one stereo frame.
+    fn block_align(self) -> u64 {
+        match self {
+            WavSample::Int16 => 4,
+            WavSample::Float32 => 8,
+        }
+    }
+}
+
+/// Write a WAV with hound: 16-bit PCM gets the canonical 44-byte header (`fmt ` of 16 bytes);
+/// 32-bit float gets hound's `WAVE_FORMAT_EXTENSIBLE` header (68 bytes, IEEE-float subformat).
 fn encode_wav(
     left: &[f32],
     right: &[f32],
     rate: u32,
     kind: WavSample,
 ) -> Result<Vec<u8>, AudioError> {
-    let (tag, bytes_per_sample, fmt_len, fact_len): (u16, u32, u32, u32) = match kind {
-        WavSample::Int16 => (WAVE_FORMAT_PCM, 2, 16, 0),
-        WavSample::Float32 => (WAVE_FORMAT_IEEE_FLOAT, 4, 18, 12),
-    };
-    let block_align = 2 * bytes_per_sample;
-    let too_big = || AudioError::Encode("wav output would exceed 4 GiB".into());
-    let frames = u32::try_from(left.len()).map_err(|_| too_big())?;
-    let data_len = frames.checked_mul(block_align).ok_or_else(too_big)?;
-    let riff_len = (4 + 8 + fmt_len + fact_len + 8)
-        .checked_add(data_len)
-        .ok_or_else(too_big)?;
-
-    let mut out = Vec::with_capacity(riff_len as usize + 8);
-    out.extend_from_slice(b"RIFF");
-    out.extend_from_slice(&riff_len.to_le_bytes());
-    out.extend_from_slice(b"WAVE");
-    out.extend_from_slice(b"fmt ");
-    out.extend_from_slice(&fmt_len.to_le_bytes());
-    out.extend_from_slice(&tag.to_le_bytes());
-    out.extend_from_slice(&2u16.to_le_bytes());
-    out.extend_from_slice(&rate.to_le_bytes());
-    out.extend_from_slice(&rate.saturating_mul(block_align).to_le_bytes());
-    out.extend_from_slice(&(block_align as u16).to_le_bytes());
-    out.extend_from_slice(&((bytes_per_sample * 8) as u16).to_le_bytes());
-    if fmt_len == 18 {
-        out.extend_from_slice(&0u16.to_le_bytes()); // cbSize: no extension.
+    // hound counts data bytes (and bytes per second) in a u32 and would overflow, so refuse first.
+    let data_len = left.len() as u64 * kind.block_align();
+    if data_len + WAV_MAX_HEADER_LEN > u64::from(u32::MAX) {
+        return Err(AudioError::Encode("wav output would exceed 4 GiB".into()));
     }
-    if fact_len > 0 {
-        out.extend_from_slice(b"fact");
-        out.extend_from_slice(&4u32.to_le_bytes());
-        out.extend_from_slice(&frames.to_le_bytes());
+    if u64::from(rate) * kind.block_align() > u64::from(u32::MAX) {
+        return Err(AudioError::Encode(format!(
+            "wav cannot state a rate of {rate} Hz"
+        )));
     }
-    out.extend_from_slice(b"data");
-    out.extend_from_slice(&data_len.to_le_bytes());
+    let failed = |e: hound::Error| AudioError::Encode(format!("wav: {e}"));
+    let mut out = Cursor::new(Vec::with_capacity((WAV_MAX_HEADER_LEN + data_len) as usize));
+    let mut writer = hound::WavWriter::new(&mut out, kind.spec(rate)).map_err(failed)?;
     match kind {
         WavSample::Int16 => {
-            for (l, r) in left.iter().zip(right) {
-                out.extend_from_slice(&to_i16(*l).to_le_bytes());
-                out.extend_from_slice(&to_i16(*r).to_le_bytes());
+            for (l, r) in left
+                .chunks(WAV16_CHUNK_FRAMES)
+                .zip(right.chunks(WAV16_CHUNK_FRAMES))
+            {
+                let mut chunk = writer.get_i16_writer(2 * l.len() as u32);
+                for (l, r) in l.iter().zip(r) {
+                    chunk.write_sample(to_i16(*l));
+                    chunk.write_sample(to_i16(*r));
+                }
+                chunk.flush().map_err(failed)?;
             }
         }
         WavSample::Float32 => {
             for (l, r) in left.iter().zip(right) {
-                out.extend_from_slice(&l.to_le_bytes());
-                out.extend_from_slice(&r.to_le_bytes());
+                writer.write_sample(*l).map_err(failed)?;
+                writer.write_sample(*r).map_err(failed)?;
             }
         }
     }
-    Ok(out)
+    writer.finalize().map_err(failed)?;
+    Ok(out.into_inner())
 }
 
 /// flacenc source reading 16-bit-quantised frames straight from the planar slices, so no
@@ -450,6 +461,77 @@ mod tests {
         }
         let (stereo, rate) = read_wav(&encode(&[], &[], 44_100, Format::Wav32f).unwrap()).unwrap();
         assert_eq!((stereo.frames(), rate), (0, 44_100));
+    }
+
+    /// The 16-bit WAV as dme wrote it by hand before using hound: RIFF, a 16-byte `fmt `, `data`.
+    fn hand_written_wav16(left: &[f32], right: &[f32], rate: u32) -> Vec<u8> {
+        let data_len = left.len() as u32 * 4;
+        let mut out = Vec::new();
+        out.extend_from_slice(b"RIFF");
+        out.extend_from_slice(&(4 + 8 + 16 + 8 + data_len).to_le_bytes());
+        out.extend_from_slice(b"WAVEfmt ");
+        out.extend_from_slice(&16u32.to_le_bytes());
+        out.extend_from_slice(&1u16.to_le_bytes());
+        out.extend_from_slice(&2u16.to_le_bytes());
+        out.extend_from_slice(&rate.to_le_bytes());
+        out.extend_from_slice(&(rate * 4).to_le_bytes());
+        out.extend_from_slice(&4u16.to_le_bytes());
+        out.extend_from_slice(&16u16.to_le_bytes());
+        out.extend_from_slice(b"data");
+        out.extend_from_slice(&data_len.to_le_bytes());
+        for (l, r) in left.iter().zip(right) {
+            out.extend_from_slice(&to_i16(*l).to_le_bytes());
+            out.extend_from_slice(&to_i16(*r).to_le_bytes());
+        }
+        out
+    }
+
+    /// More frames than one 16-bit batch, with values that round both ways and clip.
+    fn test_signal() -> (Vec<f32>, Vec<f32>) {
+        let frames = WAV16_CHUNK_FRAMES + 1_234;
+        let left = (0..frames)
+            .map(|i| (i as f32 * 0.001).sin() * 1.2)
+            .collect();
+        let right = (0..frames)
+            .map(|i| (i as f32 * 0.0007).cos() * 0.3)
+            .collect();
+        (left, right)
+    }
+
+    #[test]
+    fn wav16_is_byte_identical_to_the_hand_written_format() {
+        let (left, right) = test_signal();
+        for rate in [44_100, 48_000] {
+            assert!(
+                encode(&left, &right, rate, Format::Wav16).unwrap()
+                    == hand_written_wav16(&left, &right, rate)
+            );
+        }
+        assert_eq!(
+            encode(&[], &[], 44_100, Format::Wav16).unwrap(),
+            hand_written_wav16(&[], &[], 44_100)
+        );
+    }
+
+    #[test]
+    fn wav32f_keeps_every_bit() {
+        let (mut left, right) = test_signal();
+        left[7] = -0.0;
+        left[8] = f32::MIN_POSITIVE / 2.0; // subnormal
+        let (stereo, rate) =
+            read_wav(&encode(&left, &right, 48_000, Format::Wav32f).unwrap()).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|s| s.to_bits()).collect::<Vec<u32>>();
+        assert_eq!(rate, 48_000);
+        assert_eq!(bits(&stereo.left), bits(&left));
+        assert_eq!(bits(&stereo.right), bits(&right));
+    }
+
+    #[test]
+    fn absurd_wav_rates_are_refused_not_overflowed() {
+        assert!(matches!(
+            encode(&[0.0], &[0.0], u32::MAX, Format::Wav32f),
+            Err(AudioError::Encode(_))
+        ));
     }
 
     #[test]

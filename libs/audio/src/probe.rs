@@ -2,15 +2,15 @@
 //! decoding the whole file.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use symphonia::core::codecs::{
-    CodecType, Decoder, DecoderOptions, CODEC_TYPE_AAC, CODEC_TYPE_AC4, CODEC_TYPE_ALAC,
-    CODEC_TYPE_ATRAC1, CODEC_TYPE_ATRAC3, CODEC_TYPE_ATRAC3PLUS, CODEC_TYPE_ATRAC9, CODEC_TYPE_DCA,
-    CODEC_TYPE_EAC3, CODEC_TYPE_FLAC, CODEC_TYPE_MONKEYS_AUDIO, CODEC_TYPE_MP1, CODEC_TYPE_MP2,
-    CODEC_TYPE_MP3, CODEC_TYPE_MUSEPACK, CODEC_TYPE_NULL, CODEC_TYPE_OPUS, CODEC_TYPE_SPEEX,
-    CODEC_TYPE_TTA, CODEC_TYPE_VORBIS, CODEC_TYPE_WAVPACK, CODEC_TYPE_WMA,
+    CodecParameters, CodecType, Decoder, DecoderOptions, CODEC_TYPE_AAC, CODEC_TYPE_AC4,
+    CODEC_TYPE_ALAC, CODEC_TYPE_ATRAC1, CODEC_TYPE_ATRAC3, CODEC_TYPE_ATRAC3PLUS,
+    CODEC_TYPE_ATRAC9, CODEC_TYPE_DCA, CODEC_TYPE_EAC3, CODEC_TYPE_FLAC, CODEC_TYPE_MONKEYS_AUDIO,
+    CODEC_TYPE_MP1, CODEC_TYPE_MP2, CODEC_TYPE_MP3, CODEC_TYPE_MUSEPACK, CODEC_TYPE_NULL,
+    CODEC_TYPE_OPUS, CODEC_TYPE_SPEEX, CODEC_TYPE_TTA, CODEC_TYPE_VORBIS, CODEC_TYPE_WAVPACK,
+    CODEC_TYPE_WMA,
 };
 use symphonia::core::errors::Error as SymphoniaError;
 use symphonia::core::formats::{FormatOptions, FormatReader, Packet};
@@ -40,9 +40,6 @@ pub(crate) const MAX_PACKET_FRAMES: u64 = 65_536;
 /// Extensions of MPEG audio files, used to recognise MPEG audio that does not start with a
 /// frame sync or an ID3v2 tag.
 const MPEG_EXTENSIONS: &[&str] = &["mp3", "mp2", "mp1", "mpa", "mpga"];
-
-/// Size of an ID3v1 tag, which sits in the last bytes of an MP3 file.
-const ID3V1_LEN: u64 = 128;
 
 /// What [`probe_path`] learns about a file without decoding all of it.
 #[derive(Debug, Clone, PartialEq)]
@@ -195,25 +192,89 @@ fn open_media_with(
     ext_hint: Option<&str>,
     force_gapless: bool,
 ) -> Result<OpenedMedia, AudioError> {
+    let opened = probe_format(path, ext_hint, force_gapless)?;
+    let (track_id, params) = audio_track(&*opened.format)?;
+    let codec_name = codec_name(params.codec);
+    let is_mpeg = [CODEC_TYPE_MP1, CODEC_TYPE_MP2, CODEC_TYPE_MP3].contains(&params.codec);
+    if !opened.gapless && !is_mpeg {
+        // Looked like MPEG audio but is not: symphonia's gapless handling is right for it.
+        return open_media_with(path, ext_hint, true);
+    }
+    let trim = if opened.gapless {
+        (0, 0)
+    } else {
+        (params.delay.unwrap_or(0), params.padding.unwrap_or(0))
+    };
+    let sample_rate = supported_rate(&params, &codec_name)?;
+    let decoder = symphonia::default::get_codecs()
+        .make(&params, &DecoderOptions::default())
+        .map_err(|e| match e {
+            SymphoniaError::Unsupported(_) => AudioError::UnsupportedCodec(codec_name.clone()),
+            other => map_symphonia_error(other, opened.file_len),
+        })?;
+    let container = opened
+        .sniffed
+        .or_else(|| container_from_codec(params.codec))
+        .map(str::to_owned)
+        .or(opened.ext)
+        .unwrap_or_else(|| "unknown".to_owned());
+    Ok(OpenedMedia {
+        format: opened.format,
+        decoder,
+        track_id,
+        codec: params.codec,
+        codec_name,
+        container,
+        sample_rate,
+        channels: stated_channels(&params),
+        n_frames: params.n_frames,
+        trim,
+        title: opened.title,
+        artist: opened.artist,
+    })
+}
+
+/// A file whose format symphonia has recognised, before a track is chosen.
+struct ProbedFormat {
+    format: Box<dyn FormatReader>,
+    /// Container name from the magic bytes, if they were recognised.
+    sniffed: Option<&'static str>,
+    /// The extension hint, lowercase and without the dot.
+    ext: Option<String>,
+    /// Whether symphonia's gapless mode is on (see [`open_media_with`]).
+    gapless: bool,
+    /// File length in bytes (past any skipped ID3v2 tags), for error messages.
+    file_len: u64,
+    title: Option<String>,
+    artist: Option<String>,
+}
+
+/// Open `path`, reject known non-audio, and let symphonia's probe pick a format reader, with
+/// gapless mode on unless the file looks like MPEG audio (or `force_gapless`).
+fn probe_format(
+    path: &Path,
+    ext_hint: Option<&str>,
+    force_gapless: bool,
+) -> Result<ProbedFormat, AudioError> {
     let opened = open_file(path)?;
     if let Some(what) = is_known_non_audio(&opened.head) {
         return Err(AudioError::NotAudio(what.into()));
     }
     let sniffed = sniff_container(&opened.head);
+    let file_len = opened.len;
     let stream =
         MediaSourceStream::new(Box::new(opened.source), MediaSourceStreamOptions::default());
-
     let mut hint = Hint::new();
     let ext = ext_hint.map(|e| e.trim_start_matches('.').to_ascii_lowercase());
     if let Some(ext) = &ext {
         hint.with_extension(ext);
     }
-    // Gapless trimming drops encoder delay and padding, so decoded audio lines up with the
-    // original recording and the frame count matches what was encoded.
     let looks_mpeg = match sniffed {
         Some(container) => container == "mp3",
         None => ext.as_deref().is_some_and(|e| MPEG_EXTENSIONS.contains(&e)),
     };
+    // Gapless trimming drops encoder delay and padding, so decoded audio lines up with the
+    // original recording and the frame count matches what was encoded.
     let gapless = force_gapless || !looks_mpeg;
     let format_options = FormatOptions {
         enable_gapless: gapless,
@@ -223,9 +284,8 @@ fn open_media_with(
         .format(&hint, stream, &format_options, &MetadataOptions::default())
         .map_err(|e| match e {
             SymphoniaError::Unsupported(what) => AudioError::NotAudio(what.into()),
-            other => map_symphonia_error(other, opened.len),
+            other => map_symphonia_error(other, file_len),
         })?;
-
     let (mut title, mut artist) = (None, None);
     if let Some(mut metadata) = probed.metadata.get() {
         if let Some(revision) = metadata.skip_to_latest() {
@@ -236,7 +296,19 @@ fn open_media_with(
     if let Some(revision) = format.metadata().skip_to_latest() {
         fill_tags(revision, &mut title, &mut artist);
     }
+    Ok(ProbedFormat {
+        format,
+        sniffed,
+        ext,
+        gapless,
+        file_len,
+        title,
+        artist,
+    })
+}
 
+/// The default track if it has a codec, else the first track that has one.
+fn audio_track(format: &dyn FormatReader) -> Result<(u32, CodecParameters), AudioError> {
     let track = format
         .default_track()
         .filter(|t| t.codec_params.codec != CODEC_TYPE_NULL)
@@ -247,20 +319,11 @@ fn open_media_with(
                 .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
         })
         .ok_or_else(|| AudioError::NotAudio("no audio track".into()))?;
-    let params = track.codec_params.clone();
-    let track_id = track.id;
-    let codec_name = codec_name(params.codec);
-    let is_mpeg = [CODEC_TYPE_MP1, CODEC_TYPE_MP2, CODEC_TYPE_MP3].contains(&params.codec);
-    if !gapless && !is_mpeg {
-        // Looked like MPEG audio but is not: symphonia's gapless handling is right for it.
-        return open_media_with(path, ext_hint, true);
-    }
-    let trim = if gapless {
-        (0, 0)
-    } else {
-        (params.delay.unwrap_or(0), params.padding.unwrap_or(0))
-    };
+    Ok((track.id, track.codec_params.clone()))
+}
 
+/// The track's sample rate, when it states one inside [`SAMPLE_RATE_RANGE`].
+fn supported_rate(params: &CodecParameters, codec_name: &str) -> Result<u32, AudioError> {
     let sample_rate = params
         .sample_rate
         .ok_or_else(|| AudioError::Corrupt("sample rate unknown".into()))?;
@@ -271,41 +334,17 @@ fn open_media_with(
             SAMPLE_RATE_RANGE.end()
         )));
     }
+    Ok(sample_rate)
+}
 
-    let decoder = symphonia::default::get_codecs()
-        .make(&params, &DecoderOptions::default())
-        .map_err(|e| match e {
-            SymphoniaError::Unsupported(_) => AudioError::UnsupportedCodec(codec_name.clone()),
-            other => map_symphonia_error(other, opened.len),
-        })?;
-
-    let channels = params
+/// The channel count the container states (as a channel mask or a layout), if any.
+fn stated_channels(params: &CodecParameters) -> Option<u16> {
+    params
         .channels
         .map(|c| c.count())
         .or_else(|| params.channel_layout.map(|l| l.into_channels().count()))
         .filter(|&c| c > 0)
-        .map(|c| u16::try_from(c).unwrap_or(u16::MAX));
-
-    let container = sniffed
-        .map(str::to_owned)
-        .or_else(|| container_from_codec(params.codec).map(str::to_owned))
-        .or(ext)
-        .unwrap_or_else(|| "unknown".to_owned());
-
-    Ok(OpenedMedia {
-        format,
-        decoder,
-        track_id,
-        codec: params.codec,
-        codec_name,
-        container,
-        sample_rate,
-        channels,
-        n_frames: params.n_frames,
-        trim,
-        title,
-        artist,
-    })
+        .map(|c| u16::try_from(c).unwrap_or(u16::MAX))
 }
 
 /// Next packet of `track_id`, or `None` at the end of the stream. Demuxer errors are skipped;
@@ -447,30 +486,26 @@ fn fill_tags(revision: &MetadataRevision, title: &mut Option<String>, artist: &m
 /// A title and an artist, either possibly missing.
 type TitleArtist = (Option<String>, Option<String>);
 
-/// Read the ID3v1 tag from the last 128 bytes by hand (symphonia 0.5 ignores it): title at
-/// bytes 3..33, artist at 33..63, Latin-1, padded with NULs or spaces.
+/// Read the title and artist of an ID3v1 tag (symphonia 0.5 ignores ID3v1) with the `id3`
+/// crate, which decodes the Latin-1 fields (cut at the first NUL) and appends an extended
+/// `TAG+` title or artist when present. Padding spaces are trimmed; an empty field is `None`.
 fn read_id3v1(path: &Path) -> Result<Option<TitleArtist>, AudioError> {
-    let mut file = File::open(path)?;
-    let len = file.metadata()?.len();
-    if len < ID3V1_LEN {
-        return Ok(None);
+    let file = File::open(path)?;
+    match id3::v1::Tag::read_from(file) {
+        Ok(tag) => Ok(Some((non_empty(&tag.title), non_empty(&tag.artist)))),
+        Err(id3::Error {
+            kind: id3::ErrorKind::Io(e),
+            ..
+        }) => Err(AudioError::Io(e)),
+        // A file too short for a tag, or without one. (Reading a v1 tag fails in no other way:
+        // every byte pattern decodes.)
+        Err(_) => Ok(None),
     }
-    file.seek(SeekFrom::Start(len - ID3V1_LEN))?;
-    let mut tag = [0u8; ID3V1_LEN as usize];
-    file.read_exact(&mut tag)?;
-    if &tag[0..3] != b"TAG" {
-        return Ok(None);
-    }
-    Ok(Some((
-        latin1_field(&tag[3..33]),
-        latin1_field(&tag[33..63]),
-    )))
 }
 
-fn latin1_field(bytes: &[u8]) -> Option<String> {
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    let text: String = bytes[..end].iter().map(|&b| char::from(b)).collect();
-    let text = text.trim();
+/// A tag field without its padding, or `None` when nothing is left.
+fn non_empty(field: &str) -> Option<String> {
+    let text = field.trim();
     (!text.is_empty()).then(|| text.to_owned())
 }
 
@@ -478,12 +513,40 @@ fn latin1_field(bytes: &[u8]) -> Option<String> {
 mod tests {
     use super::*;
 
+    /// A file of 1000 zero bytes and an ID3v1 tag with these fields (at most 30 bytes each).
+    fn with_id3v1(title: &[u8], artist: &[u8]) -> (tempfile::TempDir, std::path::PathBuf) {
+        let mut tag = [0u8; 128]; // an ID3v1 tag is the last 128 bytes
+        tag[..3].copy_from_slice(b"TAG");
+        tag[3..3 + title.len()].copy_from_slice(title);
+        tag[33..33 + artist.len()].copy_from_slice(artist);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tagged.mp3");
+        std::fs::write(&path, [&[0u8; 1000][..], &tag].concat()).unwrap();
+        (dir, path)
+    }
+
     #[test]
-    fn latin1_fields_are_trimmed() {
-        let mut field = [0u8; 30];
-        field[..6].copy_from_slice(b"Caf\xe9  ");
-        assert_eq!(latin1_field(&field).as_deref(), Some("Café"));
-        assert_eq!(latin1_field(&[b' '; 30]), None);
-        assert_eq!(latin1_field(&[0; 30]), None);
+    fn id3v1_fields_are_latin1_and_trimmed() {
+        let (_dir, path) = with_id3v1(b"Caf\xe9  ", &[b' '; 30]);
+        assert_eq!(
+            read_id3v1(&path).unwrap(),
+            Some((Some("Caf\u{e9}".to_owned()), None))
+        );
+        let (_dir, path) = with_id3v1(b"", b"Artist\0junk after the NUL");
+        assert_eq!(
+            read_id3v1(&path).unwrap(),
+            Some((None, Some("Artist".to_owned())))
+        );
+    }
+
+    #[test]
+    fn no_id3v1_tag_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let short = dir.path().join("short.mp3");
+        std::fs::write(&short, b"TAG").unwrap();
+        assert_eq!(read_id3v1(&short).unwrap(), None);
+        let untagged = dir.path().join("untagged.mp3");
+        std::fs::write(&untagged, [0u8; 500]).unwrap();
+        assert_eq!(read_id3v1(&untagged).unwrap(), None);
     }
 }

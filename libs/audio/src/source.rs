@@ -183,54 +183,90 @@ fn is_wav(head: &[u8]) -> bool {
     head.len() >= 12 && &head[0..4] == b"RIFF" && &head[8..12] == b"WAVE"
 }
 
+/// One of `infer`'s magic-number matchers and the name dme gives what it matches.
+type Matcher = (fn(&[u8]) -> bool, &'static str);
+
+/// Containers the `infer` crate recognises, tried in order, with the name dme gives each.
+const INFERRED_CONTAINERS: &[Matcher] = &[
+    (infer::audio::is_wav, "wav"),
+    (infer::audio::is_aiff, "aiff"),
+    (infer::audio::is_flac, "flac"),
+    (infer::audio::is_ogg, "ogg"),
+    (infer::audio::is_m4a, "mp4"),
+    (infer::video::is_mp4, "mp4"),
+    // An ID3v2 tag is almost always followed by MPEG audio; ADTS AAC with ID3 is rare.
+    (infer::audio::is_mp3, "mp3"),
+    (infer::audio::is_aac, "aac"),
+];
+
 /// Best-effort container name from the file's magic bytes, used for [`crate::Probe::container`]
 /// because symphonia 0.5 does not say which format reader it picked.
+///
+/// `infer` does the recognising; [`sniff_fallback`] covers what it cannot tell.
 pub(crate) fn sniff_container(head: &[u8]) -> Option<&'static str> {
+    INFERRED_CONTAINERS
+        .iter()
+        .find(|(matches, _)| matches(head))
+        .map(|(_, name)| *name)
+        .or_else(|| sniff_fallback(head))
+}
+
+/// Magic numbers of containers symphonia reads that `infer` 0.22 does not recognise:
+///
+/// * RF64 and BW64, the 64-bit WAV variants;
+/// * AIFF-C (`infer` knows only plain AIFF);
+/// * MP4 files whose `ftyp` brand is not in `infer`'s list, or that open with `moov`/`mdat`;
+/// * Matroska/WebM: `infer` needs 257 bytes and a `matroska` or `webm` doctype, while symphonia
+///   reads any EBML document and we sniff only [`SNIFF_LEN`] bytes;
+/// * CAF;
+/// * raw MPEG audio and ADTS frames other than the few header bytes `infer` lists (MPEG-1
+///   Layer III with CRC, MPEG-2.5, Layers I and II; ADTS with a CRC).
+fn sniff_fallback(head: &[u8]) -> Option<&'static str> {
     let at = |offset: usize, magic: &[u8]| head.get(offset..offset + magic.len()) == Some(magic);
-    if at(0, b"RIFF") && at(8, b"WAVE") || at(0, b"RF64") || at(0, b"BW64") {
+    let sync = head.len() >= 2 && head[0] == 0xFF;
+    if at(0, b"RF64") || at(0, b"BW64") {
         Some("wav")
-    } else if at(0, b"FORM") && (at(8, b"AIFF") || at(8, b"AIFC")) {
+    } else if at(0, b"FORM") && at(8, b"AIFC") {
         Some("aiff")
-    } else if at(0, b"fLaC") {
-        Some("flac")
-    } else if at(0, b"OggS") {
-        Some("ogg")
     } else if at(4, b"ftyp") || at(4, b"moov") || at(4, b"mdat") {
         Some("mp4")
     } else if at(0, &[0x1A, 0x45, 0xDF, 0xA3]) {
         Some("mkv")
     } else if at(0, b"caff") {
         Some("caf")
-    } else if at(0, b"ID3") {
-        // An ID3v2 tag is almost always followed by MPEG audio; ADTS AAC with ID3 is rare.
-        Some("mp3")
-    } else if head.len() >= 2 && head[0] == 0xFF && head[1] & 0xF6 == 0xF0 {
+    } else if sync && head[1] & 0xF6 == 0xF0 {
         Some("aac") // ADTS sync word with layer bits 00.
-    } else if head.len() >= 2 && head[0] == 0xFF && head[1] & 0xE0 == 0xE0 {
+    } else if sync && head[1] & 0xE0 == 0xE0 {
         Some("mp3")
     } else {
         None
     }
 }
 
+/// Common non-audio files, recognised by `infer`, with what to call them.
+const NON_AUDIO: &[Matcher] = &[
+    (infer::image::is_png, "png image"),
+    (infer::image::is_jpeg, "jpeg image"),
+    (infer::image::is_gif, "gif image"),
+    (infer::archive::is_zip, "zip archive"),
+    (infer::archive::is_gz, "gzip archive"),
+    (infer::app::is_elf, "elf executable"),
+    (infer::image::is_bmp, "bmp image"),
+];
+
 /// Whether the head carries the magic number of a common non-audio file. Symphonia's probe scans
 /// up to a megabyte for any audio sync pattern, and compressed data (PNG, ZIP, ...) is random
 /// enough to contain an MPEG frame sync by chance; such files are rejected up front.
+///
+/// PDF is checked here rather than with `infer`, which accepts `%PDF` anywhere in the first KiB
+/// (Acrobat's rule): the head of an MP3 is its ID3v2 tag, whose title may well say "%PDF".
 pub(crate) fn is_known_non_audio(head: &[u8]) -> Option<&'static str> {
-    const SIGNATURES: &[(&[u8], &str)] = &[
-        (b"\x89PNG\r\n\x1a\n", "png image"),
-        (b"\xFF\xD8\xFF", "jpeg image"),
-        (b"GIF87a", "gif image"),
-        (b"GIF89a", "gif image"),
-        (b"%PDF-", "pdf document"),
-        (b"PK\x03\x04", "zip archive"),
-        (b"\x1F\x8B", "gzip archive"),
-        (b"\x7FELF", "elf executable"),
-        (b"BM", "bmp image"),
-    ];
-    SIGNATURES
+    if head.starts_with(b"%PDF-") {
+        return Some("pdf document");
+    }
+    NON_AUDIO
         .iter()
-        .find(|(magic, _)| head.starts_with(magic))
+        .find(|(matches, _)| matches(head))
         .map(|(_, what)| *what)
 }
 
@@ -351,6 +387,30 @@ mod tests {
         assert_eq!(sniff_container(b"hello world"), None);
     }
 
+    #[test]
+    fn sniffs_what_infer_does_not_know() {
+        assert_eq!(
+            sniff_container(b"RF64\xFF\xFF\xFF\xFFWAVEds64"),
+            Some("wav")
+        );
+        assert_eq!(sniff_container(b"FORM\0\0\0\x20AIFCFVER"), Some("aiff"));
+        assert_eq!(sniff_container(b"\0\0\0\x20ftypXYZ1\0\0\0\0"), Some("mp4"));
+        assert_eq!(sniff_container(b"\0\0\x10\0moov"), Some("mp4"));
+        assert_eq!(
+            sniff_container(&[0x1A, 0x45, 0xDF, 0xA3, 0x9F]),
+            Some("mkv")
+        );
+        assert_eq!(sniff_container(b"caff\0\x01\0\0"), Some("caf"));
+        // MPEG-1 Layer III with CRC, MPEG-2.5 Layer III, MPEG-1 Layer II.
+        for second in [0xFA, 0xE3, 0xFD] {
+            assert_eq!(sniff_container(&[0xFF, second, 0x90, 0x00]), Some("mp3"));
+        }
+        // ADTS with a CRC, MPEG-4 and MPEG-2.
+        for second in [0xF0, 0xF8] {
+            assert_eq!(sniff_container(&[0xFF, second, 0x50, 0x80]), Some("aac"));
+        }
+    }
+
     /// An ID3v2.3 tag holding one TIT2 frame whose size field says `frame_size`.
     fn id3v2_tag(frame_size: u32, padding: usize) -> Vec<u8> {
         let mut body = b"TIT2".to_vec();
@@ -399,5 +459,13 @@ mod tests {
             Some("png image")
         );
         assert_eq!(is_known_non_audio(b"RIFF....WAVE"), None);
+        assert_eq!(is_known_non_audio(b"%PDF-1.7\n"), Some("pdf document"));
+        assert_eq!(is_known_non_audio(b"PK\x03\x04\x14\0"), Some("zip archive"));
+        assert_eq!(is_known_non_audio(b"\x1F\x8B\x08\0"), Some("gzip archive"));
+        // A PDF-looking title inside an ID3v2 tag is still an MP3.
+        assert_eq!(
+            is_known_non_audio(b"ID3\x03\0\0\0\0\0\x20TIT2\0\0\0\x09\0\0\0%PDF-1.4"),
+            None
+        );
     }
 }
