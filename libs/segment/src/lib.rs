@@ -1,5 +1,5 @@
 //! Segment geometry of demucs' `apply_model` (shifts 0, overlap 0.25, triangular weights,
-//! centred padding of a short last segment), as spelled out in `shared/reference/segmenting.md`.
+//! centred padding of a short last segment, weighted sum divided by the sum of weights).
 //!
 //! Consumes: a song length in samples and a model's segment length. Produces: a [`SegmentPlan`]
 //! (where each segment starts, how long it is, which window the model sees) and a streaming
