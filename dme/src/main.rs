@@ -9,6 +9,7 @@
 mod up;
 
 use clap::{Parser, Subcommand};
+use dme_telemetry::Service;
 
 /// dme: a distributed music stem separator.
 #[derive(Parser)]
@@ -35,33 +36,21 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let shutdown = || dme_telemetry::shutdown_token();
     match cli.command {
         Command::Up(config) => {
             dme_telemetry::init("dme");
-            up::run(config, shutdown()).await?
+            up::run(config, dme_telemetry::shutdown_token()).await?
         }
-        Command::Gateway(config) => {
-            dme_telemetry::init("gateway");
-            let shutdown = shutdown();
-            let app = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                app = dme_gateway::Application::build(config) => app?,
-            };
-            app.run_until(shutdown).await?
-        }
-        Command::Splitter(config) => {
-            dme_telemetry::init("splitter");
-            dme_splitter::run(config, shutdown()).await?
-        }
-        Command::Separator(config) => {
-            dme_telemetry::init("separator");
-            dme_separator::run(config, shutdown()).await?
-        }
-        Command::Mixer(config) => {
-            dme_telemetry::init("mixer");
-            dme_mixer::run(config, shutdown()).await?
-        }
+        Command::Gateway(config) => serve::<dme_gateway::Gateway>(config).await?,
+        Command::Splitter(config) => serve::<dme_splitter::Splitter>(config).await?,
+        Command::Separator(config) => serve::<dme_separator::Separator>(config).await?,
+        Command::Mixer(config) => serve::<dme_mixer::Mixer>(config).await?,
     }
     Ok(())
+}
+
+/// Runs one service as its own binary would.
+async fn serve<S: Service>(config: S::Config) -> Result<(), S::Error> {
+    dme_telemetry::init(S::NAME);
+    dme_telemetry::serve::<S>(config, dme_telemetry::shutdown_token()).await
 }

@@ -8,8 +8,20 @@ use anyhow::{bail, Context};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
-/// How long children get to stop after SIGTERM before they are killed.
+/// How long children get to stop after SIGTERM before they are killed: enough for a separator
+/// to finish the segment in hand.
 const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Ports tried from the configured one when it is taken (another NATS on the machine).
+const PORT_SEARCH: u16 = 20;
+
+/// How long the own nats-server gets to accept connections (it starts in well under a second).
+const NATS_START: Duration = Duration::from_secs(10);
+/// Pause between checks that the own nats-server accepts connections.
+const NATS_START_POLL: Duration = Duration::from_millis(50);
+
+/// Pause between checks that every child still runs.
+const CHILD_POLL: Duration = Duration::from_millis(500);
 
 /// Settings of `dme up`.
 #[derive(Debug, Clone, clap::Args)]
@@ -57,12 +69,13 @@ pub async fn run(config: UpConfig, shutdown: CancellationToken) -> anyhow::Resul
         Some(url) => url.clone(),
         None => {
             // The machine may already run a NATS server on the default port: take the next free one.
-            let port = (config.nats_port..config.nats_port.saturating_add(20))
+            let port = (config.nats_port..config.nats_port.saturating_add(PORT_SEARCH))
                 .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
                 .with_context(|| {
                     format!("no free port from {} for nats-server", config.nats_port)
                 })?;
-            let monitor = (config.nats_monitor_port..config.nats_monitor_port.saturating_add(20))
+            let monitor = (config.nats_monitor_port
+                ..config.nats_monitor_port.saturating_add(PORT_SEARCH))
                 .find(|p| *p != port && std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
                 .with_context(|| {
                     format!("no free monitoring port from {}", config.nats_monitor_port)
@@ -134,7 +147,7 @@ pub async fn run(config: UpConfig, shutdown: CancellationToken) -> anyhow::Resul
                     return format!("{name} exited ({status})");
                 }
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(CHILD_POLL).await;
         }
     };
     let reason = tokio::select! {
@@ -181,14 +194,15 @@ async fn stop(name: &str, child: &mut Child) {
 }
 
 async fn wait_for_port(port: u16) -> anyhow::Result<()> {
-    for _ in 0..200 {
+    let deadline = tokio::time::Instant::now() + NATS_START;
+    while tokio::time::Instant::now() < deadline {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_ok()
         {
             return Ok(());
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(NATS_START_POLL).await;
     }
-    bail!("nats-server did not accept connections on port {port} within 10 s")
+    bail!("nats-server did not accept connections on port {port} within {NATS_START:?}")
 }

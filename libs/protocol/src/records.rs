@@ -209,6 +209,33 @@ pub struct JobRecord {
     pub updated_ms: u64,
 }
 
+impl JobRecord {
+    /// Marks the job taken by `worker` on delivery `attempt`.
+    pub fn start(&mut self, worker: &str, attempt: u32) {
+        self.state = JobState::Running;
+        self.worker = Some(worker.to_string());
+        self.attempts = attempt;
+        self.updated_ms = crate::now_ms();
+    }
+
+    /// Marks the job done by `worker` on delivery `attempt`, after `time_ms` of inference.
+    pub fn finish(&mut self, worker: &str, attempt: u32, time_ms: u64) {
+        self.state = JobState::Done;
+        self.worker = Some(worker.to_string());
+        self.attempts = attempt;
+        self.time_ms = time_ms;
+        self.error = None;
+        self.updated_ms = crate::now_ms();
+    }
+
+    /// Marks the job failed with `reason`.
+    pub fn fail(&mut self, reason: &str) {
+        self.state = JobState::Failed;
+        self.error = Some(reason.to_string());
+        self.updated_ms = crate::now_ms();
+    }
+}
+
 /// The model the separators run, registered by each separator at start-up. The gateway reads it
 /// to answer an upload with the model's stems, the splitter to cut songs to its segment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

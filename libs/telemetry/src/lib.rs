@@ -1,11 +1,16 @@
-//! One tracing set-up for every dme service.
+//! One tracing set-up and one life cycle for every dme service.
 //!
 //! Consumes: `DME_LOG` (an `EnvFilter` directive, default `info`) and `DME_LOG_FORMAT`
 //! (`json` for one JSON object per line, anything else for human-readable lines). Produces: a
-//! global subscriber writing to stderr, and [`shutdown_token`], the one shutdown signal of every
-//! service (SIGINT or SIGTERM). Guarantees: calling
-//! [`init`] twice (tests start several services in one process) is harmless.
+//! global subscriber writing to stderr, [`shutdown_token`], the one shutdown signal of every
+//! service (SIGINT or SIGTERM), and [`serve`], which builds a [`Service`] and runs it until that
+//! signal. Guarantees: calling [`init`] twice (tests start several services in one process) is
+//! harmless; a shutdown while a service is still starting (NATS not reachable yet, a model
+//! loading) stops it cleanly.
 
+mod service;
+
+pub use service::{serve, Service};
 use tracing_subscriber::{fmt, EnvFilter};
 
 /// Installs the global subscriber for `service`.

@@ -1,6 +1,6 @@
 //! Gateway settings: flags with `DME_*` environment equivalents.
 
-use std::path::PathBuf;
+use dme_storage::{NatsArgs, SpoolArgs};
 
 /// Largest upload accepted by default: 200 MB holds about 2.3 hours of 192 kbit/s MP3 or 19
 /// minutes of CD-quality WAV.
@@ -14,12 +14,16 @@ pub const DEFAULT_MAX_DURATION_S: f64 = 3.0 * 3600.0;
 /// MP3 about a minute), so a busy system is not mistaken for a stuck one.
 pub const DEFAULT_STALL_AFTER_S: u64 = 300;
 
+/// HTTP worker threads by default: the gateway mostly waits on NATS and streams files, so two
+/// threads serve many clients; raise it for many simultaneous uploads.
+pub const DEFAULT_HTTP_WORKERS: usize = 2;
+
 /// The HTTP gateway.
 #[derive(Debug, Clone, clap::Args)]
 pub struct GatewayConfig {
-    /// NATS server.
-    #[arg(long, env = "DME_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
+    /// Where NATS is.
+    #[command(flatten)]
+    pub nats: NatsArgs,
     /// Address to serve HTTP on (port 0 picks a free port).
     #[arg(long, env = "DME_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: String,
@@ -33,16 +37,13 @@ pub struct GatewayConfig {
     /// Longest song in seconds (longer ones get 413).
     #[arg(long, env = "DME_MAX_DURATION_S", default_value_t = DEFAULT_MAX_DURATION_S)]
     pub max_duration_s: f64,
-    /// Folder uploads are spooled to while they arrive (the system's temporary folder when absent).
-    #[arg(long, env = "DME_SPOOL_DIR")]
-    pub spool_dir: Option<PathBuf>,
+    /// Where uploads are spooled while they arrive.
+    #[command(flatten)]
+    pub spool: SpoolArgs,
     /// Seconds without progress after which a song in work is reported as `stalled`.
     #[arg(long, env = "DME_STALL_AFTER_S", default_value_t = DEFAULT_STALL_AFTER_S)]
     pub stall_after_s: u64,
     /// HTTP worker threads.
-    #[arg(long, env = "DME_HTTP_WORKERS", default_value_t = 2)]
+    #[arg(long, env = "DME_HTTP_WORKERS", default_value_t = DEFAULT_HTTP_WORKERS)]
     pub http_workers: usize,
-    /// Seconds to keep trying to reach NATS at start-up.
-    #[arg(long, env = "DME_CONNECT_TIMEOUT_S", default_value_t = 60)]
-    pub connect_timeout_s: u64,
 }

@@ -1,8 +1,29 @@
-//! The gateway's one error type: every failure becomes a JSON `{"error": "..."}` with a status
-//! that says whose fault it is.
+//! What can go wrong in the gateway: at start-up ([`GatewayError`]) and with one request
+//! ([`ApiError`]: every failure becomes a JSON `{"error": "..."}` with a status that says whose
+//! fault it is).
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
+
+/// Why the gateway could not start or stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// NATS could not be reached or refused a declaration.
+    #[error("setting up NATS at start-up")]
+    Store(#[from] dme_storage::StoreError),
+    /// The HTTP address could not be bound.
+    #[error("cannot serve HTTP on {addr}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP server failed while serving.
+    #[error("serving HTTP")]
+    Serve(#[source] std::io::Error),
+}
 
 /// What went wrong with a request.
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,8 @@
 //!
 //! # Layout
 //! - `config`: [`GatewayConfig`].
-//! - `error`: [`ApiError`], mapped to statuses.
+//! - `error`: [`GatewayError`] (start-up), [`ApiError`] (a request), mapped to statuses.
+//! - this file: the [`Gateway`] service.
 //! - `routes/music.rs`: upload, list, progress, selection. `routes/files.rs`: downloads.
 //!   `routes/jobs.rs`: job records. `routes/system.rs`: reset and health.
 //! - `upload`: spooling, hashing and probing an upload.
@@ -20,30 +21,16 @@ mod routes;
 mod upload;
 
 use std::net::TcpListener;
-use std::time::Duration;
 
 use actix_web::{web, App, HttpServer};
 pub use config::GatewayConfig;
 use dme_storage::Store;
-pub use error::ApiError;
+use dme_telemetry::Service;
+pub use error::{ApiError, GatewayError};
 use tokio_util::sync::CancellationToken;
 
-/// Why the gateway could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum GatewayError {
-    /// NATS could not be reached.
-    #[error(transparent)]
-    Store(#[from] dme_storage::StoreError),
-    /// The HTTP address could not be bound.
-    #[error("cannot serve HTTP on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: String,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-}
+/// Seconds requests in flight get to finish after shutdown before their connections are closed.
+const SHUTDOWN_GRACE_S: u64 = 5;
 
 /// What every handler shares.
 pub struct AppState {
@@ -54,23 +41,19 @@ pub struct AppState {
 }
 
 /// A built gateway, bound to its port, not yet serving.
-pub struct Application {
+pub struct Gateway {
     server: actix_web::dev::Server,
     port: u16,
 }
 
-impl Application {
+impl Service for Gateway {
+    type Config = GatewayConfig;
+    type Error = GatewayError;
+    const NAME: &'static str = "gateway";
+
     /// Connects to NATS and binds the HTTP address.
-    ///
-    /// # Errors
-    /// When NATS cannot be reached or the address cannot be bound.
-    pub async fn build(config: GatewayConfig) -> Result<Application, GatewayError> {
-        let store = Store::connect(
-            &config.nats_url,
-            "dme-gateway",
-            Duration::from_secs(config.connect_timeout_s),
-        )
-        .await?;
+    async fn build(config: GatewayConfig) -> Result<Gateway, GatewayError> {
+        let store = Store::connect_with(&config.nats, "dme-gateway").await?;
         let listener =
             TcpListener::bind(&config.http_addr).map_err(|source| GatewayError::Bind {
                 addr: config.http_addr.clone(),
@@ -92,7 +75,7 @@ impl Application {
         })
         .workers(workers)
         .disable_signals()
-        .shutdown_timeout(5)
+        .shutdown_timeout(SHUTDOWN_GRACE_S)
         .listen(listener)
         .map_err(|source| GatewayError::Bind {
             addr: format!("port {port}"),
@@ -100,24 +83,24 @@ impl Application {
         })?
         .run();
         tracing::info!(port, "gateway listening");
-        Ok(Application { server, port })
-    }
-
-    /// The bound port.
-    pub fn port(&self) -> u16 {
-        self.port
+        Ok(Gateway { server, port })
     }
 
     /// Serves until `shutdown` is cancelled, then stops gracefully.
-    ///
-    /// # Errors
-    /// When the server fails.
-    pub async fn run_until(self, shutdown: CancellationToken) -> std::io::Result<()> {
+    async fn run(self, shutdown: CancellationToken) -> Result<(), GatewayError> {
         let handle = self.server.handle();
-        tokio::spawn(async move {
-            shutdown.cancelled().await;
-            handle.stop(true).await;
-        });
-        self.server.await
+        let _stop_on_shutdown =
+            tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+                shutdown.cancelled().await;
+                handle.stop(true).await;
+            }));
+        self.server.await.map_err(GatewayError::Serve)
+    }
+}
+
+impl Gateway {
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 }

@@ -1,4 +1,6 @@
 use clap::Parser;
+use dme_gateway::Gateway;
+use dme_telemetry::Service;
 
 /// dme gateway: the HTTP API and web page.
 #[derive(Parser)]
@@ -10,13 +12,8 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    dme_telemetry::init("gateway");
+    dme_telemetry::init(Gateway::NAME);
     let cli = Cli::parse();
-    let shutdown = dme_telemetry::shutdown_token();
-    let app = tokio::select! {
-        _ = shutdown.cancelled() => return Ok(()),
-        app = dme_gateway::Application::build(cli.config) => app?,
-    };
-    app.run_until(shutdown).await?;
+    dme_telemetry::serve::<Gateway>(cli.config, dme_telemetry::shutdown_token()).await?;
     Ok(())
 }

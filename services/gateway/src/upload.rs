@@ -95,11 +95,11 @@ async fn spool<S>(mut body: S, file_name: String, state: &AppState) -> Result<Sp
 where
     S: Stream<Item = Result<web::Bytes, ApiError>> + Unpin,
 {
-    let temp = match &state.config.spool_dir {
-        Some(dir) => tempfile::NamedTempFile::new_in(dir),
-        None => tempfile::NamedTempFile::new(),
-    }
-    .map_err(|e| ApiError::Internal(e.into()))?;
+    let temp = state
+        .config
+        .spool
+        .named_tempfile()
+        .map_err(|e| ApiError::Internal(e.into()))?;
     let (std_file, path) = temp.into_parts();
     let mut file = tokio::fs::File::from_std(std_file);
     let mut hasher = blake3::Hasher::new();

@@ -1,21 +1,22 @@
 //! Mixer settings: flags with `DME_*` environment equivalents.
 
-use std::path::PathBuf;
+use dme_storage::{NatsArgs, SpoolArgs};
+
+/// Separated-segment events handled at once by default: most are a small record update, and an
+/// assembly holds its slot while it runs, so four let other songs progress during one assembly.
+pub const DEFAULT_ASSEMBLER_SLOTS: usize = 4;
 
 /// The mixer: assembles stems and mixes selections.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MixerConfig {
-    /// NATS server.
-    #[arg(long, env = "DME_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
-    /// Folder for temporary track files (the system's temporary folder when absent).
-    #[arg(long, env = "DME_SPOOL_DIR")]
-    pub spool_dir: Option<PathBuf>,
+    /// Where NATS is.
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Where tracks are spooled while they are assembled and summed.
+    #[command(flatten)]
+    pub spool: SpoolArgs,
     /// Separated-segment events handled at once (each is a small record update; an assembly
     /// holds its slot while it runs).
-    #[arg(long, env = "DME_MIXER_SLOTS", default_value_t = 4)]
+    #[arg(long, env = "DME_MIXER_SLOTS", default_value_t = DEFAULT_ASSEMBLER_SLOTS)]
     pub slots: usize,
-    /// Seconds to keep trying to reach NATS at start-up.
-    #[arg(long, env = "DME_CONNECT_TIMEOUT_S", default_value_t = 60)]
-    pub connect_timeout_s: u64,
 }

@@ -1,4 +1,6 @@
 use clap::Parser;
+use dme_mixer::Mixer;
+use dme_telemetry::Service;
 
 /// dme mixer: assembles separated segments into stem tracks and mixes selections.
 #[derive(Parser)]
@@ -10,8 +12,8 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    dme_telemetry::init("mixer");
+    dme_telemetry::init(Mixer::NAME);
     let cli = Cli::parse();
-    dme_mixer::run(cli.config, dme_telemetry::shutdown_token()).await?;
+    dme_telemetry::serve::<Mixer>(cli.config, dme_telemetry::shutdown_token()).await?;
     Ok(())
 }

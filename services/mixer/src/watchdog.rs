@@ -80,14 +80,12 @@ async fn handle(store: &Store, advisory: MaxDeliveries) {
     if let Some(job) = work.job_id {
         let _ = store
             .update_job(job, |j| {
-                j.state = dme_protocol::records::JobState::Failed;
-                j.error = Some(reason.clone());
-                j.updated_ms = dme_protocol::now_ms();
+                j.fail(&reason);
                 true
             })
             .await;
     }
-    if let Err(e) = store.fail_music(work.music_id, &reason).await {
+    if let Err(e) = dme_storage::song::fail(store, work.music_id, &reason).await {
         tracing::warn!(error = %e, "could not record the failure");
         return;
     }

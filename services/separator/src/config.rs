@@ -4,13 +4,18 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use dme_protocol::streams::Redelivery;
+use dme_storage::NatsArgs;
+
+/// Shortest ack wait accepted: in-progress acks go every third of it, and below a second the
+/// worker and the server would mostly be exchanging acks.
+const MIN_ACK_WAIT: Duration = Duration::from_secs(1);
 
 /// A separator worker: runs the model on segments from the shared queue.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SeparatorConfig {
-    /// NATS server to take work from.
-    #[arg(long, env = "DME_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
+    /// Where NATS is.
+    #[command(flatten)]
+    pub nats: NatsArgs,
     /// ONNX model to run (contract: `mix` [1,2,T] -> `stems` [1,S,2,T]); the embedded default
     /// DSP separator when absent.
     #[arg(long, env = "DME_MODEL")]
@@ -29,16 +34,13 @@ pub struct SeparatorConfig {
     /// Deliveries of one segment before it is declared poison and its song failed.
     #[arg(long, env = "DME_SEPARATOR_MAX_DELIVER", default_value_t = Redelivery::SEPARATOR.max_deliver)]
     pub max_deliver: i64,
-    /// Seconds to keep trying to reach NATS at start-up.
-    #[arg(long, env = "DME_CONNECT_TIMEOUT_S", default_value_t = 60)]
-    pub connect_timeout_s: u64,
 }
 
 impl SeparatorConfig {
     /// The consumer's redelivery settings.
     pub fn redelivery(&self) -> Redelivery {
         Redelivery {
-            ack_wait: Duration::from_millis(self.ack_wait_ms.max(1000)),
+            ack_wait: Duration::from_millis(self.ack_wait_ms).max(MIN_ACK_WAIT),
             max_deliver: self.max_deliver.max(1),
             ..Redelivery::SEPARATOR
         }

@@ -12,6 +12,11 @@
 //! that keeps failing on it) is terminated after a bounded number of deliveries and its song
 //! marked failed with the reason. The model is warmed up and registered in the system bucket
 //! before any work is pulled.
+//!
+//! # Layout
+//! - `config`: [`SeparatorConfig`]. `error`: [`SeparatorError`] (start-up), [`SeparateError`]
+//!   (a segment).
+//! - this file: the [`Separator`] service and the [`Worker`] that separates one segment.
 
 mod config;
 mod error;
@@ -19,18 +24,67 @@ mod error;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::consumer::PullConsumer;
 pub use config::SeparatorConfig;
 use dme_model::{Model, ModelOptions, ModelSource};
 use dme_protocol::messages::{SegmentDone, SegmentWork};
-use dme_protocol::records::{JobState, ModelInfo, MusicState};
-use dme_protocol::{objects, streams, subjects};
-use dme_storage::work::{consume, Delivery, Verdict};
+use dme_protocol::records::{ModelInfo, MusicState};
+use dme_protocol::streams::Redelivery;
+use dme_protocol::{objects, streams, subjects, Segment};
+use dme_storage::work::{self, Delivery, Handler};
 use dme_storage::Store;
-pub use error::SeparatorError;
+use dme_telemetry::Service;
+pub use error::{SeparateError, SeparatorError};
 use tokio_util::sync::CancellationToken;
 
-/// Delay before a segment that failed for a passing reason (NATS hiccup) is tried again.
-const RETRY_DELAY: Duration = Duration::from_secs(1);
+/// A separator process: one model, one segment at a time (the model uses the cores it is given).
+pub struct Separator {
+    consumer: PullConsumer,
+    redelivery: Redelivery,
+    worker: Arc<Worker>,
+}
+
+impl Service for Separator {
+    type Config = SeparatorConfig;
+    type Error = SeparatorError;
+    const NAME: &'static str = "separator";
+
+    /// Loads and warms up the model, connects, registers the model and declares the consumer.
+    async fn build(config: SeparatorConfig) -> Result<Separator, SeparatorError> {
+        let worker_id = config.worker_id();
+        let model = load_warm_model(&config).await?;
+        let info = model.info().clone();
+        let store = Store::connect_with(&config.nats, &worker_id).await?;
+        store.register_model(&info).await?;
+        let redelivery = config.redelivery();
+        let consumer = store
+            .work_consumer(
+                streams::SEPARATOR_CONSUMER,
+                subjects::WORK_SEGMENT,
+                redelivery,
+            )
+            .await?;
+        let worker = Arc::new(Worker {
+            store,
+            model: Arc::new(Mutex::new(model)),
+            info,
+            worker_id,
+        });
+        Ok(Separator {
+            consumer,
+            redelivery,
+            worker,
+        })
+    }
+
+    async fn run(self, shutdown: CancellationToken) -> Result<(), SeparatorError> {
+        let worker_id = self.worker.worker_id.clone();
+        tracing::info!(worker = %worker_id, "separator ready");
+        work::consume(self.consumer, self.redelivery, 1, shutdown, self.worker).await;
+        tracing::info!(worker = %worker_id, "separator stopped");
+        Ok(())
+    }
+}
 
 /// Loads the model named by `config` (or the embedded default).
 ///
@@ -48,199 +102,107 @@ pub fn load_model(config: &SeparatorConfig) -> Result<Model, SeparatorError> {
     Ok(Model::load(&source, &options)?)
 }
 
-struct Worker {
-    store: Store,
-    model: Arc<Mutex<Model>>,
-    info: ModelInfo,
-    worker_id: String,
-    max_deliver: u32,
-}
-
-/// Loads and warms the model, registers it, then separates segments until `shutdown`.
-///
-/// # Errors
-/// When the model cannot be loaded or NATS cannot be reached at start-up; once running, failures
-/// are per segment and never end the worker.
-pub async fn run(
-    config: SeparatorConfig,
-    shutdown: CancellationToken,
-) -> Result<(), SeparatorError> {
-    let worker_id = config.worker_id();
+/// Loads the model and runs it once (so the first segment does not pay for the set-up), off
+/// the executor.
+async fn load_warm_model(config: &SeparatorConfig) -> Result<Model, SeparatorError> {
     let started = Instant::now();
     let cfg = config.clone();
-    let mut model = tokio::task::spawn_blocking(move || load_model(&cfg))
-        .await
-        .map_err(|e| SeparatorError::Task(e.to_string()))??;
-    let info = model.info().clone();
-    let model = tokio::task::spawn_blocking(move || model.warm_up().map(|_| model))
-        .await
-        .map_err(|e| SeparatorError::Task(e.to_string()))??;
+    let model = tokio::task::spawn_blocking(move || {
+        let mut model = load_model(&cfg)?;
+        model.warm_up()?;
+        Ok::<_, SeparatorError>(model)
+    })
+    .await
+    .map_err(SeparatorError::Task)??;
+    let info = model.info();
     tracing::info!(
         model = %info.name, fingerprint = %info.fingerprint, sources = ?info.sources,
         segment = info.segment, fixed = info.fixed, threads = config.intra_threads,
         ready_ms = started.elapsed().as_millis() as u64, "model loaded and warmed up"
     );
-    // Shutdown also applies while NATS is still unreachable at start-up.
-    let store = tokio::select! {
-        _ = shutdown.cancelled() => return Ok(()),
-        store = Store::connect(
-        &config.nats_url,
-        &worker_id,
-        Duration::from_secs(config.connect_timeout_s),
-    ) => store?,
-    };
-    store.register_model(&info).await?;
-    let redelivery = config.redelivery();
-    let consumer = store
-        .work_consumer(
-            streams::SEPARATOR_CONSUMER,
-            subjects::WORK_SEGMENT,
-            redelivery,
-        )
-        .await?;
-    let worker = Arc::new(Worker {
-        store,
-        model: Arc::new(Mutex::new(model)),
-        info,
-        worker_id: worker_id.clone(),
-        max_deliver: redelivery.max_deliver as u32,
-    });
-    tracing::info!(worker = %worker_id, "separator ready");
-    consume(consumer, redelivery.ack_wait, 1, shutdown, move |d| {
-        let worker = worker.clone();
-        async move { worker.handle(d).await }
-    })
-    .await;
-    tracing::info!(worker = %worker_id, "separator stopped");
-    Ok(())
+    Ok(model)
 }
 
-/// What went wrong with one segment.
-enum Failure {
-    /// Worth another delivery.
-    Transient(String),
-    /// Will never succeed.
-    Permanent(String),
+/// Separates segments: the handler of [`subjects::WORK_SEGMENT`].
+struct Worker {
+    store: Store,
+    model: Arc<Mutex<Model>>,
+    info: ModelInfo,
+    worker_id: String,
+}
+
+impl Handler for Worker {
+    type Message = SegmentWork;
+    type Error = SeparateError;
+    /// Transient failures are NATS hiccups or a model fluke: soon is fine.
+    const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+    async fn handle(&self, work: &SegmentWork, delivery: Delivery) -> Result<(), SeparateError> {
+        self.separate(work, delivery.attempt).await
+    }
+
+    async fn give_up(&self, work: &SegmentWork, delivery: Delivery, reason: &str) {
+        let reason = format!(
+            "segment {} failed after {} attempt(s): {reason}",
+            work.index, delivery.attempt
+        );
+        tracing::error!(music = %work.music_id, index = work.index, reason, "segment failed");
+        let _ = self
+            .store
+            .update_job(work.job_id, |job| {
+                job.fail(&reason);
+                true
+            })
+            .await;
+        if let Err(e) = dme_storage::song::fail(&self.store, work.music_id, &reason).await {
+            tracing::warn!(error = %e, "could not record the failure");
+        }
+    }
 }
 
 impl Worker {
-    async fn handle(&self, d: Delivery) -> Verdict {
-        let work: SegmentWork = match dme_protocol::decode(&d.message.payload) {
-            Ok(w) => w,
-            Err(e) => return Verdict::Term(e.to_string()),
-        };
-        match self.separate(&work, d.attempt).await {
-            Ok(()) => Verdict::Ack,
-            Err(Failure::Transient(reason)) if d.attempt < self.max_deliver => {
-                tracing::warn!(music = %work.music_id, index = work.index, attempt = d.attempt, reason, "segment will be retried");
-                Verdict::Retry(RETRY_DELAY)
-            }
-            Err(Failure::Transient(reason)) | Err(Failure::Permanent(reason)) => {
-                let reason = format!(
-                    "segment {} failed after {} attempt(s): {reason}",
-                    work.index, d.attempt
-                );
-                self.fail(&work, &reason).await;
-                Verdict::Term(reason)
-            }
-        }
-    }
-
-    async fn separate(&self, work: &SegmentWork, attempt: u32) -> Result<(), Failure> {
-        let store = &self.store;
-        let transient = |e: dme_storage::StoreError| Failure::Transient(e.to_string());
-        let Some(record) = store.music(work.music_id).await.map_err(transient)? else {
+    /// Separates one segment: runs the model on its window, stores its stems, marks its job done,
+    /// reports it and releases the song's next segment.
+    async fn separate(&self, work: &SegmentWork, attempt: u32) -> Result<(), SeparateError> {
+        let Some(record) = self.store.music(work.music_id).await? else {
             tracing::info!(music = %work.music_id, "song deleted; segment dropped");
             return Ok(());
         };
         if record.state == MusicState::Failed {
             return Ok(());
         }
-        if record
-            .separated
-            .get(work.index as usize)
-            .copied()
-            .unwrap_or(false)
-        {
+        if record.separated.get(work.index as usize) == Some(&true) {
             // Already done by a worker whose ack was lost: make sure the window moves on.
             return self.release_successor(work).await;
         }
-        if work.model != self.info.fingerprint {
-            return Err(Failure::Transient(format!(
-                "cut for model {} but this worker runs {} ({})",
-                work.model, self.info.fingerprint, self.info.name
-            )));
-        }
-        let seg = work.plan.segment(work.index).ok_or_else(|| {
-            Failure::Permanent(format!("index {} is outside the plan", work.index))
-        })?;
-        let _ = store
+        self.check_model(work)?;
+        let seg = work
+            .plan
+            .segment(work.index)
+            .ok_or(SeparateError::OutsidePlan(work.index))?;
+        let _ = self
+            .store
             .update_job(work.job_id, |job| {
-                job.state = JobState::Running;
-                job.worker = Some(self.worker_id.clone());
-                job.attempts = attempt;
-                job.updated_ms = dme_protocol::now_ms();
+                job.start(&self.worker_id, attempt);
                 true
             })
             .await;
-        let name = objects::segment_input(work.music_id, work.index);
-        let bytes = store
-            .get_object(&name)
-            .await
-            .map_err(transient)?
-            .ok_or_else(|| Failure::Permanent(format!("input {name} is missing")))?;
-        let window = seg.window_len as usize;
-        if bytes.len() != 2 * window * 4 {
-            return Err(Failure::Permanent(format!(
-                "input {name} holds {} bytes, expected {} (2 × {window} f32)",
-                bytes.len(),
-                2 * window * 4
-            )));
-        }
-        let model = self.model.clone();
+        let input = self.load_input(work, &seg).await?;
         let started = Instant::now();
-        let output = tokio::task::spawn_blocking(move || {
-            let input = objects::unpack_planar(&bytes, 1)
-                .map_err(|e| e.to_string())?
-                .remove(0);
-            let mut model = model
-                .lock()
-                .map_err(|_| "model lock poisoned".to_string())?;
-            model.separate(&input).map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| Failure::Transient(format!("model task: {e}")))?
-        .map_err(Failure::Transient)?;
+        let output = self.run_model(input).await?;
         let elapsed = started.elapsed();
-        // Cut the window back to the segment: lanes are (stem, channel) pairs of `window` samples.
-        let crop = seg.crop_start();
-        let len = seg.len as usize;
-        let lanes: Vec<&[f32]> = output
-            .chunks_exact(window)
-            .map(|lane| &lane[crop..crop + len])
-            .collect();
-        let stems = objects::pack_planar(&lanes);
-        if store
-            .music(work.music_id)
-            .await
-            .map_err(transient)?
-            .is_none()
-        {
+        let stems = crop_to_segment(&output, &seg);
+        if self.store.music(work.music_id).await?.is_none() {
             return Ok(()); // reset while we worked
         }
-        store
+        self.store
             .put_object(&objects::segment_stems(work.music_id, work.index), &stems)
-            .await
-            .map_err(transient)?;
-        let worker_id = self.worker_id.clone();
-        let _ = store
+            .await?;
+        let time_ms = elapsed.as_millis() as u64;
+        let _ = self
+            .store
             .update_job(work.job_id, |job| {
-                job.state = JobState::Done;
-                job.worker = Some(worker_id.clone());
-                job.attempts = attempt;
-                job.time_ms = elapsed.as_millis() as u64;
-                job.error = None;
-                job.updated_ms = dme_protocol::now_ms();
+                job.finish(&self.worker_id, attempt, time_ms);
                 true
             })
             .await;
@@ -249,40 +211,83 @@ impl Worker {
             index: work.index,
             job_id: work.job_id,
         };
-        store
+        self.store
             .publish(subjects::WORK_SEPARATED, &done, Some(&done.msg_id()))
-            .await
-            .map_err(transient)?;
+            .await?;
         tracing::info!(
-            music = %work.music_id, index = work.index, attempt,
-            ms = elapsed.as_millis() as u64, samples = len, "segment separated"
+            music = %work.music_id, index = work.index, attempt, ms = time_ms,
+            samples = seg.len, "segment separated"
         );
         self.release_successor(work).await
     }
 
-    async fn release_successor(&self, work: &SegmentWork) -> Result<(), Failure> {
+    /// Refuses a segment cut for another model than this worker runs.
+    fn check_model(&self, work: &SegmentWork) -> Result<(), SeparateError> {
+        if work.model == self.info.fingerprint {
+            return Ok(());
+        }
+        Err(SeparateError::ModelMismatch {
+            cut_for: work.model.clone(),
+            runs: self.info.fingerprint.clone(),
+            name: self.info.name.clone(),
+        })
+    }
+
+    /// The segment's model input window, checked against the window's length.
+    async fn load_input(
+        &self,
+        work: &SegmentWork,
+        seg: &Segment,
+    ) -> Result<Vec<u8>, SeparateError> {
+        let name = objects::segment_input(work.music_id, work.index);
+        let bytes = self.store.get_object(&name).await?;
+        let bytes = bytes.ok_or_else(|| SeparateError::InputMissing(name.clone()))?;
+        let window = seg.window_len as usize;
+        let expected = 2 * window * 4;
+        if bytes.len() != expected {
+            return Err(SeparateError::InputSize {
+                name,
+                bytes: bytes.len(),
+                expected,
+                window,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Runs the model on a planar f32 window, off the executor: `[S, 2, window]` samples.
+    async fn run_model(&self, input: Vec<u8>) -> Result<Vec<f32>, SeparateError> {
+        let model = self.model.clone();
+        tokio::task::spawn_blocking(move || {
+            let input = objects::unpack_planar(&input, 1)
+                .map_err(SeparateError::Input)?
+                .remove(0);
+            let mut model = model.lock().map_err(|_| SeparateError::ModelPoisoned)?;
+            model.separate(&input).map_err(SeparateError::Model)
+        })
+        .await
+        .map_err(SeparateError::Task)?
+    }
+
+    /// Publishes the song's next segment in its fairness window, if any.
+    async fn release_successor(&self, work: &SegmentWork) -> Result<(), SeparateError> {
         if let Some(next) = work.successor() {
             self.store
                 .publish(subjects::WORK_SEGMENT, &next, Some(&next.msg_id()))
-                .await
-                .map_err(|e| Failure::Transient(e.to_string()))?;
+                .await?;
         }
         Ok(())
     }
+}
 
-    async fn fail(&self, work: &SegmentWork, reason: &str) {
-        tracing::error!(music = %work.music_id, index = work.index, reason, "segment failed");
-        let _ = self
-            .store
-            .update_job(work.job_id, |job| {
-                job.state = JobState::Failed;
-                job.error = Some(reason.to_string());
-                job.updated_ms = dme_protocol::now_ms();
-                true
-            })
-            .await;
-        if let Err(e) = self.store.fail_music(work.music_id, reason).await {
-            tracing::warn!(error = %e, "could not record the failure");
-        }
-    }
+/// Cuts the model's output for a window back to its segment, as planar f32 bytes: lanes are
+/// (stem, channel) pairs of `window_len` samples.
+fn crop_to_segment(output: &[f32], seg: &Segment) -> Vec<u8> {
+    let crop = seg.crop_start();
+    let len = seg.len as usize;
+    let lanes: Vec<&[f32]> = output
+        .chunks_exact(seg.window_len as usize)
+        .map(|lane| &lane[crop..crop + len])
+        .collect();
+    objects::pack_planar(&lanes)
 }

@@ -1,4 +1,6 @@
 use clap::Parser;
+use dme_separator::Separator;
+use dme_telemetry::Service;
 
 /// dme separator worker: runs the separation model on queued segments.
 #[derive(Parser)]
@@ -10,9 +12,8 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    dme_telemetry::init("separator");
+    dme_telemetry::init(Separator::NAME);
     let cli = Cli::parse();
-    let shutdown = dme_telemetry::shutdown_token();
-    dme_separator::run(cli.config, shutdown).await?;
+    dme_telemetry::serve::<Separator>(cli.config, dme_telemetry::shutdown_token()).await?;
     Ok(())
 }

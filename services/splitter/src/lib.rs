@@ -11,120 +11,97 @@
 //! length; the geometry is exactly demucs' `apply_model` ([`dme_segment`]); a redelivered upload
 //! is cut again idempotently (objects overwritten, jobs created once, work items deduplicated by
 //! message id); a file that cannot be decoded fails its song with the decoder's reason.
+//!
+//! # Layout
+//! - `config`: [`SplitterConfig`]. `error`: [`SplitterError`] (start-up), [`SplitError`] (a song).
+//! - this file: the [`Splitter`] service and the handler that cuts one song.
+//! - `decoded`: a song decoded to spooled files, read back one window at a time.
 
 mod config;
+mod decoded;
 mod error;
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use config::{SplitterConfig, DEFAULT_SEGMENT_WINDOW};
-use dme_audio::{StereoDecoder, MODEL_SAMPLE_RATE};
-use dme_protocol::messages::{MusicUploaded, SegmentWork};
-use dme_protocol::records::{JobRecord, JobState, MusicRecord, MusicState, TrackRecord};
-use dme_protocol::{now_ms, objects, streams, subjects, JobId, MusicId, SegmentPlan};
-use dme_storage::work::{consume, Delivery, Verdict};
+use decoded::DecodedSong;
+use dme_protocol::messages::{MusicUploaded, ProgressEvent, SegmentWork};
+use dme_protocol::records::{JobRecord, JobState, ModelInfo, MusicRecord, MusicState, TrackRecord};
+use dme_protocol::{now_ms, objects, streams, subjects, JobId, MusicId, Segment, SegmentPlan};
+use dme_storage::work::{self, Delivery, Handler};
 use dme_storage::Store;
-pub use error::SplitterError;
+use dme_telemetry::Service;
+pub use error::{SplitError, SplitterError};
 use tokio_util::sync::CancellationToken;
-
-/// Delay before an upload is looked at again when no separator has registered a model yet.
-const NO_MODEL_RETRY: Duration = Duration::from_secs(3);
+use tokio_util::task::AbortOnDropHandle;
 
 /// How often a song being cut shows it is alive (well under the gateway's stall threshold).
 const HEARTBEAT: Duration = Duration::from_secs(20);
 
-/// Aborts a background task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// The splitter service: one upload at a time (decoding is the heavy part and runs off the
+/// executor; run more splitters for more at once).
+pub struct Splitter {
+    consumer: async_nats::jetstream::consumer::PullConsumer,
+    cutter: Arc<Cutter>,
+}
 
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+impl Service for Splitter {
+    type Config = SplitterConfig;
+    type Error = SplitterError;
+    const NAME: &'static str = "splitter";
+
+    async fn build(config: SplitterConfig) -> Result<Splitter, SplitterError> {
+        let store = Store::connect_with(&config.nats, "dme-splitter").await?;
+        let consumer = store
+            .work_consumer(
+                streams::SPLITTER_CONSUMER,
+                subjects::WORK_UPLOADED,
+                streams::Redelivery::PIPELINE,
+            )
+            .await?;
+        let cutter = Arc::new(Cutter { store, config });
+        Ok(Splitter { consumer, cutter })
+    }
+
+    async fn run(self, shutdown: CancellationToken) -> Result<(), SplitterError> {
+        tracing::info!("splitter ready");
+        let redelivery = streams::Redelivery::PIPELINE;
+        work::consume(self.consumer, redelivery, 1, shutdown, self.cutter).await;
+        tracing::info!("splitter stopped");
+        Ok(())
     }
 }
 
-struct Splitter {
+/// Cuts uploaded songs into segments: the handler of [`subjects::WORK_UPLOADED`].
+struct Cutter {
     store: Store,
     config: SplitterConfig,
-    max_deliver: u32,
 }
 
-/// Splits uploaded songs until `shutdown`.
-///
-/// # Errors
-/// When NATS cannot be reached at start-up.
-pub async fn run(config: SplitterConfig, shutdown: CancellationToken) -> Result<(), SplitterError> {
-    // Shutdown also applies while NATS is still unreachable at start-up.
-    let store = tokio::select! {
-        _ = shutdown.cancelled() => return Ok(()),
-        store = Store::connect(
-        &config.nats_url,
-        "dme-splitter",
-        Duration::from_secs(config.connect_timeout_s),
-    ) => store?,
-    };
-    let redelivery = streams::Redelivery::PIPELINE;
-    let consumer = store
-        .work_consumer(
-            streams::SPLITTER_CONSUMER,
-            subjects::WORK_UPLOADED,
-            redelivery,
-        )
-        .await?;
-    let splitter = Arc::new(Splitter {
-        store,
-        config,
-        max_deliver: redelivery.max_deliver as u32,
-    });
-    tracing::info!("splitter ready");
-    consume(consumer, redelivery.ack_wait, 1, shutdown, move |d| {
-        let s = splitter.clone();
-        async move { s.handle(d).await }
-    })
-    .await;
-    tracing::info!("splitter stopped");
-    Ok(())
-}
+impl Handler for Cutter {
+    type Message = MusicUploaded;
+    type Error = SplitError;
+    /// The usual transient failure is that no separator has registered a model yet.
+    const RETRY_DELAY: Duration = Duration::from_secs(3);
 
-enum Failure {
-    Transient(String),
-    Permanent(String),
-}
-
-impl From<dme_storage::StoreError> for Failure {
-    fn from(e: dme_storage::StoreError) -> Self {
-        Failure::Transient(e.to_string())
+    async fn handle(&self, uploaded: &MusicUploaded, _: Delivery) -> Result<(), SplitError> {
+        self.split(uploaded.music_id).await
     }
-}
 
-impl Splitter {
-    async fn handle(&self, d: Delivery) -> Verdict {
-        let msg: MusicUploaded = match dme_protocol::decode(&d.message.payload) {
-            Ok(m) => m,
-            Err(e) => return Verdict::Term(e.to_string()),
-        };
-        match self.split(msg.music_id).await {
-            Ok(()) => Verdict::Ack,
-            Err(Failure::Transient(reason)) if d.attempt < self.max_deliver => {
-                tracing::warn!(music = %msg.music_id, attempt = d.attempt, reason, "split will be retried");
-                Verdict::Retry(NO_MODEL_RETRY)
-            }
-            Err(Failure::Transient(reason)) | Err(Failure::Permanent(reason)) => {
-                if let Err(e) = self.store.fail_music(msg.music_id, &reason).await {
-                    tracing::warn!(error = %e, "could not record the failure");
-                }
-                Verdict::Term(reason)
-            }
+    async fn give_up(&self, uploaded: &MusicUploaded, _: Delivery, reason: &str) {
+        if let Err(e) = dme_storage::song::fail(&self.store, uploaded.music_id, reason).await {
+            tracing::warn!(error = %e, "could not record the failure");
         }
     }
+}
 
-    async fn split(&self, music: MusicId) -> Result<(), Failure> {
-        let store = &self.store;
-        let Some(record) = store.music(music).await? else {
+impl Cutter {
+    /// Decodes song `music`, stores its segments and jobs, records its plan and queues its first
+    /// segments.
+    async fn split(&self, music: MusicId) -> Result<(), SplitError> {
+        let Some(record) = self.store.music(music).await? else {
             tracing::info!(%music, "song deleted before it was split");
             return Ok(());
         };
@@ -135,88 +112,94 @@ impl Splitter {
             // Cut before (this is a redelivery): only make sure the first window is queued.
             return self.release_first_window(&record, plan).await;
         }
-        let model = store
-            .model()
+        let model = self.store.model().await?.ok_or(SplitError::NoModel)?;
+        let _heartbeat = self.heartbeat(music);
+        let spool = self.config.spool.tempdir().map_err(SplitError::Spool)?;
+        let decoded = self.decode(&record, spool.path()).await?;
+        let plan = SegmentPlan::new(decoded.frames(), model.segment, model.fixed);
+        tracing::info!(%music, frames = decoded.frames(), segments = plan.count(), "decoded; cutting");
+        let tracks = TrackRecord::for_sources(music, &model.sources);
+        self.store_segments(music, plan, decoded, &tracks).await?;
+        self.store_plan(music, plan, &model, tracks).await
+    }
+
+    /// Touches the song's record every [`HEARTBEAT`] until the returned handle is dropped:
+    /// cutting a long song takes minutes, and it must never be reported stalled meanwhile.
+    fn heartbeat(&self, music: MusicId) -> AbortOnDropHandle<()> {
+        let store = self.store.clone();
+        AbortOnDropHandle::new(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(HEARTBEAT).await;
+                let _ = store
+                    .update_music(music, |m| {
+                        m.updated_ms = now_ms();
+                        true
+                    })
+                    .await;
+            }
+        }))
+    }
+
+    /// Copies the song's original into `dir` and decodes it there, off the executor.
+    async fn decode(&self, record: &MusicRecord, dir: &Path) -> Result<DecodedSong, SplitError> {
+        let original = dir.join("original");
+        let mut reader = self
+            .store
+            .object_reader(&objects::original(record.music_id))
             .await?
-            .ok_or_else(|| Failure::Transient("no separator has registered a model yet".into()))?;
-        // Cutting a long song takes minutes: show that it is alive, so it is never reported
-        // stalled while it works.
-        let heartbeat = {
-            let store = store.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(HEARTBEAT).await;
-                    let _ = store
-                        .update_music(music, |m| {
-                            m.updated_ms = now_ms();
-                            true
-                        })
-                        .await;
-                }
-            })
-        };
-        let _stop_heartbeat = AbortOnDrop(heartbeat);
-        let spool = match &self.config.spool_dir {
-            Some(dir) => tempfile::tempdir_in(dir),
-            None => tempfile::tempdir(),
-        }
-        .map_err(|e| Failure::Transient(format!("spool folder: {e}")))?;
-        let original = spool.path().join("original");
-        {
-            let mut reader = store
-                .object_reader(&objects::original(music))
-                .await?
-                .ok_or_else(|| {
-                    Failure::Permanent("the uploaded file is missing from storage".into())
-                })?;
-            let mut file = tokio::fs::File::create(&original)
-                .await
-                .map_err(|e| Failure::Transient(format!("spool: {e}")))?;
-            tokio::io::copy(&mut reader, &mut file)
-                .await
-                .map_err(|e| Failure::Transient(format!("reading the original: {e}")))?;
-        }
+            .ok_or(SplitError::OriginalMissing)?;
+        let mut file = tokio::fs::File::create(&original)
+            .await
+            .map_err(SplitError::Spool)?;
+        tokio::io::copy(&mut reader, &mut file)
+            .await
+            .map_err(SplitError::ReadOriginal)?;
+        drop(file);
         let hint = Path::new(&record.file_name)
             .extension()
             .map(|e| e.to_string_lossy().to_lowercase());
-        let dir = spool.path().to_path_buf();
-        let decoded =
-            tokio::task::spawn_blocking(move || decode_to_files(&original, hint.as_deref(), &dir))
-                .await
-                .map_err(|e| Failure::Transient(format!("decoder task: {e}")))??;
-        let plan = SegmentPlan::new(decoded.frames, model.segment, model.fixed);
-        tracing::info!(%music, frames = decoded.frames, segments = plan.count(), "decoded; cutting");
+        let dir = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || DecodedSong::decode(&original, hint.as_deref(), &dir))
+            .await
+            .map_err(|e| SplitError::Task("decoder", e))?
+    }
+
+    /// Stores each segment's model input window and creates its job record.
+    async fn store_segments(
+        &self,
+        music: MusicId,
+        plan: SegmentPlan,
+        decoded: DecodedSong,
+        tracks: &[TrackRecord],
+    ) -> Result<(), SplitError> {
         let decoded = Arc::new(decoded);
-        let tracks = TrackRecord::for_sources(music, &model.sources);
         let track_ids: Vec<_> = tracks.iter().map(|t| t.track_id).collect();
         for seg in plan.segments() {
-            let d = decoded.clone();
-            let window = tokio::task::spawn_blocking(move || d.window(&seg))
+            let song = decoded.clone();
+            let window = tokio::task::spawn_blocking(move || song.window(&seg))
                 .await
-                .map_err(|e| Failure::Transient(format!("window task: {e}")))?
-                .map_err(|e| Failure::Transient(format!("reading decoded audio: {e}")))?;
-            store
+                .map_err(|e| SplitError::Task("window", e))?
+                .map_err(SplitError::ReadDecoded)?;
+            self.store
                 .put_object(&objects::segment_input(music, seg.index), &window)
                 .await?;
-            let job = JobRecord {
-                job_id: JobId::of(music, seg.index),
-                music_id: music,
-                index: seg.index,
-                offset: seg.offset,
-                len: seg.len,
-                size: window.len() as u64,
-                state: JobState::Queued,
-                worker: None,
-                attempts: 0,
-                time_ms: 0,
-                tracks: track_ids.clone(),
-                error: None,
-                created_ms: now_ms(),
-                updated_ms: now_ms(),
-            };
-            store.create_job(&job).await?;
+            let job = queued_job(music, &seg, window.len() as u64, track_ids.clone());
+            self.store.create_job(&job).await?;
         }
-        let updated = store
+        Ok(())
+    }
+
+    /// Records the plan on the song (now `separating`), announces it and queues the first
+    /// window. A song deleted meanwhile (a reset) gets what this cut wrote removed instead.
+    async fn store_plan(
+        &self,
+        music: MusicId,
+        plan: SegmentPlan,
+        model: &ModelInfo,
+        tracks: Vec<TrackRecord>,
+    ) -> Result<(), SplitError> {
+        let updated = self
+            .store
             .update_music(music, |m| {
                 if m.plan.is_some() || m.state == MusicState::Failed {
                     return false;
@@ -230,30 +213,29 @@ impl Splitter {
                 true
             })
             .await?;
-        match updated {
-            Some(record) => {
-                store.announce(&record).await;
-                let plan = record.plan.unwrap_or(plan);
-                self.release_first_window(&record, plan).await
+        let Some(record) = updated else {
+            for seg in plan.segments() {
+                let _ = self
+                    .store
+                    .delete_object(&objects::segment_input(music, seg.index))
+                    .await;
+                let _ = self.store.delete_job(JobId::of(music, seg.index)).await;
             }
-            None => {
-                // Deleted (a reset) while it was being cut: remove what this cut wrote.
-                for seg in plan.segments() {
-                    let _ = store
-                        .delete_object(&objects::segment_input(music, seg.index))
-                        .await;
-                    let _ = store.delete_job(JobId::of(music, seg.index)).await;
-                }
-                Ok(())
-            }
-        }
+            return Ok(());
+        };
+        self.store
+            .publish_progress(&ProgressEvent::of(&record))
+            .await;
+        let plan = record.plan.unwrap_or(plan);
+        self.release_first_window(&record, plan).await
     }
 
+    /// Queues the song's first `segment_window` segments (deduplicated by message id).
     async fn release_first_window(
         &self,
         record: &MusicRecord,
         plan: SegmentPlan,
-    ) -> Result<(), Failure> {
+    ) -> Result<(), SplitError> {
         let window = self.config.segment_window.max(1);
         for index in 0..window.min(plan.count()) {
             let work = SegmentWork {
@@ -272,62 +254,27 @@ impl Splitter {
     }
 }
 
-/// A decoded song on disk: one file of little-endian f32 per channel.
-struct DecodedSong {
-    left: File,
-    right: File,
-    frames: u64,
-}
-
-impl DecodedSong {
-    /// The model input window of `seg`, as planar f32 bytes, zero outside the song.
-    fn window(&self, seg: &dme_protocol::Segment) -> std::io::Result<Vec<u8>> {
-        let n = seg.window_len as usize;
-        let mut out = vec![0u8; 2 * n * 4];
-        let start = seg.window_start.max(0) as u64;
-        let end = ((seg.window_start + n as i64).max(0) as u64).min(self.frames);
-        if end > start {
-            let skip = (start as i64 - seg.window_start) as usize;
-            let count = (end - start) as usize;
-            for (c, file) in [&self.left, &self.right].into_iter().enumerate() {
-                let at = (c * n + skip) * 4;
-                file.read_exact_at(&mut out[at..at + count * 4], start * 4)?;
-            }
-        }
-        Ok(out)
+/// The job record of segment `seg` of `music`, queued, whose input is `size` bytes.
+fn queued_job(
+    music: MusicId,
+    seg: &Segment,
+    size: u64,
+    tracks: Vec<dme_protocol::TrackId>,
+) -> JobRecord {
+    JobRecord {
+        job_id: JobId::of(music, seg.index),
+        music_id: music,
+        index: seg.index,
+        offset: seg.offset,
+        len: seg.len,
+        size,
+        state: JobState::Queued,
+        worker: None,
+        attempts: 0,
+        time_ms: 0,
+        tracks,
+        error: None,
+        created_ms: now_ms(),
+        updated_ms: now_ms(),
     }
-}
-
-fn decode_to_files(path: &Path, hint: Option<&str>, dir: &Path) -> Result<DecodedSong, Failure> {
-    let mut decoder = StereoDecoder::open(path, hint, MODEL_SAMPLE_RATE)
-        .map_err(|e| Failure::Permanent(format!("cannot decode the file: {e}")))?;
-    let paths: [PathBuf; 2] = [dir.join("left.f32"), dir.join("right.f32")];
-    let io = |e: std::io::Error| Failure::Transient(format!("spool: {e}"));
-    let mut writers = [
-        BufWriter::new(File::create(&paths[0]).map_err(io)?),
-        BufWriter::new(File::create(&paths[1]).map_err(io)?),
-    ];
-    let mut frames = 0u64;
-    while let Some(block) = decoder
-        .next_block()
-        .map_err(|e| Failure::Permanent(format!("cannot decode the file: {e}")))?
-    {
-        for (w, ch) in writers.iter_mut().zip([&block.left, &block.right]) {
-            for v in ch.iter() {
-                w.write_all(&v.to_le_bytes()).map_err(io)?;
-            }
-        }
-        frames += block.left.len() as u64;
-    }
-    if frames == 0 {
-        return Err(Failure::Permanent("the file holds no audio samples".into()));
-    }
-    let [l, r] = writers;
-    l.into_inner().map_err(|e| io(e.into_error()))?;
-    r.into_inner().map_err(|e| io(e.into_error()))?;
-    Ok(DecodedSong {
-        left: File::open(&paths[0]).map_err(io)?,
-        right: File::open(&paths[1]).map_err(io)?,
-        frames,
-    })
 }

@@ -1,4 +1,6 @@
 use clap::Parser;
+use dme_splitter::Splitter;
+use dme_telemetry::Service;
 
 /// dme splitter: decodes uploaded songs and cuts them into segments for the separators.
 #[derive(Parser)]
@@ -10,8 +12,8 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    dme_telemetry::init("splitter");
+    dme_telemetry::init(Splitter::NAME);
     let cli = Cli::parse();
-    dme_splitter::run(cli.config, dme_telemetry::shutdown_token()).await?;
+    dme_telemetry::serve::<Splitter>(cli.config, dme_telemetry::shutdown_token()).await?;
     Ok(())
 }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use dme_protocol::messages::{MixRequest, MusicUploaded};
+use dme_protocol::messages::{MixRequest, MusicUploaded, ProgressEvent};
 use dme_protocol::records::{MixRecord, MusicRecord, MusicState, TrackRecord};
 use dme_protocol::{now_ms, objects, subjects, MusicId, TrackId};
 use futures::StreamExt;
@@ -384,7 +384,10 @@ pub async fn select(
             )
             .await?;
     }
-    state.store.announce(&updated).await;
+    state
+        .store
+        .publish_progress(&ProgressEvent::of(&updated))
+        .await;
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "music_id": updated.music_id,
         "tracks": unique,

@@ -1,0 +1,203 @@
+//! Files in the object store ([`dme_protocol::streams::FILE_BUCKET`]; names in
+//! [`dme_protocol::objects`]), written and read as streams so memory stays bounded.
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_nats::jetstream::object_store::{DeleteErrorKind, GetErrorKind, InfoErrorKind, Object};
+use dme_protocol::MusicId;
+use futures::{StreamExt, TryStreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+
+use crate::{nats, Result, Store, StoreError};
+
+/// Longest wait for the next chunk of an object being read. An object deleted while it is read
+/// (a reset) never delivers its remaining chunks: without this, its reader would wait forever.
+/// A chunk is 128 KiB, so 30 s without one is never a slow network.
+pub const OBJECT_READ_IDLE: Duration = Duration::from_secs(30);
+
+/// A streaming reader of one object that fails with `TimedOut` after [`OBJECT_READ_IDLE`]
+/// without data, instead of hanging.
+pub struct ObjectReader {
+    inner: Object,
+    idle: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl ObjectReader {
+    fn new(inner: Object) -> Self {
+        ObjectReader {
+            inner,
+            idle: Box::pin(tokio::time::sleep(OBJECT_READ_IDLE)),
+        }
+    }
+
+    /// Size of the object in bytes.
+    pub fn size(&self) -> u64 {
+        self.inner.info.size as u64
+    }
+}
+
+impl AsyncRead for ObjectReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                let next = tokio::time::Instant::now() + OBJECT_READ_IDLE;
+                this.idle.as_mut().reset(next);
+                Poll::Ready(result)
+            }
+            Poll::Pending => match this.idle.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "no data for {OBJECT_READ_IDLE:?}: the object was deleted or NATS is gone"
+                    ),
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl Store {
+    /// Stores `bytes` as object `name`, replacing any object of that name.
+    ///
+    /// # Errors
+    /// On NATS failure.
+    pub async fn put_object(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let mut reader = bytes;
+        self.put_object_from(name, &mut reader).await
+    }
+
+    /// Stores what `reader` yields as object `name`, streaming (bounded memory).
+    ///
+    /// # Errors
+    /// On NATS failure or a read error.
+    pub async fn put_object_from<R: AsyncRead + Unpin>(
+        &self,
+        name: &str,
+        reader: &mut R,
+    ) -> Result<()> {
+        self.files
+            .put(name, reader)
+            .await
+            .map_err(nats("put object"))?;
+        Ok(())
+    }
+
+    /// Stores the local file at `path` as object `name`, streaming.
+    ///
+    /// # Errors
+    /// When the file cannot be opened, on a read error or on NATS failure.
+    pub async fn put_object_file(&self, name: &str, path: &Path) -> Result<()> {
+        let mut file =
+            tokio::fs::File::open(path)
+                .await
+                .map_err(|source| StoreError::OpenFile {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+        self.put_object_from(name, &mut file).await
+    }
+
+    /// The whole object `name`, or `None` if it does not exist.
+    ///
+    /// # Errors
+    /// On NATS failure or a broken object.
+    pub async fn get_object(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let Some(mut object) = self.object_reader(name).await? else {
+            return Ok(None);
+        };
+        let mut out = Vec::new();
+        object
+            .read_to_end(&mut out)
+            .await
+            .map_err(|source| StoreError::Read {
+                name: name.to_string(),
+                source,
+            })?;
+        Ok(Some(out))
+    }
+
+    /// A streaming reader of object `name`, or `None` if it does not exist.
+    ///
+    /// # Errors
+    /// On NATS failure.
+    pub async fn object_reader(&self, name: &str) -> Result<Option<ObjectReader>> {
+        match self.files.get(name).await {
+            Ok(o) => Ok(Some(ObjectReader::new(o))),
+            Err(e) if e.kind() == GetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(nats("get object")(e)),
+        }
+    }
+
+    /// Size in bytes of object `name`, or `None` if it does not exist.
+    ///
+    /// # Errors
+    /// On NATS failure.
+    pub async fn object_size(&self, name: &str) -> Result<Option<u64>> {
+        match self.files.info(name).await {
+            Ok(info) if !info.deleted => Ok(Some(info.size as u64)),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == InfoErrorKind::NotFound => Ok(None),
+            Err(e) => Err(nats("object info")(e)),
+        }
+    }
+
+    /// Deletes object `name`; deleting a missing object is not an error.
+    ///
+    /// # Errors
+    /// On NATS failure.
+    pub async fn delete_object(&self, name: &str) -> Result<()> {
+        match self.files.delete(name).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == DeleteErrorKind::NotFound => Ok(()),
+            Err(e) => Err(nats("delete object")(e)),
+        }
+    }
+
+    /// Names of every object whose name starts with `prefix`.
+    ///
+    /// # Errors
+    /// On NATS failure.
+    pub async fn object_names(&self, prefix: &str) -> Result<Vec<String>> {
+        let list = self.files.list().await.map_err(nats("list objects"))?;
+        let infos: Vec<_> = list.try_collect().await.map_err(nats("list objects"))?;
+        Ok(infos
+            .into_iter()
+            .filter(|i| !i.deleted && i.name.starts_with(prefix))
+            .map(|i| i.name)
+            .collect())
+    }
+
+    /// Deletes every object of one song (see [`dme_protocol::objects::prefixes`]). Objects that
+    /// cannot be listed are skipped.
+    ///
+    /// # Errors
+    /// On NATS failure.
+    pub async fn delete_song_objects(&self, music: MusicId) -> Result<()> {
+        let prefixes = dme_protocol::objects::prefixes(music);
+        let list = self.files.list().await.map_err(nats("list objects"))?;
+        let names: Vec<String> = list
+            .filter_map(|i| async move { i.ok() })
+            .filter(|i| {
+                futures::future::ready(
+                    !i.deleted && prefixes.iter().any(|p| i.name.starts_with(p.as_str())),
+                )
+            })
+            .map(|i| i.name)
+            .collect()
+            .await;
+        for name in names {
+            self.delete_object(&name).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,210 @@
+//! Assembly: counts separated segments on the song's record and, once every one is in, blends
+//! them into one float WAV track per stem.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dme_protocol::messages::{ProgressEvent, SegmentDone};
+use dme_protocol::records::{MusicRecord, MusicState};
+use dme_protocol::{now_ms, objects, MusicId, Segment, SegmentPlan};
+use dme_segment::Blender;
+use dme_storage::work::{Delivery, Handler};
+use dme_storage::{SpoolArgs, Store};
+
+use crate::mixdown::Mixdown;
+use crate::{float_wav_spec, MixError};
+
+/// One spooled float WAV writer per stem.
+type TrackWriters = Vec<hound::WavWriter<std::io::BufWriter<std::fs::File>>>;
+
+/// The handler of [`dme_protocol::subjects::WORK_SEPARATED`].
+pub(crate) struct Assembler {
+    pub(crate) store: Store,
+    pub(crate) spool: SpoolArgs,
+    /// Mixes the selections that waited for the tracks.
+    pub(crate) mixdown: Mixdown,
+}
+
+impl Handler for Assembler {
+    type Message = SegmentDone;
+    type Error = MixError;
+    /// Transient failures are NATS hiccups: soon is fine.
+    const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+    async fn handle(&self, done: &SegmentDone, _: Delivery) -> Result<(), MixError> {
+        self.segment_done(done).await
+    }
+
+    async fn give_up(&self, done: &SegmentDone, _: Delivery, reason: &str) {
+        let reason = format!("assembling the stems failed: {reason}");
+        if let Err(e) = dme_storage::song::fail(&self.store, done.music_id, &reason).await {
+            tracing::warn!(error = %e, "could not record the failure");
+        }
+    }
+}
+
+impl Assembler {
+    /// Marks the segment separated (once) and assembles the song when it was the last one.
+    async fn segment_done(&self, done: &SegmentDone) -> Result<(), MixError> {
+        let index = done.index as usize;
+        let mut changed = false;
+        let record = self
+            .store
+            .update_music(done.music_id, |m| {
+                changed = false;
+                match m.separated.get_mut(index) {
+                    Some(flag) if !*flag => {
+                        *flag = true;
+                        m.updated_ms = now_ms();
+                        changed = true;
+                        true
+                    }
+                    _ => false,
+                }
+            })
+            .await?;
+        let Some(record) = record else {
+            // Deleted (reset) while its segments were in flight: drop their leftovers.
+            let _ = self.store.delete_song_objects(done.music_id).await;
+            return Ok(());
+        };
+        if changed {
+            self.store
+                .publish_progress(&ProgressEvent::of(&record))
+                .await;
+        }
+        let all_in = !record.separated.is_empty() && record.separated.iter().all(|d| *d);
+        if all_in && !record.tracks_ready && record.state != MusicState::Failed {
+            self.assemble(record).await?;
+        }
+        Ok(())
+    }
+
+    /// Blends every segment into one track per stem, stores the tracks, marks them ready,
+    /// removes the segments and mixes the selections that waited for the tracks.
+    async fn assemble(&self, record: MusicRecord) -> Result<(), MixError> {
+        let music = record.music_id;
+        let plan = record.plan.ok_or(MixError::NoPlan)?;
+        let spool = self.spool.tempdir().map_err(MixError::Spool)?;
+        let paths = self.blend_to_files(&record, plan, spool.path()).await?;
+        for (track, path) in record.tracks.iter().zip(&paths) {
+            self.store
+                .put_object_file(&objects::track(music, &track.name), path)
+                .await?;
+        }
+        let updated = self.mark_tracks_ready(music).await?;
+        tracing::info!(%music, stems = paths.len(), frames = plan.frames, "stems assembled");
+        self.delete_segments(music, plan).await;
+        if let Some(record) = updated {
+            self.store
+                .publish_progress(&ProgressEvent::of(&record))
+                .await;
+            self.mixdown.make_pending(&record).await?;
+        }
+        Ok(())
+    }
+
+    /// Blends the song's segments in offset order into one float WAV per stem in `dir`.
+    async fn blend_to_files(
+        &self,
+        record: &MusicRecord,
+        plan: SegmentPlan,
+        dir: &Path,
+    ) -> Result<Vec<PathBuf>, MixError> {
+        let lanes = 2 * record.tracks.len();
+        let paths: Vec<PathBuf> = (0..record.tracks.len())
+            .map(|s| dir.join(format!("{s}.wav")))
+            .collect();
+        let mut writers = paths
+            .iter()
+            .map(|p| hound::WavWriter::create(p, float_wav_spec()))
+            .collect::<Result<TrackWriters, _>>()
+            .map_err(MixError::Wav)?;
+        let mut blender = Blender::new(plan, lanes);
+        for seg in plan.segments() {
+            let stems = self.load_stems(record.music_id, &seg, lanes).await?;
+            let views: Vec<&[f32]> = stems.iter().map(|l| l.as_slice()).collect();
+            let (finished, _) = blender.push(seg.index, &views);
+            write_stereo(&mut writers, &finished).map_err(MixError::Wav)?;
+        }
+        for w in writers {
+            w.finalize().map_err(MixError::Wav)?;
+        }
+        Ok(paths)
+    }
+
+    /// Segment `seg`'s stems: `lanes` planar lanes of the segment's length.
+    async fn load_stems(
+        &self,
+        music: MusicId,
+        seg: &Segment,
+        lanes: usize,
+    ) -> Result<Vec<Vec<f32>>, MixError> {
+        let name = objects::segment_stems(music, seg.index);
+        let bytes = self
+            .store
+            .get_object(&name)
+            .await?
+            .ok_or_else(|| MixError::StemsMissing(name.clone()))?;
+        let stems =
+            objects::unpack_planar(&bytes, lanes).map_err(|source| MixError::StemsCorrupt {
+                name: name.clone(),
+                source,
+            })?;
+        if stems[0].len() != seg.len as usize {
+            return Err(MixError::StemsLength {
+                name,
+                got: stems[0].len(),
+                expected: seg.len,
+            });
+        }
+        Ok(stems)
+    }
+
+    /// Marks the song's tracks ready: done, or mixing while selections wait for a mix.
+    async fn mark_tracks_ready(&self, music: MusicId) -> Result<Option<MusicRecord>, MixError> {
+        let updated = self
+            .store
+            .update_music(music, |m| {
+                if m.tracks_ready {
+                    return false;
+                }
+                m.tracks_ready = true;
+                if m.state != MusicState::Failed {
+                    m.state = if m.mixes.iter().all(|x| x.ready) {
+                        MusicState::Done
+                    } else {
+                        MusicState::Mixing
+                    };
+                }
+                m.updated_ms = now_ms();
+                true
+            })
+            .await?;
+        Ok(updated)
+    }
+
+    /// Deletes the segment inputs and stems: the tracks hold everything now.
+    async fn delete_segments(&self, music: MusicId, plan: SegmentPlan) {
+        for seg in plan.segments() {
+            for name in [
+                objects::segment_input(music, seg.index),
+                objects::segment_stems(music, seg.index),
+            ] {
+                let _ = self.store.delete_object(&name).await;
+            }
+        }
+    }
+}
+
+/// Appends finished blended samples to the stem tracks: lanes `2s` and `2s + 1` are stem `s`'s
+/// left and right channels.
+fn write_stereo(writers: &mut TrackWriters, lanes: &[Vec<f32>]) -> Result<(), hound::Error> {
+    for (s, w) in writers.iter_mut().enumerate() {
+        for (l, r) in lanes[2 * s].iter().zip(&lanes[2 * s + 1]) {
+            w.write_sample(*l)?;
+            w.write_sample(*r)?;
+        }
+    }
+    Ok(())
+}
