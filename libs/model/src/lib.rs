@@ -11,7 +11,10 @@
 //! says what is wrong; ONNX Runtime is loaded dynamically (`load-dynamic`) from
 //! `ORT_DYLIB_PATH` or an explicit path, once per process. Tensors cross into and out of ONNX
 //! Runtime as `ndarray` arrays ([`Model::separate_array`]); [`Model::separate`] is the same on
-//! flat planar slices.
+//! flat planar slices. ONNX Runtime's optimised graph of a file model is cached in
+//! [`ModelOptions::cache_dir`], never beside the model (whose folder may be read-only): written
+//! under a random temporary name and renamed into place, so replicas sharing the folder never see
+//! half a file; a cache folder that cannot be written costs a warning, not the load.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -138,6 +141,11 @@ pub struct ModelOptions {
     pub intra_threads: usize,
     /// Segment length for a dynamic model that declares none.
     pub default_segment: u32,
+    /// Folder for ONNX Runtime's optimised graphs of file models, so later loads skip the
+    /// optimisation that makes big models slow to start. Created when missing; replicas may
+    /// share it. When it cannot be written the model still loads, uncached, with a warning.
+    /// [`default_cache_dir`] by default.
+    pub cache_dir: PathBuf,
 }
 
 impl Default for ModelOptions {
@@ -145,6 +153,7 @@ impl Default for ModelOptions {
         Self {
             intra_threads: 1,
             default_segment: dme_segment::DEFAULT_SEGMENT_SAMPLES,
+            cache_dir: default_cache_dir(),
         }
     }
 }
@@ -237,53 +246,18 @@ impl Model {
         };
         let fingerprint = blake3::hash(&bytes).to_hex()[..16].to_string();
         let cache = match source {
-            ModelSource::File(path) => Some(optimized_cache_path(path, &fingerprint)),
+            ModelSource::File(path) => {
+                Some(optimized_cache_path(&options.cache_dir, path, &fingerprint))
+            }
             ModelSource::Embedded => None,
         };
-        let mut from_cache = false;
-        let mut session = None;
-        if let Some(cache) = cache.as_ref().filter(|c| c.exists()) {
-            match new_builder(env, options, &name).and_then(|b| {
-                b.with_optimization_level(GraphOptimizationLevel::Disable)
-                    .map_err(|e| load_error(&name, e.into()))?
-                    .commit_from_file(cache)
-                    .map_err(|e| load_error(&name, e))
-            }) {
-                Ok(s) => {
-                    from_cache = true;
-                    session = Some(s);
-                }
-                Err(e) => {
-                    tracing::warn!(cache = %cache.display(), error = %e, "optimised model cache unusable; loading the model")
-                }
-            }
-        }
-        let session = match session {
-            Some(s) => s,
-            None => {
-                let mut builder = new_builder(env, options, &name)?;
-                // Save ONNX Runtime's optimised graph beside the model (under a name unique to
-                // this process, renamed into place once complete), so later starts skip the
-                // optimisation that makes big models slow to load.
-                let temp = cache
-                    .as_ref()
-                    .map(|c| c.with_extension(format!("{}.tmp", std::process::id())));
-                if let Some(temp) = &temp {
-                    builder = builder
-                        .with_optimized_model_path(temp)
-                        .map_err(|e| load_error(&name, e.into()))?;
-                }
-                let session = builder
-                    .commit_from_memory(&bytes)
-                    .map_err(|e| load_error(&name, e))?;
-                if let (Some(temp), Some(cache)) = (&temp, &cache) {
-                    if let Err(e) = std::fs::rename(temp, cache) {
-                        tracing::debug!(error = %e, "optimised model not cached");
-                        let _ = std::fs::remove_file(temp);
-                    }
-                }
-                session
-            }
+        let cached = cache
+            .as_deref()
+            .and_then(|cache| load_optimized(env, options, &name, cache));
+        let from_cache = cached.is_some();
+        let session = match cached {
+            Some(session) => session,
+            None => build_session(env, options, &name, &bytes, cache.as_deref())?,
         };
         let info = check_contract(&session, &name, fingerprint, sidecar.as_deref(), options)?;
         Ok(Model {
@@ -293,7 +267,8 @@ impl Model {
         })
     }
 
-    /// True when the session was built from the optimised-graph cache beside the model file.
+    /// True when the session was built from the optimised-graph cache in
+    /// [`ModelOptions::cache_dir`].
     pub fn loaded_from_cache(&self) -> bool {
         self.from_cache
     }
@@ -428,16 +403,124 @@ fn new_builder(
         .map_err(|e| load_error(name, e.into()))
 }
 
-/// Where the optimised graph of the model at `path` is cached: beside it, keyed by the model's
-/// fingerprint and the ONNX Runtime build (an optimised graph is only valid for the runtime
-/// that made it).
-pub fn optimized_cache_path(path: &Path, fingerprint: &str) -> PathBuf {
+/// Builds a session from the cached optimised graph at `cache`, or `None` when there is no
+/// usable cache (absent, unreadable, damaged, or from another runtime build).
+fn load_optimized(
+    env: &ort::environment::Environment,
+    options: &ModelOptions,
+    name: &str,
+    cache: &Path,
+) -> Option<Session> {
+    if !cache.is_file() {
+        return None;
+    }
+    let session = new_builder(env, options, name).and_then(|b| {
+        b.with_optimization_level(GraphOptimizationLevel::Disable)
+            .map_err(|e| load_error(name, e.into()))?
+            .commit_from_file(cache)
+            .map_err(|e| load_error(name, e))
+    });
+    session
+        .inspect_err(|e| {
+            tracing::warn!(cache = %cache.display(), error = %e, "optimised model cache unusable; loading the model");
+        })
+        .ok()
+}
+
+/// Builds a session from the model's bytes, letting ONNX Runtime optimise the graph. When `cache`
+/// is given, the optimised graph is saved there for later loads; a cache folder that cannot be
+/// written only costs a warning, never the load.
+fn build_session(
+    env: &ort::environment::Environment,
+    options: &ModelOptions,
+    name: &str,
+    bytes: &[u8],
+    cache: Option<&Path>,
+) -> Result<Session, ModelError> {
+    let uncached = || {
+        new_builder(env, options, name)?
+            .commit_from_memory(bytes)
+            .map_err(|e| load_error(name, e))
+    };
+    let Some(cache) = cache else {
+        return uncached();
+    };
+    let temp = match cache_temp_file(cache) {
+        Ok(temp) => temp,
+        Err(error) => {
+            tracing::warn!(cache = %cache.display(), %error, "cannot write to the model cache folder; running the model uncached");
+            return uncached();
+        }
+    };
+    let session = new_builder(env, options, name)?
+        .with_optimized_model_path(temp.path())
+        .map_err(|e| load_error(name, e.into()))?
+        .commit_from_memory(bytes);
+    match session {
+        Ok(session) => {
+            // A rename within one folder is atomic: a racing load sees no file or a whole one,
+            // and two racing writers each put a complete graph in place.
+            if let Err(e) = temp.persist(cache) {
+                tracing::warn!(cache = %cache.display(), error = %e.error, "optimised model not cached");
+            }
+            Ok(session)
+        }
+        // ONNX Runtime fails the whole load when it cannot save the graph (a full disk, say), so
+        // try once more without saving; a model that is itself bad fails again and says why.
+        Err(error) => {
+            tracing::warn!(cache = %cache.display(), %error, "loading with the optimised-graph cache failed; retrying uncached");
+            drop(temp);
+            uncached()
+        }
+    }
+}
+
+/// An empty file, under a random name, in the folder of `cache` (created if missing): ONNX
+/// Runtime writes the optimised graph into it before it is renamed into place. The random name
+/// keeps replicas that share the folder apart (each container may be pid 1). Dropped unrenamed,
+/// it is deleted.
+fn cache_temp_file(cache: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+    let dir = cache.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".ort-").suffix(".tmp");
+    // Readable by every replica that shares the folder, like any cache file (tempfile's own
+    // default is owner-only).
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(
+        CACHE_FILE_MODE,
+    ));
+    builder.tempfile_in(dir)
+}
+
+/// Mode of a cached optimised graph: written by its owner, read by anyone sharing the folder.
+#[cfg(unix)]
+const CACHE_FILE_MODE: u32 = 0o644;
+
+/// Where ONNX Runtime's optimised graphs go when [`ModelOptions::cache_dir`] is not set:
+/// `$XDG_CACHE_HOME/dme`, else `$HOME/.cache/dme`, else `dme` in the system temp folder.
+pub fn default_cache_dir() -> PathBuf {
+    let absolute = |var: &str| {
+        std::env::var_os(var)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    absolute("XDG_CACHE_HOME")
+        .or_else(|| absolute("HOME").map(|home| home.join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("dme")
+}
+
+/// Where the optimised graph of the model at `model` is cached in `cache_dir`: keyed by the
+/// model's name and fingerprint and the ONNX Runtime build (an optimised graph is only valid for
+/// the runtime that made it).
+pub fn optimized_cache_path(cache_dir: &Path, model: &Path, fingerprint: &str) -> PathBuf {
     let runtime = blake3::hash(ort::info().as_bytes()).to_hex()[..8].to_string();
-    let stem = path
+    let stem = model
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!("{stem}.{fingerprint}.ort-{runtime}.optimized.onnx"))
+    cache_dir.join(format!("{stem}.{fingerprint}.ort-{runtime}.optimized.onnx"))
 }
 
 /// Most stems a model may name: more than any separation model ships, few enough that a garbage

@@ -113,28 +113,3 @@ fn committed_models_are_exactly_what_the_generator_makes() {
         );
     }
 }
-
-#[test]
-fn a_file_model_caches_its_optimised_graph_and_gives_the_same_output_from_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("m.onnx");
-    std::fs::copy(model("test/conv_dynamic.onnx"), &path).unwrap();
-    let input: Vec<f32> = (0..2 * 5000).map(|i| ((i as f32) * 0.01).sin()).collect();
-    let mut first =
-        Model::load(&ModelSource::File(path.clone()), &ModelOptions::default()).unwrap();
-    assert!(!first.loaded_from_cache());
-    let cache = dme_model::optimized_cache_path(&path, &first.info().fingerprint);
-    assert!(cache.exists(), "no cache at {}", cache.display());
-    let mut second =
-        Model::load(&ModelSource::File(path.clone()), &ModelOptions::default()).unwrap();
-    assert!(second.loaded_from_cache());
-    assert_eq!(second.info(), first.info());
-    assert_eq!(
-        first.separate(&input).unwrap(),
-        second.separate(&input).unwrap()
-    );
-    // A damaged cache is ignored, not fatal.
-    std::fs::write(&cache, b"garbage").unwrap();
-    let third = Model::load(&ModelSource::File(path), &ModelOptions::default()).unwrap();
-    assert!(!third.loaded_from_cache());
-}
