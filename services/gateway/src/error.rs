@@ -57,7 +57,7 @@ pub enum ApiError {
     Unavailable(String),
     /// Our fault (500): the cause is logged, the client sees an opaque message.
     #[error("internal error")]
-    Internal(#[source] anyhow::Error),
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl From<dme_storage::StoreError> for ApiError {
@@ -85,7 +85,8 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         if let ApiError::Internal(cause) = self {
-            tracing::error!(error = ?cause, "request failed");
+            let cause = dme_storage::error_chain(cause.as_ref());
+            tracing::error!(error = cause, "request failed");
         }
         HttpResponse::build(self.status_code())
             .json(serde_json::json!({ "error": self.to_string() }))

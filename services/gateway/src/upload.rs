@@ -160,11 +160,23 @@ fn raw_file_name(req: &HttpRequest) -> String {
         .unwrap_or_default()
 }
 
-/// The last path component of a client-supplied name, without control characters, at most 200
-/// characters: never a path.
+/// Longest file name kept from a client: longer than any real song file name, short enough for
+/// every file system and log line.
+const MAX_FILE_NAME_CHARS: usize = 200;
+
+/// Longest extension taken as a decoder hint (`flac`, `opus`, `aiff`): longer ones are not audio
+/// extensions.
+const MAX_EXTENSION_CHARS: usize = 5;
+
+/// The last path component of a client-supplied name, without control characters, at most
+/// [`MAX_FILE_NAME_CHARS`] characters: never a path.
 pub fn sanitise_file_name(name: &str) -> String {
     let base = name.rsplit(['/', '\\']).next().unwrap_or("");
-    let clean: String = base.chars().filter(|c| !c.is_control()).take(200).collect();
+    let clean: String = base
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_FILE_NAME_CHARS)
+        .collect();
     let clean = clean.trim().trim_start_matches('.').to_string();
     clean
 }
@@ -174,7 +186,7 @@ pub fn extension(name: &str) -> Option<String> {
     Path::new(name)
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
-        .filter(|e| e.len() <= 5)
+        .filter(|e| e.len() <= MAX_EXTENSION_CHARS)
 }
 
 /// Probes a spooled upload off the async executor.

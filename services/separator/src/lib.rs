@@ -28,7 +28,7 @@ use async_nats::jetstream::consumer::PullConsumer;
 pub use config::SeparatorConfig;
 use dme_model::{Model, ModelOptions, ModelSource};
 use dme_protocol::messages::{SegmentDone, SegmentWork};
-use dme_protocol::records::{ModelInfo, MusicState};
+use dme_protocol::records::{JobRecord, ModelInfo, MusicState};
 use dme_protocol::streams::Redelivery;
 use dme_protocol::{objects, streams, subjects, Segment};
 use dme_storage::work::{self, Delivery, Handler};
@@ -123,6 +123,16 @@ async fn load_warm_model(config: &SeparatorConfig) -> Result<Model, SeparatorErr
     Ok(model)
 }
 
+/// Where a segment stands before a worker separates it.
+enum Status {
+    /// Its song was deleted or failed: nothing to do.
+    Dropped,
+    /// Separated before (a redelivery after a lost ack).
+    AlreadyDone,
+    /// To separate.
+    ToDo,
+}
+
 /// Separates segments: the handler of [`subjects::WORK_SEGMENT`].
 struct Worker {
     store: Store,
@@ -147,13 +157,7 @@ impl Handler for Worker {
             work.index, delivery.attempt
         );
         tracing::error!(music = %work.music_id, index = work.index, reason, "segment failed");
-        let _ = self
-            .store
-            .update_job(work.job_id, |job| {
-                job.fail(&reason);
-                true
-            })
-            .await;
+        self.update_job(work, |job| job.fail(&reason)).await;
         if let Err(e) = dme_storage::song::fail(&self.store, work.music_id, &reason).await {
             tracing::warn!(error = %e, "could not record the failure");
         }
@@ -164,48 +168,71 @@ impl Worker {
     /// Separates one segment: runs the model on its window, stores its stems, marks its job done,
     /// reports it and releases the song's next segment.
     async fn separate(&self, work: &SegmentWork, attempt: u32) -> Result<(), SeparateError> {
-        let Some(record) = self.store.music(work.music_id).await? else {
-            tracing::info!(music = %work.music_id, "song deleted; segment dropped");
-            return Ok(());
-        };
-        if record.state == MusicState::Failed {
-            return Ok(());
-        }
-        if record.separated.get(work.index as usize) == Some(&true) {
+        match self.status(work).await? {
+            Status::Dropped => return Ok(()),
             // Already done by a worker whose ack was lost: make sure the window moves on.
-            return self.release_successor(work).await;
+            Status::AlreadyDone => return self.release_successor(work).await,
+            Status::ToDo => {}
         }
         self.check_model(work)?;
         let seg = work
             .plan
             .segment(work.index)
             .ok_or(SeparateError::OutsidePlan(work.index))?;
-        let _ = self
-            .store
-            .update_job(work.job_id, |job| {
-                job.start(&self.worker_id, attempt);
-                true
-            })
+        self.update_job(work, |job| job.start(&self.worker_id, attempt))
             .await;
         let input = self.load_input(work, &seg).await?;
         let started = Instant::now();
         let output = self.run_model(input).await?;
-        let elapsed = started.elapsed();
+        let time_ms = started.elapsed().as_millis() as u64;
         let stems = crop_to_segment(&output, &seg);
         if self.store.music(work.music_id).await?.is_none() {
             return Ok(()); // reset while we worked
         }
-        self.store
-            .put_object(&objects::segment_stems(work.music_id, work.index), &stems)
-            .await?;
-        let time_ms = elapsed.as_millis() as u64;
-        let _ = self
+        let name = objects::segment_stems(work.music_id, work.index);
+        self.store.put_object(&name, &stems).await?;
+        self.update_job(work, |job| job.finish(&self.worker_id, attempt, time_ms))
+            .await;
+        self.publish_done(work).await?;
+        tracing::info!(
+            music = %work.music_id, index = work.index, attempt, ms = time_ms,
+            samples = seg.len, "segment separated"
+        );
+        self.release_successor(work).await
+    }
+
+    /// Whether the segment still needs separating.
+    async fn status(&self, work: &SegmentWork) -> Result<Status, SeparateError> {
+        let Some(record) = self.store.music(work.music_id).await? else {
+            tracing::info!(music = %work.music_id, "song deleted; segment dropped");
+            return Ok(Status::Dropped);
+        };
+        if record.state == MusicState::Failed {
+            return Ok(Status::Dropped);
+        }
+        if record.separated.get(work.index as usize) == Some(&true) {
+            return Ok(Status::AlreadyDone);
+        }
+        Ok(Status::ToDo)
+    }
+
+    /// Applies `change` to the segment's job record. Job records are a view for people: failing
+    /// to update one never fails the segment.
+    async fn update_job(&self, work: &SegmentWork, mut change: impl FnMut(&mut JobRecord)) {
+        let updated = self
             .store
             .update_job(work.job_id, |job| {
-                job.finish(&self.worker_id, attempt, time_ms);
+                change(job);
                 true
             })
             .await;
+        if let Err(e) = updated {
+            tracing::debug!(error = %e, job = %work.job_id, "job record not updated");
+        }
+    }
+
+    /// Tells the mixer the segment's stems are stored.
+    async fn publish_done(&self, work: &SegmentWork) -> Result<(), SeparateError> {
         let done = SegmentDone {
             music_id: work.music_id,
             index: work.index,
@@ -214,11 +241,7 @@ impl Worker {
         self.store
             .publish(subjects::WORK_SEPARATED, &done, Some(&done.msg_id()))
             .await?;
-        tracing::info!(
-            music = %work.music_id, index = work.index, attempt, ms = time_ms,
-            samples = seg.len, "segment separated"
-        );
-        self.release_successor(work).await
+        Ok(())
     }
 
     /// Refuses a segment cut for another model than this worker runs.

@@ -197,6 +197,10 @@ fn parse_range(value: &str, total: u64) -> Option<(u64, u64)> {
     (start <= end && start < total).then_some((start, end))
 }
 
+/// Longest song name in a download's file name: readable in any file manager, far below
+/// header size limits.
+const MAX_DOWNLOAD_NAME_CHARS: usize = 100;
+
 /// A song name fit for a Content-Disposition header.
 fn ascii_name(name: &str) -> String {
     let s: String = name
@@ -208,7 +212,7 @@ fn ascii_name(name: &str) -> String {
                 '_'
             }
         })
-        .take(100)
+        .take(MAX_DOWNLOAD_NAME_CHARS)
         .collect();
     if s.trim().is_empty() {
         "song".into()

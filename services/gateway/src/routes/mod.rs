@@ -46,9 +46,13 @@ async fn method_not_allowed(req: HttpRequest) -> Result<actix_web::HttpResponse,
     )))
 }
 
+/// Digits of the largest id: ids are below 2^53 = 9,007,199,254,740,992 (16 digits).
+const MAX_ID_DIGITS: usize = 16;
+
 /// Parses an id from the path: a positive integer below 2^53.
 fn parse_id<T: std::str::FromStr>(raw: &str, what: &str) -> Result<T, ApiError> {
-    let ok = !raw.is_empty() && raw.len() <= 16 && raw.bytes().all(|b| b.is_ascii_digit());
+    let ok =
+        !raw.is_empty() && raw.len() <= MAX_ID_DIGITS && raw.bytes().all(|b| b.is_ascii_digit());
     ok.then(|| raw.parse().ok()).flatten().ok_or_else(|| {
         ApiError::BadRequest(format!("malformed {what}: expected a positive integer"))
     })

@@ -166,9 +166,7 @@ pub async fn upload(
     if !state.store.create_music(&record).await? {
         // Another client uploaded the same bytes at the same moment.
         let existing = state.store.music(music_id).await?.ok_or_else(|| {
-            ApiError::Internal(anyhow::anyhow!(
-                "record {music_id} vanished after a create race"
-            ))
+            ApiError::Internal(format!("record {music_id} vanished after a create race").into())
         })?;
         return existing_upload(&state, existing, &hash).await;
     }
