@@ -1,13 +1,17 @@
 //! Failure handling, proven by killing real processes: separators, the nats-server, the gateway,
 //! splitter and mixer; poison segments; reset under load; many clients at once.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{model_path, synth_wav, Options, System, SONG_DEADLINE};
-use dme_model::ModelSource;
+use dme_model::{Model, ModelOptions, ModelSource};
+use dme_protocol::records::JobState;
+use dme_testkit::model as model_path;
+use dme_testkit::reference::{self, Segmenting};
+use dme_testkit::system::{decode_bytes, synth_wav, JobView, Options, System, SONG_DEADLINE};
+use dme_testkit::wait_for;
 use serde_json::Value;
+
+const DME: &str = env!("CARGO_BIN_EXE_dme");
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
@@ -24,18 +28,24 @@ fn quick_redelivery(max_deliver: u32) -> Vec<(String, String)> {
     ])
 }
 
-/// The single-process result of `model` on `wav` (segmenting.md), `S × 2` lanes.
+/// The single-process result of `model` on `wav` (dme's segmenting), `S × 2` lanes.
 fn reference(model: &str, wav: &[u8]) -> Vec<Vec<f32>> {
-    let input = common::decode_bytes(wav, "wav");
-    common::reference(
-        &ModelSource::File(model_path(model)),
-        &input.left,
-        &input.right,
-    )
+    let input = decode_bytes(wav, "wav");
+    let source = ModelSource::File(model_path(model));
+    let mut model = Model::load(&source, &ModelOptions::default()).unwrap();
+    let info = model.info().clone();
+    let plan = Segmenting {
+        segment: info.segment as usize,
+        fixed: info.fixed,
+        sources: info.sources.len(),
+    };
+    reference::separate(plan, &input.left, &input.right, |x| {
+        model.separate(x).unwrap()
+    })
 }
 
 async fn stems(sys: &System, done: &Value) -> Vec<Vec<f32>> {
-    common::stem_lanes(sys, done).await
+    sys.stem_lanes(done).await
 }
 
 fn assert_same(got: &[Vec<f32>], expected: &[Vec<f32>], what: &str) {
@@ -67,8 +77,8 @@ async fn upload_and_select(sys: &System, wav: Vec<u8>, name: &str) -> u64 {
 
 /// Waits until the song is `failed` and returns its answer.
 async fn failed(sys: &System, id: u64) -> Value {
-    dme_testkit::wait_for("the song to fail", SONG_DEADLINE, || async {
-        let (_, b) = sys.get(&format!("/music/{id}")).await;
+    wait_for("the song to fail", SONG_DEADLINE, || async {
+        let b = sys.get(&format!("/music/{id}")).await.body;
         (b["state"] == "failed").then_some(b)
     })
     .await
@@ -82,51 +92,51 @@ async fn finished(sys: &System, id: u64) -> Value {
 }
 
 /// Jobs of a song.
-async fn jobs_of(sys: &System, music: u64) -> Vec<Value> {
-    let (_, ids) = sys.get("/job").await;
-    let mut out = Vec::new();
-    for id in ids.as_array().unwrap() {
-        let (_, job) = sys.get(&format!("/job/{id}")).await;
-        if job["music_id"] == music {
-            out.push(job);
+async fn jobs_of(sys: &System, music: u64) -> Vec<JobView> {
+    sys.jobs_of(music).await
+}
+
+/// True when every song in `ids` is done.
+async fn all_done(sys: &System, ids: &[u64]) -> bool {
+    for id in ids {
+        if sys.get(&format!("/music/{id}")).await.body["state"] != "done" {
+            return false;
         }
     }
-    out
+    true
 }
 
 #[tokio::test]
 async fn a_separator_killed_mid_segment_is_replaced_by_redelivery() {
-    let mut sys = System::start(Options {
-        separators: 2,
-        model: Some(model_path("test/slow_dynamic.onnx")),
-        env: quick_redelivery(5),
-        ..Options::default()
-    })
+    let mut sys = System::start(
+        DME,
+        Options {
+            separators: 2,
+            model: Some(model_path("test/slow_dynamic.onnx")),
+            env: quick_redelivery(5),
+            ..Options::default()
+        },
+    )
     .await;
     let wav = synth_wav(8 * 44_100, 44_100, 1.0);
     let id = upload_and_select(&sys, wav.clone(), "a.wav").await;
     // Wait until a worker holds a segment, then SIGKILL it.
-    let (victim, job_id) =
-        dme_testkit::wait_for("a running segment", Duration::from_secs(60), || async {
-            jobs_of(&sys, id).await.into_iter().find_map(|j| {
-                (j["state"] == "running").then(|| {
-                    (
-                        j["worker"].as_str().unwrap().to_string(),
-                        j["job_id"].as_u64().unwrap(),
-                    )
-                })
-            })
-        })
-        .await;
-    let index: usize = victim.trim_start_matches("sep-").parse::<usize>().unwrap() - 1;
-    sys.separators[index].kill();
+    let (victim, job_id) = wait_for("a running segment", Duration::from_secs(60), || async {
+        jobs_of(&sys, id)
+            .await
+            .into_iter()
+            .find(|j| j.state == "running")
+            .and_then(|j| Some((j.worker?, j.job_id)))
+    })
+    .await;
+    assert!(sys.kill_separator(&victim), "{victim} was running");
     let done = finished(&sys, id).await;
     assert_same(
         &stems(&sys, &done).await,
         &reference("test/slow_dynamic.onnx", &wav),
         "after a kill",
     );
-    let (_, job) = sys.get(&format!("/job/{job_id}")).await;
+    let job = sys.get(&format!("/job/{job_id}")).await.body;
     assert_eq!(job["state"], "done");
     assert!(
         job["attempts"].as_u64().unwrap() >= 2,
@@ -137,13 +147,16 @@ async fn a_separator_killed_mid_segment_is_replaced_by_redelivery() {
 
 #[tokio::test]
 async fn twenty_random_kills_during_five_songs_change_nothing() {
-    let mut sys = System::start(Options {
-        separators: 3,
-        model: Some(model_path("test/slow_dynamic.onnx")),
-        // Enough deliveries that random kills never make a healthy segment look poisonous.
-        env: quick_redelivery(30),
-        ..Options::default()
-    })
+    let mut sys = System::start(
+        DME,
+        Options {
+            separators: 3,
+            model: Some(model_path("test/slow_dynamic.onnx")),
+            // Enough deliveries that random kills never make a healthy segment look poisonous.
+            env: quick_redelivery(30),
+            ..Options::default()
+        },
+    )
     .await;
     let songs: Vec<Vec<u8>> = (0..5)
         .map(|k| synth_wav(3 * 44_100 + 777 * k, 44_100, k as f32 * 7.0))
@@ -152,7 +165,7 @@ async fn twenty_random_kills_during_five_songs_change_nothing() {
     for (k, wav) in songs.iter().enumerate() {
         ids.push(upload_and_select(&sys, wav.clone(), &format!("s{k}.wav")).await);
     }
-    // A fixed pseudo-random sequence: which worker to kill and when.
+    // A fixed pseudo-random sequence: which worker to kill.
     let mut state = 0x2545_F491_u32;
     let mut next = move || {
         state ^= state << 13;
@@ -160,11 +173,33 @@ async fn twenty_random_kills_during_five_songs_change_nothing() {
         state ^= state << 5;
         state
     };
+    // Each kill waits for the system to move on (a segment finished since the last kill, or
+    // every song done), then hits a worker with a segment in hand when there is one.
+    let mut finished_before = 0;
     for _ in 0..20 {
-        tokio::time::sleep(Duration::from_millis(150 + (next() % 350) as u64)).await;
-        let victim = (next() as usize) % sys.separators.len();
-        sys.separators[victim].kill();
-        sys.separators.remove(victim);
+        let jobs = wait_for("progress since the last kill", SONG_DEADLINE, || async {
+            let jobs = sys.jobs().await;
+            let finished = jobs.iter().filter(|j| j.state == "done").count();
+            (finished > finished_before || all_done(&sys, &ids).await).then_some(jobs)
+        })
+        .await;
+        finished_before = jobs.iter().filter(|j| j.state == "done").count();
+        let alive: Vec<String> = sys
+            .separators
+            .iter()
+            .map(|p| p.name().trim_start_matches("separator ").to_string())
+            .collect();
+        let busy: Vec<&String> = jobs
+            .iter()
+            .filter(|j| j.state == "running")
+            .filter_map(|j| j.worker.as_ref())
+            .filter(|w| alive.contains(w))
+            .collect();
+        let victim = match busy.len() {
+            0 => alive[next() as usize % alive.len()].clone(),
+            n => busy[next() as usize % n].clone(),
+        };
+        assert!(sys.kill_separator(&victim), "{victim} runs");
         sys.add_separator();
     }
     for (id, wav) in ids.iter().zip(&songs) {
@@ -179,11 +214,14 @@ async fn twenty_random_kills_during_five_songs_change_nothing() {
 
 #[tokio::test]
 async fn a_poison_segment_fails_its_song_with_the_reason_and_others_continue() {
-    let sys = System::start(Options {
-        model: Some(model_path("test/poison_dynamic.onnx")),
-        env: env(&[("DME_SEPARATOR_MAX_DELIVER", "3")]),
-        ..Options::default()
-    })
+    let sys = System::start(
+        DME,
+        Options {
+            model: Some(model_path("test/poison_dynamic.onnx")),
+            env: env(&[("DME_SEPARATOR_MAX_DELIVER", "3")]),
+            ..Options::default()
+        },
+    )
     .await;
     // One sample of 3.0 at 50,000: only segment 1 (33,075..77,175) sees it.
     let frames = 5 * 44_100;
@@ -200,12 +238,12 @@ async fn a_poison_segment_fails_its_song_with_the_reason_and_others_continue() {
         "{error}"
     );
     let jobs = jobs_of(&sys, bad).await;
-    let poisoned: Vec<&Value> = jobs.iter().filter(|j| j["state"] == "failed").collect();
+    let poisoned: Vec<&JobView> = jobs.iter().filter(|j| j.state == "failed").collect();
     assert_eq!(poisoned.len(), 1, "{jobs:?}");
-    assert_eq!(poisoned[0]["segment"], 1);
+    assert_eq!(poisoned[0].segment, 1);
     assert!(
-        poisoned[0]["error"].as_str().unwrap().contains("NaN"),
-        "{}",
+        poisoned[0].error.as_deref().unwrap().contains("NaN"),
+        "{:?}",
         poisoned[0]
     );
     finished(&sys, good).await;
@@ -213,10 +251,13 @@ async fn a_poison_segment_fails_its_song_with_the_reason_and_others_continue() {
 
 #[tokio::test]
 async fn a_corrupt_segment_payload_is_terminated_at_once() {
-    let mut sys = System::start(Options {
-        model: Some(model_path("test/conv_dynamic.onnx")),
-        ..Options::default()
-    })
+    let mut sys = System::start(
+        DME,
+        Options {
+            model: Some(model_path("test/conv_dynamic.onnx")),
+            ..Options::default()
+        },
+    )
     .await;
     // No separator while the song is cut, so its input can be damaged before anyone reads it.
     sys.separators[0].kill();
@@ -242,19 +283,22 @@ async fn a_corrupt_segment_payload_is_terminated_at_once() {
 
 #[tokio::test]
 async fn a_worker_crash_loop_is_caught_by_the_max_deliveries_advisory() {
-    let mut sys = System::start(Options {
-        model: Some(model_path("test/slow_dynamic.onnx")),
-        env: quick_redelivery(2),
-        ..Options::default()
-    })
+    let mut sys = System::start(
+        DME,
+        Options {
+            model: Some(model_path("test/slow_dynamic.onnx")),
+            env: quick_redelivery(2),
+            ..Options::default()
+        },
+    )
     .await;
     let id = upload_and_select(&sys, synth_wav(44_100 / 2, 44_100, 3.0), "crash.wav").await;
     // Kill every worker that picks the song's only segment up, twice: its deliveries run out.
     for round in 0..2 {
-        dme_testkit::wait_for("the segment to be running", SONG_DEADLINE, || async {
+        wait_for("the segment to be running", SONG_DEADLINE, || async {
             let jobs = jobs_of(&sys, id).await;
             jobs.iter()
-                .any(|j| j["state"] == "running" && j["attempts"] == round + 1)
+                .any(|j| j.state == "running" && j.attempts == round + 1)
                 .then_some(())
         })
         .await;
@@ -266,15 +310,18 @@ async fn a_worker_crash_loop_is_caught_by_the_max_deliveries_advisory() {
     let error = failed["error"].as_str().unwrap();
     assert!(error.contains("delivered 2 times"), "{error}");
     let jobs = jobs_of(&sys, id).await;
-    assert_eq!(jobs[0]["state"], "failed");
+    assert_eq!(jobs[0].state, "failed");
 }
 
 #[tokio::test]
 async fn a_nats_server_restart_mid_job_loses_nothing() {
-    let mut sys = System::start(Options {
-        model: Some(model_path("test/slow_dynamic.onnx")),
-        ..Options::default()
-    })
+    let mut sys = System::start(
+        DME,
+        Options {
+            model: Some(model_path("test/slow_dynamic.onnx")),
+            ..Options::default()
+        },
+    )
     .await;
     let wav = synth_wav(8 * 44_100, 44_100, 5.0);
     let id = upload_and_select(&sys, wav.clone(), "n.wav").await;
@@ -283,7 +330,16 @@ async fn a_nats_server_restart_mid_job_loses_nothing() {
     })
     .await;
     sys.nats.kill();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The outage is real once the services see it: the gateway cannot read the model record.
+    wait_for(
+        "the gateway to notice the outage",
+        Duration::from_secs(30),
+        || async {
+            let health = sys.http.get(sys.url("/healthz")).send().await;
+            (!health.is_ok_and(|r| r.status().is_success())).then_some(())
+        },
+    )
+    .await;
     sys.nats.restart();
     let done = finished(&sys, id).await;
     assert_same(
@@ -291,16 +347,19 @@ async fn a_nats_server_restart_mid_job_loses_nothing() {
         &reference("test/slow_dynamic.onnx", &wav),
         "after a nats restart",
     );
-    let (_, list) = sys.get("/music").await;
+    let list = sys.get("/music").await.body;
     assert_eq!(list.as_array().unwrap().len(), 1);
 }
 
 #[tokio::test]
 async fn gateway_splitter_and_mixer_killed_and_restarted_mid_job() {
-    let mut sys = System::start(Options {
-        model: Some(model_path("test/slow_dynamic.onnx")),
-        ..Options::default()
-    })
+    let mut sys = System::start(
+        DME,
+        Options {
+            model: Some(model_path("test/slow_dynamic.onnx")),
+            ..Options::default()
+        },
+    )
     .await;
     let wav = synth_wav(8 * 44_100, 44_100, 6.0);
     // The splitter dies with the upload in its queue; a new one takes it.
@@ -309,10 +368,33 @@ async fn gateway_splitter_and_mixer_killed_and_restarted_mid_job() {
     sys.splitter = Some(sys.spawn("splitter", &[]));
     sys.wait_music(id, "separation", |b| b["segments_done"].as_u64() >= Some(1))
         .await;
-    // The mixer dies while segments are being reported; the gateway dies too.
+    // The mixer dies while segments are being reported; the gateway dies too. They come back
+    // once a segment has finished without them (read from the store: no gateway to ask).
+    let store = dme_storage::Store::connect(&sys.nats.url(), "test", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let music = dme_protocol::MusicId(id);
+    let segments_done = || async {
+        let jobs = store.list_jobs().await.unwrap();
+        let of_song = jobs.iter().filter(|j| j.music_id == music);
+        let done = of_song
+            .clone()
+            .filter(|j| j.state == JobState::Done)
+            .count();
+        (done, of_song.count())
+    };
+    let (done_before, _) = segments_done().await;
     sys.mixer.as_mut().unwrap().kill();
     sys.gateway.as_mut().unwrap().kill();
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    wait_for(
+        "a segment done while the mixer is down",
+        SONG_DEADLINE,
+        || async {
+            let (done, all) = segments_done().await;
+            (done > done_before || done == all).then_some(())
+        },
+    )
+    .await;
     sys.mixer = Some(sys.spawn("mixer", &[]));
     sys.start_gateway().await;
     let done = finished(&sys, id).await;
@@ -325,38 +407,58 @@ async fn gateway_splitter_and_mixer_killed_and_restarted_mid_job() {
 
 #[tokio::test]
 async fn reset_while_processing_leaves_an_empty_system_that_still_works() {
-    let sys = System::start(Options {
-        separators: 2,
-        model: Some(model_path("test/slow_dynamic.onnx")),
-        ..Options::default()
-    })
+    let sys = System::start(
+        DME,
+        Options {
+            separators: 2,
+            model: Some(model_path("test/slow_dynamic.onnx")),
+            ..Options::default()
+        },
+    )
     .await;
     let a = upload_and_select(&sys, synth_wav(6 * 44_100, 44_100, 1.0), "a.wav").await;
     upload_and_select(&sys, synth_wav(6 * 44_100, 44_100, 2.0), "b.wav").await;
     sys.wait_music(a, "separation", |b| b["segments_done"].as_u64() >= Some(1))
         .await;
-    let (status, _) = sys.post_json("/reset", "").await;
-    assert_eq!(status, 200);
-    // Work in flight drains away: no record, job or file comes back.
+    assert_eq!(sys.post_json("/reset", "").await.status, 200);
+    // Work in flight drains away: no record, job or file is left...
     let store = dme_storage::Store::connect(&sys.nats.url(), "test", Duration::from_secs(5))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(sys.get("/music").await.1, serde_json::json!([]));
-    assert_eq!(sys.get("/job").await.1, serde_json::json!([]));
-    assert_eq!(store.object_names("").await.unwrap(), Vec::<String>::new());
+    let empty = serde_json::json!([]);
+    wait_for("an empty system", Duration::from_secs(30), || async {
+        (sys.get("/music").await.body == empty
+            && sys.get("/job").await.body == empty
+            && store.object_names("").await.unwrap().is_empty())
+        .then_some(())
+    })
+    .await;
+    // ...and none comes back while a new song goes through the same workers after it.
     let id = upload_and_select(&sys, synth_wav(2 * 44_100, 44_100, 3.0), "c.wav").await;
     finished(&sys, id).await;
+    let list = sys.get("/music").await.body;
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert!(jobs_of(&sys, id).await.len() == sys.jobs().await.len());
+    let prefixes = dme_protocol::objects::prefixes(dme_protocol::MusicId(id));
+    for name in store.object_names("").await.unwrap() {
+        assert!(
+            prefixes.iter().any(|p| name.starts_with(p.as_str())),
+            "{name} is left from before the reset"
+        );
+    }
 }
 
 #[tokio::test]
 async fn fifty_clients_at_once_all_get_their_mix() {
     let sys = std::sync::Arc::new(
-        System::start(Options {
-            separators: 2,
-            model: Some(model_path("test/conv_dynamic.onnx")),
-            ..Options::default()
-        })
+        System::start(
+            DME,
+            Options {
+                separators: 2,
+                model: Some(model_path("test/conv_dynamic.onnx")),
+                ..Options::default()
+            },
+        )
         .await,
     );
     let mut clients = Vec::new();
@@ -373,25 +475,28 @@ async fn fifty_clients_at_once_all_get_their_mix() {
     for c in clients {
         assert_eq!(c.await.unwrap(), Some(100));
     }
-    let (_, list) = sys.get("/music").await;
+    let list = sys.get("/music").await.body;
     assert_eq!(list.as_array().unwrap().len(), 50);
 }
 
 #[tokio::test]
 async fn a_song_without_progress_is_reported_stalled_and_recovers() {
-    let mut sys = System::start(Options {
-        model: Some(model_path("test/conv_dynamic.onnx")),
-        gateway_env: env(&[("DME_STALL_AFTER_S", "2")]),
-        ..Options::default()
-    })
+    let mut sys = System::start(
+        DME,
+        Options {
+            model: Some(model_path("test/conv_dynamic.onnx")),
+            gateway_env: env(&[("DME_STALL_AFTER_S", "2")]),
+            ..Options::default()
+        },
+    )
     .await;
     sys.separators[0].kill();
     let id = upload_and_select(&sys, synth_wav(2 * 44_100, 44_100, 1.0), "s.wav").await;
-    let stalled = dme_testkit::wait_for(
+    let stalled = wait_for(
         "the song to be reported stalled",
         Duration::from_secs(30),
         || async {
-            let (_, b) = sys.get(&format!("/music/{id}")).await;
+            let b = sys.get(&format!("/music/{id}")).await.body;
             (b["state"] == "stalled").then_some(b)
         },
     )

@@ -6,14 +6,17 @@
 //! `models/htdemucs-random.onnx`, or the file named by `DME_HTDEMUCS`, and passes (with a
 //! printed note) when that file is absent.
 
-mod common;
-
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{fixture_bytes, fixture_path, reference, stem_lanes, Options, System};
-use dme_model::ModelSource;
+use dme_model::{Model, ModelOptions, ModelSource};
+use dme_testkit::reference::{self, Segmenting};
+use dme_testkit::song::test_song_mp3;
+use dme_testkit::system::{decode_bytes, Options, System};
+use dme_testkit::wait_for;
 use serde_json::Value;
+
+const DME: &str = env!("CARGO_BIN_EXE_dme");
 
 /// How long the song may take: 6 segments of an HT-Demucs on 2 single-threaded separators
 /// take about a minute on the 2-core development machine; this leaves room for a busy one.
@@ -32,24 +35,16 @@ fn model_file() -> PathBuf {
 
 /// Polls `GET /music/{id}` until every stem is ready, with a deadline long enough for this model.
 async fn wait_for_stems(sys: &System, id: u64) -> Value {
-    let deadline = Instant::now() + HTDEMUCS_DEADLINE;
-    loop {
-        let (status, body) = sys.get(&format!("/music/{id}")).await;
-        assert_eq!(status, 200, "{body}");
-        assert_ne!(body["state"], "failed", "song failed: {body}");
-        if body["progress"] == 100
-            && body["instruments"]
-                .as_array()
-                .is_some_and(|a| !a.is_empty())
-        {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for the stems: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for("the stems", HTDEMUCS_DEADLINE, || async {
+        let r = sys.get(&format!("/music/{id}")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_ne!(r.body["state"], "failed", "song failed: {}", r.body);
+        let stems = r.body["instruments"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty());
+        (r.body["progress"] == 100 && stems).then_some(r.body)
+    })
+    .await
 }
 
 #[tokio::test]
@@ -66,23 +61,38 @@ async fn htdemucs_on_two_separators_equals_a_single_process_run() {
     // The single-process run first: its load also writes ONNX Runtime's optimised-graph cache
     // beside the model (see dme_model), so the separators below start in seconds instead of
     // each optimising the 25 000-node graph for a minute or more while the gateway waits.
-    let input = dme_audio::decode_path(&fixture_path(), Some("mp3"), 44_100).unwrap();
+    let input = decode_bytes(test_song_mp3(), "mp3");
     let started = Instant::now();
-    let expected = reference(&ModelSource::File(model.clone()), &input.left, &input.right);
+    let expected = {
+        let source = ModelSource::File(model.clone());
+        let mut model = Model::load(&source, &ModelOptions::default()).unwrap();
+        let info = model.info().clone();
+        let plan = Segmenting {
+            segment: info.segment as usize,
+            fixed: info.fixed,
+            sources: info.sources.len(),
+        };
+        reference::separate(plan, &input.left, &input.right, |x| {
+            model.separate(x).unwrap()
+        })
+    };
     let reference_time = started.elapsed();
 
-    let sys = System::start(Options {
-        separators: 2,
-        model: Some(model),
-        ..Options::default()
-    })
+    let sys = System::start(
+        DME,
+        Options {
+            separators: 2,
+            model: Some(model),
+            ..Options::default()
+        },
+    )
     .await;
-    let (_, health) = sys.get("/healthz").await;
+    let health = sys.get("/healthz").await.body;
     assert_eq!(health["model"]["name"], "htdemucs-random", "{health}");
     assert_eq!(health["model"]["fixed"], true, "{health}");
 
     let started = Instant::now();
-    let music = sys.upload_ok(fixture_bytes(), "wildblood.mp3").await;
+    let music = sys.upload_ok(test_song_mp3().to_vec(), "song.mp3").await;
     let id = music["music_id"].as_u64().unwrap();
     let done = wait_for_stems(&sys, id).await;
     let system_time = started.elapsed();
@@ -93,7 +103,7 @@ async fn htdemucs_on_two_separators_equals_a_single_process_run() {
         .iter()
         .map(|i| i["name"].as_str().unwrap())
         .collect();
-    let got = stem_lanes(&sys, &done).await;
+    let got = sys.stem_lanes(&done).await;
     assert_eq!(names, ["drums", "bass", "other", "vocals"]);
 
     assert_eq!(got.len(), expected.len(), "lane count");

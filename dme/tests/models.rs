@@ -1,7 +1,5 @@
 //! Separators refuse a model that breaks the contract, at start-up, with a clear message.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -11,7 +9,7 @@ fn a_separator_with_a_wrong_contract_model_stops_at_start_up_saying_why() {
     let output = Command::new(env!("CARGO_BIN_EXE_dme"))
         .arg("separator")
         .env("DME_NATS_URL", nats.url())
-        .env("DME_MODEL", common::model_path("test/bad_contract.onnx"))
+        .env("DME_MODEL", dme_testkit::model("test/bad_contract.onnx"))
         .env("RUST_BACKTRACE", "0")
         .stdin(Stdio::null())
         .output()

@@ -1,14 +1,27 @@
 //! Distributed separation and mixing end to end: real nats-server, real ONNX Runtime, real audio.
 
-mod common;
+use std::path::Path;
 
-use std::time::Duration;
+use dme_model::{Model, ModelOptions, ModelSource};
+use dme_testkit::model as model_path;
+use dme_testkit::reference::{self, Segmenting};
+use dme_testkit::song::test_song_mp3;
+use dme_testkit::system::{decode_bytes, synth_wav, Options, System};
 
-use common::{
-    decode_bytes, fixture_bytes, fixture_path, model_path, reference, stem_lanes, synth_wav,
-    Options, System,
-};
-use dme_model::ModelSource;
+const DME: &str = env!("CARGO_BIN_EXE_dme");
+
+/// The single-process result of the model at `model` on `left`/`right`, `S × 2` lanes.
+fn reference(model: &Path, left: &[f32], right: &[f32]) -> Vec<Vec<f32>> {
+    let source = ModelSource::File(model.to_path_buf());
+    let mut model = Model::load(&source, &ModelOptions::default()).unwrap();
+    let info = model.info().clone();
+    let plan = Segmenting {
+        segment: info.segment as usize,
+        fixed: info.fixed,
+        sources: info.sources.len(),
+    };
+    reference::separate(plan, left, right, |input| model.separate(input).unwrap())
+}
 
 fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
     assert_eq!(a.len(), b.len(), "lane count");
@@ -25,16 +38,16 @@ fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
 }
 
 #[tokio::test]
-async fn wildblood_with_one_separator_downloads_in_every_format_and_sums_back_to_the_input() {
-    let sys = System::start(Options::default()).await;
+async fn a_song_with_one_separator_downloads_in_every_format_and_sums_back_to_the_input() {
+    let sys = System::start(DME, Options::default()).await;
     let (music, done) = sys
         .separate_and_mix(
-            fixture_bytes(),
-            "wildblood.mp3",
+            test_song_mp3().to_vec(),
+            "song.mp3",
             &["drums", "bass", "other", "vocals"],
         )
         .await;
-    let input = dme_audio::decode_path(&fixture_path(), Some("mp3"), 44_100).unwrap();
+    let input = decode_bytes(test_song_mp3(), "mp3");
     let frames = input.frames();
     assert_eq!(done["instruments"].as_array().unwrap().len(), 4);
     assert_eq!(done["state"], "done");
@@ -55,15 +68,15 @@ async fn wildblood_with_one_separator_downloads_in_every_format_and_sums_back_to
             ("flac", "flac", "audio/flac"),
             ("mp3", "mp3", "audio/mpeg"),
         ] {
-            let (status, bytes, headers) = sys.download(&format!("{url}?format={format}")).await;
-            assert_eq!(status, 200, "{url} {format}");
-            assert_eq!(headers["content-type"], ctype);
-            let cd = headers["content-disposition"].to_str().unwrap();
+            let file = sys.download(&format!("{url}?format={format}")).await;
+            assert_eq!(file.status, 200, "{url} {format}");
+            assert_eq!(file.headers["content-type"], ctype);
+            let cd = file.headers["content-disposition"].to_str().unwrap();
             assert!(
                 cd.starts_with("attachment") && cd.contains(&format!(".{ext}")),
                 "{cd}"
             );
-            let decoded = decode_bytes(&bytes, ext);
+            let decoded = decode_bytes(&file.bytes, ext);
             if format == "mp3" {
                 assert!(
                     decoded.frames().abs_diff(frames) <= 1152,
@@ -78,7 +91,7 @@ async fn wildblood_with_one_separator_downloads_in_every_format_and_sums_back_to
 
     // The four tracks of a model whose stems sum to its input sum back to the decoded input,
     // and the mix of all four equals their sum.
-    let lanes = stem_lanes(&sys, &done).await;
+    let lanes = sys.stem_lanes(&done).await;
     let mut sum = [vec![0.0f32; frames], vec![0.0f32; frames]];
     for (i, lane) in lanes.iter().enumerate() {
         for (acc, v) in sum[i % 2].iter_mut().zip(lane) {
@@ -87,13 +100,13 @@ async fn wildblood_with_one_separator_downloads_in_every_format_and_sums_back_to
     }
     let err = max_abs_diff(&sum, &[input.left.clone(), input.right.clone()]);
     assert!(err <= 1e-4, "tracks sum to the input within {err}");
-    let (_, mix_bytes, _) = sys
+    let mix = sys
         .download(&format!(
             "{}?format=wav32f",
             done["final"].as_str().unwrap()
         ))
         .await;
-    let (mix, _) = dme_audio::read_wav(&mix_bytes).unwrap();
+    let (mix, _) = dme_audio::read_wav(&mix.bytes).unwrap();
     let err = max_abs_diff(&[mix.left, mix.right], &sum);
     assert!(err <= 1e-5, "mix equals the sum of its tracks within {err}");
 
@@ -119,14 +132,15 @@ async fn wildblood_with_one_separator_downloads_in_every_format_and_sums_back_to
         .unwrap();
     assert_eq!(r.status(), 400);
 
-    // Jobs: one per segment, done, with api.yaml's fields.
-    let (_, jobs) = sys.get("/job").await;
+    // Jobs: one per segment, done, with the API contract's fields.
+    let jobs = sys.get("/job").await.body;
     assert_eq!(
         jobs.as_array().unwrap().len() as u64,
         done["segments"].as_u64().unwrap()
     );
-    let (status, job) = sys.get(&format!("/job/{}", jobs[0])).await;
-    assert_eq!(status, 200);
+    let job = sys.get(&format!("/job/{}", jobs[0])).await;
+    assert_eq!(job.status, 200);
+    let job = job.body;
     assert_eq!(job["music_id"], music["music_id"]);
     assert_eq!(job["state"], "done");
     assert!(job["size"].as_u64().unwrap() > 0);
@@ -137,30 +151,33 @@ async fn wildblood_with_one_separator_downloads_in_every_format_and_sums_back_to
 #[tokio::test]
 async fn three_separators_give_exactly_the_single_process_result() {
     let model = model_path("test/conv_fixed.onnx");
-    let sys = System::start(Options {
-        separators: 3,
-        model: Some(model.clone()),
-        ..Options::default()
-    })
+    let sys = System::start(
+        DME,
+        Options {
+            separators: 3,
+            model: Some(model.clone()),
+            ..Options::default()
+        },
+    )
     .await;
     let (_, done) = sys
-        .separate_and_mix(fixture_bytes(), "wildblood.mp3", &["vocals"])
+        .separate_and_mix(test_song_mp3().to_vec(), "song.mp3", &["vocals"])
         .await;
-    let input = dme_audio::decode_path(&fixture_path(), Some("mp3"), 44_100).unwrap();
-    let expected = reference(&ModelSource::File(model), &input.left, &input.right);
-    let got = stem_lanes(&sys, &done).await;
+    let input = decode_bytes(test_song_mp3(), "mp3");
+    let expected = reference(&model, &input.left, &input.right);
+    let got = sys.stem_lanes(&done).await;
     let err = max_abs_diff(&got, &expected);
     assert!(
         err <= 1e-6,
         "distributed vs single-process: max abs diff {err}"
     );
     // Several workers took part.
-    let (_, jobs) = sys.get("/job").await;
-    let mut workers = std::collections::BTreeSet::new();
-    for id in jobs.as_array().unwrap() {
-        let (_, job) = sys.get(&format!("/job/{id}")).await;
-        workers.insert(job["worker"].as_str().unwrap().to_string());
-    }
+    let workers: std::collections::BTreeSet<String> = sys
+        .jobs()
+        .await
+        .into_iter()
+        .map(|job| job.worker.unwrap())
+        .collect();
     assert!(workers.len() >= 2, "only {workers:?} worked");
 }
 
@@ -168,11 +185,14 @@ async fn three_separators_give_exactly_the_single_process_result() {
 async fn edge_lengths_are_lossless_for_fixed_and_dynamic_models() {
     for model in ["test/conv_fixed.onnx", "test/conv_dynamic.onnx"] {
         let path = model_path(model);
-        let sys = System::start(Options {
-            separators: 2,
-            model: Some(path.clone()),
-            ..Options::default()
-        })
+        let sys = System::start(
+            DME,
+            Options {
+                separators: 2,
+                model: Some(path.clone()),
+                ..Options::default()
+            },
+        )
         .await;
         // Segment 44100, stride 33075: shorter than one segment, exactly one segment, and one
         // sample more than a whole number of strides.
@@ -186,8 +206,8 @@ async fn edge_lengths_are_lossless_for_fixed_and_dynamic_models() {
                 .await;
             let input = decode_bytes(&wav, "wav");
             assert_eq!(input.frames(), frames);
-            let expected = reference(&ModelSource::File(path.clone()), &input.left, &input.right);
-            let got = stem_lanes(&sys, &done).await;
+            let expected = reference(&path, &input.left, &input.right);
+            let got = sys.stem_lanes(&done).await;
             let err = max_abs_diff(&got, &expected);
             assert!(err <= 1e-6, "{model}, {frames} frames: max abs diff {err}");
         }
@@ -196,26 +216,29 @@ async fn edge_lengths_are_lossless_for_fixed_and_dynamic_models() {
 
 #[tokio::test]
 async fn a_second_selection_only_remixes() {
-    let sys = System::start(Options {
-        model: Some(model_path("test/sum_dynamic.onnx")),
-        ..Options::default()
-    })
+    let sys = System::start(
+        DME,
+        Options {
+            model: Some(model_path("test/sum_dynamic.onnx")),
+            ..Options::default()
+        },
+    )
     .await;
     let wav = synth_wav(100_000, 44_100, 5.0);
     let (music, first) = sys
         .separate_and_mix(wav.clone(), "a.wav", &["drums", "bass"])
         .await;
     let id = music["music_id"].as_u64().unwrap();
-    let (_, jobs) = sys.get("/job").await;
+    let jobs = sys.get("/job").await.body;
     let mut before = Vec::new();
     for j in jobs.as_array().unwrap() {
-        before.push(sys.get(&format!("/job/{j}")).await.1);
+        before.push(sys.get(&format!("/job/{j}")).await.body);
     }
     let vocals = music["tracks"][3]["track_id"].as_u64().unwrap();
-    let (status, body) = sys
+    let selection = sys
         .post_json(&format!("/music/{id}"), &format!("[{vocals}, {vocals}]"))
         .await;
-    assert_eq!(status, 200, "{body}");
+    assert_eq!(selection.status, 200, "{}", selection.body);
     let second = sys
         .wait_music(id, "the second mix", |b| {
             b["progress"] == 100 && b["final"].is_string() && b["final"] != first["final"]
@@ -223,54 +246,68 @@ async fn a_second_selection_only_remixes() {
         .await;
     assert_eq!(second["selection"], serde_json::json!([vocals]));
     // No segment was separated again.
-    let (_, jobs_after) = sys.get("/job").await;
-    assert_eq!(jobs_after, jobs);
+    assert_eq!(sys.get("/job").await.body, jobs);
     for (j, old) in jobs.as_array().unwrap().iter().zip(before) {
-        let now = sys.get(&format!("/job/{j}")).await.1;
+        let now = sys.get(&format!("/job/{j}")).await.body;
         assert_eq!(now, old, "job {j} changed");
     }
     // The second mix is the vocals track alone.
-    let (_, mix, _) = sys
+    let mix = sys
         .download(&format!(
             "{}?format=wav32f",
             second["final"].as_str().unwrap()
         ))
         .await;
-    let (_, track, _) = sys
+    let track = sys
         .download(&format!(
             "{}?format=wav32f",
             second["instruments"][3]["track"].as_str().unwrap()
         ))
         .await;
     assert_eq!(
-        dme_audio::read_wav(&mix).unwrap().0,
-        dme_audio::read_wav(&track).unwrap().0
+        dme_audio::read_wav(&mix.bytes).unwrap().0,
+        dme_audio::read_wav(&track.bytes).unwrap().0
     );
     // Selections with unknown or malformed track ids.
-    assert_eq!(sys.post_json(&format!("/music/{id}"), "[1]").await.0, 405);
+    assert_eq!(
+        sys.post_json(&format!("/music/{id}"), "[1]").await.status,
+        405
+    );
     assert_eq!(
         sys.post_json(&format!("/music/{id}"), "[\"drums\"]")
             .await
-            .0,
+            .status,
         400
     );
-    assert_eq!(sys.post_json(&format!("/music/{id}"), "[-3]").await.0, 400);
-    assert_eq!(sys.post_json(&format!("/music/{id}"), "[]").await.0, 400);
-    assert_eq!(sys.post_json(&format!("/music/{id}"), "{oops").await.0, 400);
+    assert_eq!(
+        sys.post_json(&format!("/music/{id}"), "[-3]").await.status,
+        400
+    );
+    assert_eq!(
+        sys.post_json(&format!("/music/{id}"), "[]").await.status,
+        400
+    );
+    assert_eq!(
+        sys.post_json(&format!("/music/{id}"), "{oops").await.status,
+        400
+    );
     assert_eq!(
         sys.post_json("/music/424242", &format!("[{vocals}]"))
             .await
-            .0,
+            .status,
         404
     );
 }
 
 #[tokio::test]
 async fn a_short_song_overtakes_a_long_one() {
-    let sys = System::start(Options {
-        model: Some(model_path("test/slow_dynamic.onnx")),
-        ..Options::default()
-    })
+    let sys = System::start(
+        DME,
+        Options {
+            model: Some(model_path("test/slow_dynamic.onnx")),
+            ..Options::default()
+        },
+    )
     .await;
     let long = sys
         .upload_ok(synth_wav(180 * 44_100, 44_100, 1.0), "long.wav")
@@ -286,20 +323,22 @@ async fn a_short_song_overtakes_a_long_one() {
     let short_id = short["music_id"].as_u64().unwrap();
     sys.wait_music(short_id, "the short song", |b| b["progress"] == 100)
         .await;
-    let (_, long_now) = sys.get(&format!("/music/{long_id}")).await;
+    let long_now = sys.get(&format!("/music/{long_id}")).await.body;
     assert!(
         long_now["progress"].as_u64().unwrap() < 100,
         "the long song finished first: {long_now}"
     );
-    tokio::time::sleep(Duration::from_millis(10)).await;
 }
 
 #[tokio::test]
 async fn a_six_source_model_gives_six_tracks() {
-    let sys = System::start(Options {
-        model: Some(model_path("test/conv_six.onnx")),
-        ..Options::default()
-    })
+    let sys = System::start(
+        DME,
+        Options {
+            model: Some(model_path("test/conv_six.onnx")),
+            ..Options::default()
+        },
+    )
     .await;
     let (music, done) = sys
         .separate_and_mix(
