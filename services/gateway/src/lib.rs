@@ -1,4 +1,5 @@
-//! The HTTP gateway: the API of `shared/reference/api.yaml`, extended, over NATS.
+//! The HTTP gateway: the API of the original contract (`docs/api/original-contract.yaml`),
+//! extended, over NATS.
 //!
 //! Consumes: HTTP requests; music and job records, files and the registered model from NATS.
 //! Produces: stored originals and music records, [`dme_protocol::subjects::WORK_UPLOADED`] and
