@@ -80,8 +80,8 @@ impl StereoBlock {
 ///   gapless handling.
 /// * NaN and infinite samples (only corrupt float files have them) become 0 and magnitudes are
 ///   clamped to 10 000; every other sample is passed on untouched.
-/// * A panic inside symphonia or rubato is caught and reported as [`AudioError::Corrupt`]; the
-///   decoder is unusable afterwards.
+/// * A panic inside symphonia or rubato is caught and reported as
+///   [`AudioError::DecoderPanicked`]; the decoder is unusable afterwards.
 pub struct StereoDecoder {
     probe: Probe,
     format: Box<dyn FormatReader>,
@@ -178,7 +178,8 @@ impl StereoDecoder {
     /// # Errors
     ///
     /// [`AudioError::Corrupt`] after too many consecutive bad packets, when no packet at all
-    /// could be decoded, or when the decoder panicked (then on every later call too);
+    /// could be decoded, or on every call after a failure; [`AudioError::DecoderPanicked`] when
+    /// the decoder panicked;
     /// [`AudioError::UnsupportedCodec`] when the stream switches to a feature the decoder lacks;
     /// [`AudioError::Io`] when reading fails.
     pub fn next_block(&mut self) -> Result<Option<StereoBlock>, AudioError> {
@@ -243,7 +244,7 @@ impl StereoDecoder {
                 Err(SymphoniaError::Unsupported(what)) => {
                     return Err(AudioError::UnsupportedCodec(what.into()))
                 }
-                Err(other) => return Err(AudioError::Corrupt(other.to_string())),
+                Err(other) => return Err(crate::probe::corrupt(&other)),
             };
             let rate = decoded.spec().rate;
             if rate != self.source_rate

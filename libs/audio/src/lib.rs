@@ -14,7 +14,8 @@
 //!   most one chunk pending, so decoding an hour-long file needs a few hundred kilobytes;
 //!   [`probe_path`] never decodes more than the first packet.
 //! * **Never panics.** Every entry point that touches symphonia runs inside
-//!   [`std::panic::catch_unwind`]; a panic in a decoder becomes [`AudioError::Corrupt`]. (This
+//!   [`std::panic::catch_unwind`]; a panic in a decoder becomes [`AudioError::DecoderPanicked`],
+//!   whose message is stable and names no library internals. (This
 //!   relies on the default `panic = "unwind"`; the default panic hook still prints the message to
 //!   stderr.)
 //! * **Exact when not resampling.** When the source rate equals the target rate, samples are
@@ -53,7 +54,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 pub use decode::{decode_path, StereoBlock, StereoDecoder};
 pub use encode::{encode, read_wav, Format};
-pub use error::AudioError;
+pub use error::{AudioError, HeaderDefect};
 pub use probe::{probe_path, Probe};
 
 /// Rate every model in dme runs at.
@@ -80,16 +81,18 @@ impl Stereo {
     }
 }
 
-/// Run `f`, turning a panic into [`AudioError::Corrupt`]. Symphonia can panic on some malformed
-/// input; the state it leaves behind is never used again by the caller after an error.
+/// Run `f`, turning a panic into [`AudioError::DecoderPanicked`], whose message is stable (the
+/// panic's own text, which names library internals, is kept for logs only). Symphonia can panic
+/// on some malformed input; the state it leaves behind is never used again by the caller after
+/// an error.
 fn guard_panics<T>(f: impl FnOnce() -> Result<T, AudioError>) -> Result<T, AudioError> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
-        let message = payload
+        let detail = payload
             .downcast_ref::<&str>()
             .map(|s| (*s).to_owned())
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown panic".to_owned());
-        Err(AudioError::Corrupt(format!("decoder panicked: {message}")))
+        Err(AudioError::DecoderPanicked { detail })
     })
 }
 
@@ -98,10 +101,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn panics_become_corrupt() {
-        let result: Result<(), AudioError> = guard_panics(|| panic!("boom"));
+    fn panics_become_a_stable_message_with_the_detail_kept() {
+        let result: Result<(), AudioError> =
+            guard_panics(|| panic!("attempt to add with overflow"));
         match result {
-            Err(AudioError::Corrupt(message)) => assert!(message.contains("boom")),
+            Err(e @ AudioError::DecoderPanicked { .. }) => {
+                let shown = e.to_string();
+                assert!(
+                    !shown.contains("overflow") && !shown.contains("panick"),
+                    "{shown}"
+                );
+                let AudioError::DecoderPanicked { detail } = e else {
+                    unreachable!()
+                };
+                assert_eq!(detail, "attempt to add with overflow");
+            }
             other => panic!("unexpected {other:?}"),
         }
     }

@@ -80,7 +80,9 @@ pub struct Probe {
 ///
 /// [`AudioError::Empty`] for a zero-byte file, [`AudioError::NotAudio`] when no audio format is
 /// recognised, [`AudioError::UnsupportedCodec`] for a codec (or sample rate) we cannot decode,
-/// [`AudioError::Corrupt`] when headers or packets are broken (or the decoder panics),
+/// [`AudioError::BadHeader`] for a header value no audio can have (a sample rate of 0, say),
+/// [`AudioError::Corrupt`] when headers or packets are broken,
+/// [`AudioError::DecoderPanicked`] when the decoder panics on malformed data,
 /// [`AudioError::NoSamples`] when the stream holds no packets, [`AudioError::Io`] when reading
 /// fails.
 pub fn probe_path(path: &Path, ext_hint: Option<&str>) -> Result<Probe, AudioError> {
@@ -375,7 +377,7 @@ pub(crate) fn next_track_packet(
                 }
             }
             Err(SymphoniaError::IoError(e)) => return Err(AudioError::Io(e)),
-            Err(other) => return Err(AudioError::Corrupt(other.to_string())),
+            Err(other) => return Err(corrupt(&other)),
         }
     }
 }
@@ -406,7 +408,7 @@ fn decode_channel_count(
             Ok(None)
         }
         Err(SymphoniaError::Unsupported(what)) => Err(AudioError::UnsupportedCodec(what.into())),
-        Err(other) => Err(AudioError::Corrupt(other.to_string())),
+        Err(other) => Err(corrupt(&other)),
     }
 }
 
@@ -420,8 +422,21 @@ fn map_symphonia_error(e: SymphoniaError, file_len: u64) -> AudioError {
         }
         SymphoniaError::IoError(io) => AudioError::Io(io),
         SymphoniaError::Unsupported(what) => AudioError::UnsupportedCodec(what.into()),
-        other => AudioError::Corrupt(other.to_string()),
+        other => corrupt(&other),
     }
+}
+
+/// [`AudioError::Corrupt`] for a symphonia error, in words for the person who sent the file:
+/// symphonia's "malformed stream: riff: invalid channel count" becomes "invalid channel count"
+/// (its category and module prefixes name library internals).
+pub(crate) fn corrupt(e: &SymphoniaError) -> AudioError {
+    let message = match e {
+        SymphoniaError::DecodeError(what) => what.rsplit(": ").next().unwrap_or(what).to_owned(),
+        SymphoniaError::SeekError(_) => "the file cannot be read in order".to_owned(),
+        SymphoniaError::LimitError(what) => format!("the file exceeds a decoder limit ({what})"),
+        other => other.to_string(),
+    };
+    AudioError::Corrupt(message)
 }
 
 /// Short codec name: symphonia's own when it has a decoder, else a name for the codecs it can

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use symphonia::core::io::MediaSource;
 
-use crate::AudioError;
+use crate::{AudioError, HeaderDefect};
 
 /// How many bytes of the file head [`sniff_container`] looks at: enough for every magic number
 /// we recognise (the MP4 `ftyp` box sits at offset 4).
@@ -46,7 +46,8 @@ pub(crate) struct OpenedFile {
 /// # Errors
 ///
 /// [`AudioError::Io`] when the file cannot be opened or read, [`AudioError::Empty`] when it has
-/// zero bytes, [`AudioError::NotAudio`] when it holds nothing but a broken ID3v2 tag.
+/// zero bytes, [`AudioError::NotAudio`] when it holds nothing but a broken ID3v2 tag,
+/// [`AudioError::BadHeader`] when a WAV header states a value no audio can have.
 pub(crate) fn open_file(path: &Path) -> Result<OpenedFile, AudioError> {
     let mut file = File::open(path)?;
     let len = file.metadata()?.len();
@@ -272,7 +273,12 @@ pub(crate) fn is_known_non_audio(head: &[u8]) -> Option<&'static str> {
 
 /// Walk the RIFF chunks of a WAV file and compute the byte patches that make the RIFF and `data`
 /// sizes consistent with the real file length (see the module docs).
-fn wav_size_patches(file: &mut File, len: u64) -> io::Result<Vec<(u64, [u8; 4])>> {
+///
+/// # Errors
+///
+/// [`AudioError::BadHeader`] when the `fmt ` chunk states a value no audio can have (see
+/// [`check_wav_fmt`]), [`AudioError::Io`] when reading fails.
+fn wav_size_patches(file: &mut File, len: u64) -> Result<Vec<(u64, [u8; 4])>, AudioError> {
     let mut patches = Vec::new();
     let mut header = [0u8; 8];
     file.seek(SeekFrom::Start(4))?;
@@ -298,10 +304,10 @@ fn wav_size_patches(file: &mut File, len: u64) -> io::Result<Vec<(u64, [u8; 4])>
             header[4], header[5], header[6], header[7],
         ]));
         let body = offset + 8;
-        if &header[0..4] == b"fmt " && body + 14 <= len {
-            let mut fmt = [0u8; 14];
+        if &header[0..4] == b"fmt " && body + WAV_FMT_LEN <= len {
+            let mut fmt = [0u8; WAV_FMT_LEN as usize];
             file.read_exact(&mut fmt)?;
-            block_align = u64::from(u16::from_le_bytes([fmt[12], fmt[13]])).max(1);
+            block_align = u64::from(check_wav_fmt(&fmt)?);
         }
         if &header[0..4] == b"data" {
             let available = len - body;
@@ -316,6 +322,37 @@ fn wav_size_patches(file: &mut File, len: u64) -> io::Result<Vec<(u64, [u8; 4])>
         offset = body + size + (size & 1);
     }
     Ok(patches)
+}
+
+/// Bytes of a WAV `fmt ` chunk's fixed part: format tag, channels, sample rate, byte rate,
+/// block alignment and bits per sample.
+const WAV_FMT_LEN: u64 = 16;
+
+/// The block alignment (bytes per frame) of a WAV `fmt ` chunk, after checking the fields a
+/// decoder divides by or builds its time base from: symphonia panics on a sample rate of 0
+/// ("TimeBase cannot have 0 numerator or denominator") and cannot read frames of 0 bytes.
+/// Values that are merely unusual (65 535 channels, a rate of 4 GHz) are left to the probe,
+/// which says what it does not support.
+///
+/// # Errors
+///
+/// [`HeaderDefect`] for a rate, channel count, sample size or block alignment of 0.
+fn check_wav_fmt(fmt: &[u8; WAV_FMT_LEN as usize]) -> Result<u16, HeaderDefect> {
+    let channels = u16::from_le_bytes([fmt[2], fmt[3]]);
+    let rate = u32::from_le_bytes([fmt[4], fmt[5], fmt[6], fmt[7]]);
+    let block_align = u16::from_le_bytes([fmt[12], fmt[13]]);
+    let bits = u16::from_le_bytes([fmt[14], fmt[15]]);
+    if rate == 0 {
+        Err(HeaderDefect::ZeroSampleRate)
+    } else if channels == 0 {
+        Err(HeaderDefect::ZeroChannels)
+    } else if bits == 0 {
+        Err(HeaderDefect::ZeroBitsPerSample)
+    } else if block_align == 0 {
+        Err(HeaderDefect::ZeroFrameSize)
+    } else {
+        Ok(block_align)
+    }
 }
 
 /// A file seen from `base` on (past broken ID3v2 tags) and through a few overwritten bytes (the
@@ -450,6 +487,64 @@ mod tests {
         // A frame running past the end of a file cut inside the tag.
         let cut = &good[..good.len() - 25];
         assert_eq!(skip_of(cut), good.len() as u64);
+    }
+
+    /// A 16-bit PCM WAV with these `fmt ` fields and `data` of 4 KiB, its size field `data_len`.
+    fn wav(channels: u16, rate: u32, bits: u16, block_align: u16, data_len: u32) -> Vec<u8> {
+        let data = [1u8; 4096];
+        let mut out = b"RIFF".to_vec();
+        out.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+        out.extend_from_slice(b"WAVEfmt ");
+        out.extend_from_slice(&16u32.to_le_bytes());
+        out.extend_from_slice(&1u16.to_le_bytes());
+        out.extend_from_slice(&channels.to_le_bytes());
+        out.extend_from_slice(&rate.to_le_bytes());
+        out.extend_from_slice(&rate.wrapping_mul(u32::from(block_align)).to_le_bytes());
+        out.extend_from_slice(&block_align.to_le_bytes());
+        out.extend_from_slice(&bits.to_le_bytes());
+        out.extend_from_slice(b"data");
+        out.extend_from_slice(&data_len.to_le_bytes());
+        out.extend_from_slice(&data);
+        out
+    }
+
+    /// What probing and decoding a file say, as text: the message a user would see.
+    fn outcome(bytes: &[u8]) -> (Result<u64, String>, Result<usize, String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.wav");
+        std::fs::write(&path, bytes).unwrap();
+        let probe = crate::probe_path(&path, Some("wav")).map(|p| p.frames);
+        let decode = crate::decode_path(&path, Some("wav"), 44_100).map(|s| s.frames());
+        (
+            probe.map_err(|e| e.to_string()),
+            decode.map_err(|e| e.to_string()),
+        )
+    }
+
+    #[test]
+    fn extreme_wav_headers_get_clear_messages_and_never_panic() {
+        let refused = |bytes: Vec<u8>, expected: &str| {
+            let (probe, decode) = outcome(&bytes);
+            for message in [probe.unwrap_err(), decode.unwrap_err()] {
+                assert!(message.contains(expected), "{message}");
+                for leak in ["panick", "TimeBase", "overflow", "riff:"] {
+                    assert!(!message.contains(leak), "{message}");
+                }
+            }
+        };
+        refused(wav(2, 0, 16, 4, 4096), "sample rate is 0");
+        refused(wav(0, 44_100, 16, 4, 4096), "0 channels");
+        refused(wav(2, 44_100, 0, 4, 4096), "0 bits per sample");
+        refused(wav(2, 44_100, 16, 0, 4096), "frames of 0 bytes");
+        refused(wav(2, u32::MAX, 16, 4, 4096), "4294967295 Hz");
+        refused(wav(u16::MAX, 44_100, 16, u16::MAX, 4096), "channel");
+        refused(wav(2, 44_100, u16::MAX, 4, 4096), "bits per sample");
+        // A data size of 4 GiB over 4 KiB of samples: the samples that are there.
+        let (probe, decode) = outcome(&wav(2, 44_100, 16, 4, u32::MAX));
+        assert_eq!((probe, decode), (Ok(1024), Ok(1024)));
+        // Frames of 64 KiB: no whole frame in the file.
+        let (probe, _) = outcome(&wav(2, 44_100, 16, u16::MAX, 4096));
+        assert_eq!(probe, Ok(0));
     }
 
     #[test]

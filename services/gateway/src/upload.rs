@@ -203,9 +203,17 @@ pub async fn probe(spooled: &Spooled) -> Result<dme_audio::Probe, ApiError> {
         )),
         Ok(p) => Ok(p),
         Err(AudioError::Empty) => Err(ApiError::BadRequest("empty upload".into())),
+        Err(e @ AudioError::DecoderPanicked { .. }) => {
+            // The message the client sees is stable; the panic's text is for us.
+            if let AudioError::DecoderPanicked { detail } = &e {
+                tracing::warn!(detail, "a decoder panicked on an upload");
+            }
+            Err(ApiError::Unsupported(e.to_string()))
+        }
         Err(
             e @ (AudioError::NotAudio(_)
             | AudioError::UnsupportedCodec(_)
+            | AudioError::BadHeader(_)
             | AudioError::Corrupt(_)
             | AudioError::NoSamples),
         ) => Err(ApiError::Unsupported(e.to_string())),
