@@ -11,10 +11,10 @@ use crate::{AudioError, Stereo};
 
 /// Full scale of 16-bit PCM: samples are scaled by 2^15, the same factor symphonia divides by
 /// when decoding, so a decoded 16-bit file re-encodes to the identical integers.
-const I16_SCALE: f32 = 32_768.0;
+pub(crate) const I16_SCALE: f32 = 32_768.0;
 
 /// Frames handed to LAME per call; bounds the size of each intermediate output chunk.
-const MP3_CHUNK_FRAMES: usize = 1152 * 64;
+pub(crate) const MP3_CHUNK_FRAMES: usize = 1152 * 64;
 
 /// MP3 bitrate for downloads: 320 kbit/s CBR, the highest MPEG-1 Layer III rate, so the lossy
 /// format adds as little as possible on top of the separation itself.
@@ -25,7 +25,7 @@ const MP3_BITRATE: Bitrate = Bitrate::Kbps320;
 const MP3_QUALITY: Quality = Quality::NearBest;
 
 /// FLAC block size in frames: the reference encoder's default, a good size for 44.1 kHz music.
-const FLAC_BLOCK_SIZE: usize = 4096;
+pub(crate) const FLAC_BLOCK_SIZE: usize = 4096;
 
 /// Longest header hound writes before the samples (`WAVE_FORMAT_EXTENSIBLE`, used for float);
 /// the 16-bit header is 44 bytes.
@@ -192,20 +192,30 @@ pub fn read_wav(bytes: &[u8]) -> Result<(Stereo, u32), AudioError> {
 }
 
 /// Quantise one sample to 16 bits: clip, scale, round to nearest.
-fn to_i16(sample: f32) -> i16 {
+pub(crate) fn to_i16(sample: f32) -> i16 {
     // NaN maps to 0 through the saturating float-to-int cast.
     (sample.clamp(-1.0, 1.0) * I16_SCALE)
         .round()
         .clamp(-32_768.0, 32_767.0) as i16
 }
 
+/// The two WAV sample formats dme writes.
 #[derive(Clone, Copy)]
-enum WavSample {
+pub(crate) enum WavSample {
     Int16,
     Float32,
 }
 
 impl WavSample {
+    /// The kind `format` writes, or `None` for the compressed formats.
+    pub(crate) fn of(format: Format) -> Option<WavSample> {
+        match format {
+            Format::Wav16 => Some(WavSample::Int16),
+            Format::Wav32f => Some(WavSample::Float32),
+            Format::Flac | Format::Mp3 => None,
+        }
+    }
+
     fn spec(self, rate: u32) -> hound::WavSpec {
         let (bits_per_sample, sample_format) = match self {
             WavSample::Int16 => (16, hound::SampleFormat::Int),
@@ -220,12 +230,53 @@ impl WavSample {
     }
 
     /// Bytes of one stereo frame.
-    fn block_align(self) -> u64 {
+    pub(crate) fn block_align(self) -> u64 {
         match self {
             WavSample::Int16 => 4,
             WavSample::Float32 => 8,
         }
     }
+}
+
+/// The data length in bytes of a WAV of `frames` frames, after checking the header can state it
+/// and the rate.
+///
+/// # Errors
+/// [`AudioError::Encode`] when the file would exceed 4 GiB or the rate does not fit the header.
+pub(crate) fn check_wav_size(kind: WavSample, rate: u32, frames: u64) -> Result<u64, AudioError> {
+    // hound counts data bytes (and bytes per second) in a u32 and would overflow, so refuse first.
+    let data_len = frames.saturating_mul(kind.block_align());
+    if data_len.saturating_add(WAV_MAX_HEADER_LEN) > u64::from(u32::MAX) {
+        return Err(AudioError::Encode("wav output would exceed 4 GiB".into()));
+    }
+    if u64::from(rate) * kind.block_align() > u64::from(u32::MAX) {
+        return Err(AudioError::Encode(format!(
+            "wav cannot state a rate of {rate} Hz"
+        )));
+    }
+    Ok(data_len)
+}
+
+/// The header hound writes for a WAV of `frames` frames at `rate` (the sizes a finished writer
+/// patches in, stated up front), so a stream can start before its samples exist.
+///
+/// # Errors
+/// As [`check_wav_size`].
+pub(crate) fn wav_header(kind: WavSample, rate: u32, frames: u64) -> Result<Vec<u8>, AudioError> {
+    let data_len = check_wav_size(kind, rate, frames)? as u32;
+    let failed = |e: hound::Error| AudioError::Encode(format!("wav: {e}"));
+    let mut header = Cursor::new(Vec::with_capacity(WAV_MAX_HEADER_LEN as usize));
+    hound::WavWriter::new(&mut header, kind.spec(rate))
+        .and_then(hound::WavWriter::finalize)
+        .map_err(failed)?;
+    let mut header = header.into_inner();
+    // An empty file: the RIFF size covers the header after its first 8 bytes, and the header
+    // ends with the data chunk's size.
+    let riff_len = header.len() as u32 - 8 + data_len;
+    let end = header.len();
+    header[4..8].copy_from_slice(&riff_len.to_le_bytes());
+    header[end - 4..].copy_from_slice(&data_len.to_le_bytes());
+    Ok(header)
 }
 
 /// Write a WAV with hound: 16-bit PCM gets the canonical 44-byte header (`fmt ` of 16 bytes);
@@ -236,16 +287,7 @@ fn encode_wav(
     rate: u32,
     kind: WavSample,
 ) -> Result<Vec<u8>, AudioError> {
-    // hound counts data bytes (and bytes per second) in a u32 and would overflow, so refuse first.
-    let data_len = left.len() as u64 * kind.block_align();
-    if data_len + WAV_MAX_HEADER_LEN > u64::from(u32::MAX) {
-        return Err(AudioError::Encode("wav output would exceed 4 GiB".into()));
-    }
-    if u64::from(rate) * kind.block_align() > u64::from(u32::MAX) {
-        return Err(AudioError::Encode(format!(
-            "wav cannot state a rate of {rate} Hz"
-        )));
-    }
+    let data_len = check_wav_size(kind, rate, left.len() as u64)?;
     let failed = |e: hound::Error| AudioError::Encode(format!("wav: {e}"));
     let mut out = Cursor::new(Vec::with_capacity((WAV_MAX_HEADER_LEN + data_len) as usize));
     let mut writer = hound::WavWriter::new(&mut out, kind.spec(rate)).map_err(failed)?;
@@ -322,10 +364,19 @@ impl Source for PlanarSource<'_> {
     }
 }
 
-fn encode_flac(left: &[f32], right: &[f32], rate: u32) -> Result<Vec<u8>, AudioError> {
-    let config = flacenc::config::Encoder::default()
+/// flacenc's default configuration (the reference encoder's compression), checked.
+///
+/// # Errors
+/// [`AudioError::Encode`] if flacenc refuses its own defaults.
+pub(crate) fn flac_config() -> Result<flacenc::error::Verified<flacenc::config::Encoder>, AudioError>
+{
+    flacenc::config::Encoder::default()
         .into_verified()
-        .map_err(|(_, e)| AudioError::Encode(format!("flac config: {e:?}")))?;
+        .map_err(|(_, e)| AudioError::Encode(format!("flac config: {e:?}")))
+}
+
+fn encode_flac(left: &[f32], right: &[f32], rate: u32) -> Result<Vec<u8>, AudioError> {
+    let config = flac_config()?;
     let source = PlanarSource {
         left,
         right,
@@ -355,18 +406,7 @@ fn encode_mp3(left: &[f32], right: &[f32], rate: u32) -> Result<Vec<u8>, AudioEr
         // error to stderr and emits one frame of silence.
         return Ok(empty_mp3(rate));
     }
-    let build = |e: mp3lame_encoder::BuildError| AudioError::Encode(format!("mp3 setup: {e}"));
-    let encode_failed = |e: mp3lame_encoder::EncodeError| AudioError::Encode(format!("mp3: {e}"));
-    let mut builder =
-        Builder::new().ok_or_else(|| AudioError::Encode("mp3: LAME failed to allocate".into()))?;
-    builder.set_num_channels(2).map_err(build)?;
-    builder.set_sample_rate(rate).map_err(build)?;
-    builder.set_brate(MP3_BITRATE).map_err(build)?;
-    builder.set_mode(Mode::JointStereo).map_err(build)?;
-    builder.set_quality(MP3_QUALITY).map_err(build)?;
-    // The Info tag carries the encoder delay and padding that gapless decoders trim.
-    builder.set_to_write_vbr_tag(true).map_err(build)?;
-    let mut encoder = builder.build().map_err(build)?;
+    let mut encoder = mp3_encoder(rate)?;
 
     // 320 kbit/s is 40 kB/s; the LAME bound below is far above that.
     let mut out = Vec::with_capacity(left.len() / 4 + mp3lame_encoder::max_required_buffer_size(0));
@@ -377,19 +417,53 @@ fn encode_mp3(left: &[f32], right: &[f32], rate: u32) -> Result<Vec<u8>, AudioEr
         out.reserve(mp3lame_encoder::max_required_buffer_size(l.len()));
         encoder
             .encode_to_vec(DualPcm { left: l, right: r }, &mut out)
-            .map_err(encode_failed)?;
+            .map_err(mp3_failed)?;
     }
     out.reserve(mp3lame_encoder::max_required_buffer_size(0));
     encoder
         .flush_to_vec::<FlushGap>(&mut out)
-        .map_err(encode_failed)?;
+        .map_err(mp3_failed)?;
 
     // LAME wrote a placeholder frame first; now that the totals are known, fill it in.
-    let mut tag = Vec::with_capacity(encoder.lame_tag_size());
-    if encoder.lame_tag_encode_to_vec(&mut tag).is_some() && tag.len() <= out.len() {
+    let tag = mp3_tag(&encoder);
+    if !tag.is_empty() && tag.len() <= out.len() {
         out[..tag.len()].copy_from_slice(&tag);
     }
     Ok(out)
+}
+
+/// LAME's Info tag for everything `encoder` has encoded and flushed (empty if LAME writes none):
+/// it replaces the placeholder frame at the head of the stream.
+pub(crate) fn mp3_tag(encoder: &mp3lame_encoder::Encoder) -> Vec<u8> {
+    let mut tag = Vec::with_capacity(encoder.lame_tag_size());
+    if encoder.lame_tag_encode_to_vec(&mut tag).is_none() {
+        tag.clear();
+    }
+    tag
+}
+
+/// Maps a LAME encoding failure.
+pub(crate) fn mp3_failed(e: mp3lame_encoder::EncodeError) -> AudioError {
+    AudioError::Encode(format!("mp3: {e}"))
+}
+
+/// A LAME encoder for dme's downloads at `rate` Hz: 320 kbit/s CBR joint stereo, quality 2, with
+/// an Info tag.
+///
+/// # Errors
+/// [`AudioError::Encode`] when LAME cannot allocate or refuses a setting.
+pub(crate) fn mp3_encoder(rate: u32) -> Result<mp3lame_encoder::Encoder, AudioError> {
+    let build = |e: mp3lame_encoder::BuildError| AudioError::Encode(format!("mp3 setup: {e}"));
+    let mut builder =
+        Builder::new().ok_or_else(|| AudioError::Encode("mp3: LAME failed to allocate".into()))?;
+    builder.set_num_channels(2).map_err(build)?;
+    builder.set_sample_rate(rate).map_err(build)?;
+    builder.set_brate(MP3_BITRATE).map_err(build)?;
+    builder.set_mode(Mode::JointStereo).map_err(build)?;
+    builder.set_quality(MP3_QUALITY).map_err(build)?;
+    // The Info tag carries the encoder delay and padding that gapless decoders trim.
+    builder.set_to_write_vbr_tag(true).map_err(build)?;
+    builder.build().map_err(build)
 }
 
 /// An MP3 holding no audio: a single Layer III frame carrying an "Info" tag that declares zero

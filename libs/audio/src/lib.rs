@@ -12,7 +12,9 @@
 //!
 //! * **Bounded memory.** [`StereoDecoder`] works one packet at a time and the resampler keeps at
 //!   most one chunk pending, so decoding an hour-long file needs a few hundred kilobytes;
-//!   [`probe_path`] never decodes more than the first packet.
+//!   [`probe_path`] never decodes more than the first packet; [`encode_wav_stream`] holds a
+//!   block of [`BLOCK_FRAMES`] frames and one block's output, so encoding an hours-long track
+//!   needs a few megabytes.
 //! * **Never panics.** Every entry point that touches symphonia runs inside
 //!   [`std::panic::catch_unwind`]; a panic in a decoder becomes [`AudioError::DecoderPanicked`],
 //!   whose message is stable and names no library internals. (This
@@ -42,9 +44,12 @@
 //!   mapping to stereo.
 //! * `resample`: streaming rubato resampler with latency compensation.
 //! * `encode`: [`encode`] to a [`Format`], and [`read_wav`].
+//! * `encode_stream`: [`encode_wav_stream`], the same encodings of a stored WAV of any length,
+//!   streamed from a reader to a writer in bounded memory.
 
 mod decode;
 mod encode;
+mod encode_stream;
 mod error;
 mod probe;
 mod resample;
@@ -54,6 +59,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 pub use decode::{decode_path, StereoBlock, StereoDecoder};
 pub use encode::{encode, read_wav, Format};
+pub use encode_stream::{encode_wav_stream, BLOCK_FRAMES};
 pub use error::{AudioError, HeaderDefect};
 pub use probe::{probe_path, Probe};
 
