@@ -9,7 +9,7 @@ use dme_protocol::messages::{MixRequest, MusicUploaded, ProgressEvent, SegmentDo
 use dme_protocol::records::{
     JobRecord, JobState, MixRecord, ModelInfo, MusicRecord, MusicState, TrackRecord,
 };
-use dme_protocol::{encode, JobId, MusicId, SegmentPlan};
+use dme_protocol::{encode, Incarnation, JobId, MusicId, SegmentPlan};
 
 fn main() {
     let out = PathBuf::from(
@@ -21,6 +21,7 @@ fn main() {
     let write = |name: &str, bytes: Vec<u8>| std::fs::write(out.join(name), bytes).unwrap();
 
     let music = MusicId(4_503_599_627_370_495);
+    let incarnation = Incarnation(0x0123_4567_89ab_cdef);
     let plan = SegmentPlan::new(1_514_880, 343_980, false);
     let tracks = TrackRecord::for_sources(
         music,
@@ -33,8 +34,12 @@ fn main() {
         plan,
         window: 16,
         model: "0123456789abcdef".into(),
+        incarnation,
     };
-    write("music-uploaded", encode(&MusicUploaded { music_id: music }));
+    write("music-uploaded", encode(&MusicUploaded {
+            music_id: music,
+            incarnation,
+        }));
     write("segment-work", encode(&work));
     write(
         "segment-done",
@@ -42,6 +47,7 @@ fn main() {
             music_id: music,
             index: 2,
             job_id: work.job_id,
+            incarnation,
         }),
     );
     write(
@@ -49,6 +55,7 @@ fn main() {
         encode(&MixRequest {
             music_id: music,
             tracks: tracks.iter().map(|t| t.track_id).take(2).collect(),
+            incarnation,
         }),
     );
     write(
@@ -93,6 +100,7 @@ fn main() {
             separated: vec![true, true, false, false, false],
             tracks_ready: false,
             mixes: vec![mix],
+            incarnation,
         }),
     );
     write("job-state", encode(&JobState::Running));
@@ -113,6 +121,7 @@ fn main() {
             error: None,
             created_ms: 1_700_000_000_000,
             updated_ms: 1_700_000_000_900,
+            incarnation,
         }),
     );
     write(

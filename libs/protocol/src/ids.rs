@@ -53,6 +53,47 @@ id_type!(
     JobId
 );
 
+/// One life of a song's record: a random number chosen when the record is created. The same
+/// bytes uploaded again after a reset get the same [`MusicId`] but a new incarnation, and every
+/// message id and work message of the song carries it, so neither JetStream's duplicate window
+/// (which outlives a purge) nor work in flight from before the reset can touch the new song.
+/// Records and messages written before incarnations existed read as `Incarnation(0)`.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct Incarnation(pub u64);
+
+impl fmt::Display for Incarnation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl Incarnation {
+    /// A new random incarnation, from the operating system's random source; should that ever be
+    /// unavailable, from a hash of the time, the process and a counter (unique is all it needs).
+    pub fn fresh() -> Incarnation {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let random = getrandom::u64().unwrap_or_else(|_| {
+            let mut h = blake3::Hasher::new_derive_key("dme incarnation v1");
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            h.update(&nanos.to_le_bytes());
+            h.update(&std::process::id().to_le_bytes());
+            let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            h.update(&n.to_le_bytes());
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&h.finalize().as_bytes()[..8]);
+            u64::from_le_bytes(b)
+        });
+        // Never 0: that is what records from before incarnations read as.
+        Incarnation(random.max(1))
+    }
+}
+
 impl MusicId {
     /// The id of a file whose blake3 content hash is `hash`.
     pub fn from_content_hash(hash: &blake3::Hash) -> Self {
@@ -94,5 +135,14 @@ mod tests {
         assert!(t.0 < 1 << 53);
         assert_ne!(JobId::of(m, 0), JobId::of(m, 1));
         assert_eq!(serde_json::to_string(&m).unwrap(), m.0.to_string());
+    }
+
+    #[test]
+    fn incarnations_differ_and_are_never_zero() {
+        let a = Incarnation::fresh();
+        let b = Incarnation::fresh();
+        assert_ne!(a, b);
+        assert_ne!(a, Incarnation(0));
+        assert_eq!(Incarnation(0x2a).to_string(), "000000000000002a");
     }
 }

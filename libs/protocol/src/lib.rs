@@ -3,7 +3,9 @@
 //!
 //! # Layout
 //! - [`ids`]: the stable integer ids users see (`music_id`, `track_id`, `job_id`), all below 2^53
-//!   so browsers read them exactly, all derived from content so every gateway agrees on them.
+//!   so browsers read them exactly, all derived from content so every gateway agrees on them;
+//!   and a song record's [`Incarnation`], which tells a song uploaded after a reset from work
+//!   left over from before it.
 //! - [`subjects`]: subject names and builders.
 //! - [`streams`]: stream, consumer and bucket configurations (declared idempotently at start-up).
 //! - [`messages`]: the events and work items that travel on those subjects.
@@ -21,7 +23,7 @@ pub mod streams;
 pub mod subjects;
 
 pub use dme_segment::{Segment, SegmentPlan};
-pub use ids::{JobId, MusicId, TrackId};
+pub use ids::{Incarnation, JobId, MusicId, TrackId};
 
 /// A message or record could not be decoded.
 #[derive(Debug, thiserror::Error)]

@@ -3,12 +3,12 @@
 use serde::{Deserialize, Serialize};
 
 use crate::records::{MusicRecord, MusicState};
-use crate::{JobId, MusicId, SegmentPlan, TrackId};
+use crate::{DecodeError, Incarnation, JobId, MusicId, SegmentPlan, TrackId};
 
-/// What every work message says about itself, for logs and for failing its song.
+/// What every message a work consumer takes says about itself, for logs.
 pub trait WorkItem {
-    /// The song the work is for.
-    fn music_id(&self) -> MusicId;
+    /// The song the work is for, when the message names one.
+    fn music_id(&self) -> Option<MusicId>;
     /// The segment the work is for, when it is for one.
     fn segment_index(&self) -> Option<u32> {
         None
@@ -20,18 +20,22 @@ pub trait WorkItem {
 pub struct MusicUploaded {
     /// The song.
     pub music_id: MusicId,
+    /// The life of its record this upload belongs to.
+    #[serde(default)]
+    pub incarnation: Incarnation,
 }
 
 impl WorkItem for MusicUploaded {
-    fn music_id(&self) -> MusicId {
-        self.music_id
+    fn music_id(&self) -> Option<MusicId> {
+        Some(self.music_id)
     }
 }
 
 impl MusicUploaded {
-    /// The JetStream message id that makes a repeated publish (a re-upload) a no-op.
+    /// The JetStream message id that makes a repeated publish (a re-upload) a no-op; a song
+    /// uploaded again after a reset has a new incarnation, so a new id.
     pub fn msg_id(&self) -> String {
-        format!("up-{}", self.music_id)
+        format!("up-{}-{}", self.music_id, self.incarnation)
     }
 }
 
@@ -54,11 +58,14 @@ pub struct SegmentWork {
     pub window: u32,
     /// Fingerprint of the model the plan was made for: a worker running another model refuses.
     pub model: String,
+    /// The life of the song's record the segment belongs to.
+    #[serde(default)]
+    pub incarnation: Incarnation,
 }
 
 impl WorkItem for SegmentWork {
-    fn music_id(&self) -> MusicId {
-        self.music_id
+    fn music_id(&self) -> Option<MusicId> {
+        Some(self.music_id)
     }
     fn segment_index(&self) -> Option<u32> {
         Some(self.index)
@@ -82,7 +89,17 @@ impl SegmentWork {
 
     /// The JetStream message id that makes a repeated publish of this item a no-op.
     pub fn msg_id(&self) -> String {
-        format!("seg-{}-{}", self.music_id, self.index)
+        format!("seg-{}-{}-{}", self.music_id, self.incarnation, self.index)
+    }
+
+    /// The report that this segment's stems are stored.
+    pub fn done(&self) -> SegmentDone {
+        SegmentDone {
+            music_id: self.music_id,
+            index: self.index,
+            job_id: self.job_id,
+            incarnation: self.incarnation,
+        }
     }
 }
 
@@ -96,11 +113,14 @@ pub struct SegmentDone {
     pub index: u32,
     /// The job that produced it.
     pub job_id: JobId,
+    /// The life of the song's record the segment belongs to.
+    #[serde(default)]
+    pub incarnation: Incarnation,
 }
 
 impl WorkItem for SegmentDone {
-    fn music_id(&self) -> MusicId {
-        self.music_id
+    fn music_id(&self) -> Option<MusicId> {
+        Some(self.music_id)
     }
     fn segment_index(&self) -> Option<u32> {
         Some(self.index)
@@ -110,7 +130,7 @@ impl WorkItem for SegmentDone {
 impl SegmentDone {
     /// The JetStream message id that makes a repeated publish (a redelivered segment) a no-op.
     pub fn msg_id(&self) -> String {
-        format!("done-{}-{}", self.music_id, self.index)
+        format!("done-{}-{}-{}", self.music_id, self.incarnation, self.index)
     }
 }
 
@@ -121,11 +141,50 @@ pub struct MixRequest {
     pub music_id: MusicId,
     /// The chosen tracks (checked against the song by the gateway).
     pub tracks: Vec<TrackId>,
+    /// The life of the song's record the selection was made on.
+    #[serde(default)]
+    pub incarnation: Incarnation,
 }
 
 impl WorkItem for MixRequest {
-    fn music_id(&self) -> MusicId {
-        self.music_id
+    fn music_id(&self) -> Option<MusicId> {
+        Some(self.music_id)
+    }
+}
+
+/// JetStream's `io.nats.jetstream.advisory.v1.max_deliver` advisory (JSON, not CBOR): a message
+/// of a work consumer was delivered as often as the consumer allows without a verdict (every
+/// worker that took it died). Captured by [`crate::streams::ADVISORY_STREAM`]; only the fields
+/// dme uses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MaxDeliveries {
+    /// The stream of the message ([`crate::streams::WORK_STREAM`]).
+    pub stream: String,
+    /// The consumer whose deliveries ran out.
+    pub consumer: String,
+    /// The message's sequence in the stream.
+    pub stream_seq: u64,
+    /// How often it was delivered.
+    pub deliveries: u64,
+}
+
+impl MaxDeliveries {
+    /// Reads an advisory as the server publishes it.
+    ///
+    /// # Errors
+    /// [`DecodeError`] when the bytes are not such an advisory.
+    pub fn from_json(bytes: &[u8]) -> Result<MaxDeliveries, DecodeError> {
+        serde_json::from_slice(bytes).map_err(|e| DecodeError {
+            what: "max-deliveries advisory",
+            reason: e.to_string(),
+        })
+    }
+}
+
+impl WorkItem for MaxDeliveries {
+    /// Only the work message it points at names the song.
+    fn music_id(&self) -> Option<MusicId> {
+        None
     }
 }
 
@@ -174,13 +233,26 @@ mod tests {
             plan,
             window: 2,
             model: "m".into(),
+            incarnation: Incarnation(9),
         };
         let next = first.successor().unwrap();
         assert_eq!(next.index, 3);
         assert_eq!(next.job_id, JobId::of(MusicId(7), 3));
+        assert_eq!(next.incarnation, Incarnation(9));
+        assert_ne!(next.msg_id(), SegmentWork { incarnation: Incarnation(10), ..next.clone() }.msg_id());
         assert!(next.successor().is_none());
         let bytes = crate::encode(&first);
         assert_eq!(crate::decode::<SegmentWork>(&bytes).unwrap(), first);
         assert!(crate::decode::<SegmentWork>(b"\xff\x00garbage").is_err());
+    }
+
+    #[test]
+    fn max_deliveries_advisories_read_as_the_server_writes_them() {
+        let json = br#"{"type":"io.nats.jetstream.advisory.v1.max_deliver","id":"x",
+            "timestamp":"2026-01-01T00:00:00Z","stream":"DME_WORK","consumer":"separator",
+            "stream_seq":42,"deliveries":5}"#;
+        let advisory = MaxDeliveries::from_json(json).unwrap();
+        assert_eq!((advisory.stream_seq, advisory.deliveries), (42, 5));
+        assert!(MaxDeliveries::from_json(b"{}").is_err());
     }
 }

@@ -85,14 +85,14 @@ pub fn unpack_planar(bytes: &[u8], lanes: usize) -> Result<Vec<Vec<f32>>, Decode
             ),
         });
     }
-    let n = bytes.len() / 4 / lanes;
-    Ok((0..lanes)
-        .map(|l| {
-            bytes[l * n * 4..(l + 1) * n * 4]
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect()
-        })
+    let (samples, _) = bytes.as_chunks::<4>();
+    let n = samples.len() / lanes;
+    if n == 0 {
+        return Ok(vec![Vec::new(); lanes]);
+    }
+    Ok(samples
+        .chunks_exact(n)
+        .map(|lane| lane.iter().map(|c| f32::from_le_bytes(*c)).collect())
         .collect())
 }
 
@@ -108,6 +108,7 @@ mod tests {
         let back = unpack_planar(&bytes, 2).unwrap();
         assert_eq!(back, vec![a.to_vec(), b.to_vec()]);
         assert!(unpack_planar(&bytes[1..], 2).is_err());
+        assert_eq!(unpack_planar(&[], 3).unwrap(), vec![Vec::<f32>::new(); 3]);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{JobId, MusicId, SegmentPlan, TrackId};
+use crate::{Incarnation, JobId, MusicId, SegmentPlan, TrackId};
 
 /// Where a song is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +109,10 @@ pub struct MusicRecord {
     pub tracks_ready: bool,
     /// Mixes asked for, latest last.
     pub mixes: Vec<MixRecord>,
+    /// This life of the record (chosen when it is created): work that carries another one is
+    /// left over from before a reset and is dropped.
+    #[serde(default)]
+    pub incarnation: Incarnation,
 }
 
 impl MusicRecord {
@@ -207,6 +211,10 @@ pub struct JobRecord {
     pub created_ms: u64,
     /// Last change, ms since the epoch.
     pub updated_ms: u64,
+    /// The life of the song's record the job belongs to: work left over from before a reset
+    /// leaves a job of the song uploaded after it alone.
+    #[serde(default)]
+    pub incarnation: Incarnation,
 }
 
 impl JobRecord {

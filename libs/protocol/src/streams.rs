@@ -12,6 +12,10 @@ use crate::subjects;
 pub const WORK_STREAM: &str = "DME_WORK";
 /// Progress events, kept for a while so a late subscriber (a web page) can catch up.
 pub const EVENT_STREAM: &str = "DME_EVENTS";
+/// JetStream's max-deliveries advisories of the work consumers, kept until the mixer has failed
+/// the work they name: a plain advisory published while no mixer listens would be lost, and the
+/// crash-looping item would stay in the queue for good.
+pub const ADVISORY_STREAM: &str = "DME_ADVISORIES";
 
 /// Durable consumer of [`subjects::WORK_UPLOADED`].
 pub const SPLITTER_CONSUMER: &str = "splitter";
@@ -21,6 +25,8 @@ pub const SEPARATOR_CONSUMER: &str = "separator";
 pub const MIXER_ASSEMBLE_CONSUMER: &str = "mixer-assemble";
 /// Durable consumer of [`subjects::WORK_MIX`].
 pub const MIXER_MIX_CONSUMER: &str = "mixer-mix";
+/// Durable consumer of [`ADVISORY_STREAM`] (the mixer fails the work each advisory names).
+pub const MIXER_ADVISORY_CONSUMER: &str = "mixer-advisories";
 
 /// KV bucket of music records, keyed by music id.
 pub const MUSIC_BUCKET: &str = "dme-music";
@@ -83,6 +89,19 @@ pub fn event_stream() -> stream::Config {
     }
 }
 
+/// The advisory stream: every max-deliveries advisory of a [`WORK_STREAM`] consumer, removed
+/// once the mixer acks it.
+pub fn advisory_stream() -> stream::Config {
+    stream::Config {
+        name: ADVISORY_STREAM.to_string(),
+        description: Some("dme: max-deliveries advisories of the work consumers".into()),
+        subjects: vec![subjects::max_deliveries_advisory(WORK_STREAM, "*")],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    }
+}
+
 /// Redelivery settings of a work consumer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Redelivery {
@@ -114,7 +133,8 @@ impl Redelivery {
     };
 }
 
-/// A durable pull consumer of the work stream filtered on `subject`.
+/// A durable pull consumer named `name` of the messages on `subject` (of the work stream, or
+/// of the advisory stream for [`MIXER_ADVISORY_CONSUMER`]).
 pub fn work_consumer(name: &str, subject: &str, r: Redelivery) -> consumer::pull::Config {
     consumer::pull::Config {
         durable_name: Some(name.to_string()),

@@ -28,7 +28,8 @@ pub fn event(music: MusicId) -> String {
     format!("{EVENT_PREFIX}.{music}")
 }
 
-/// JetStream advisory published when a message of `stream`'s `consumer` ran out of deliveries.
+/// JetStream advisory published when a message of `stream`'s `consumer` ran out of deliveries
+/// (`*` for every consumer). Captured by [`crate::streams::ADVISORY_STREAM`].
 pub fn max_deliveries_advisory(stream: &str, consumer: &str) -> String {
     format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{consumer}")
 }

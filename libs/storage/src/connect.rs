@@ -78,6 +78,9 @@ impl Store {
         js.get_or_create_stream(streams::event_stream())
             .await
             .map_err(nats("declare event stream"))?;
+        js.get_or_create_stream(streams::advisory_stream())
+            .await
+            .map_err(nats("declare advisory stream"))?;
         let music = kv_bucket(&js, streams::MUSIC_BUCKET).await?;
         let jobs = kv_bucket(&js, streams::JOB_BUCKET).await?;
         let system = kv_bucket(&js, streams::SYSTEM_BUCKET).await?;

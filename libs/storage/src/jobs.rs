@@ -4,7 +4,10 @@
 use dme_protocol::records::JobRecord;
 use dme_protocol::JobId;
 
-use crate::{kv, nats, Result, Store};
+use crate::{kv, nats, Result, Store, StoreError};
+
+/// Rounds of create-then-replace before [`Store::create_job`] gives up.
+const CREATE_ATTEMPTS: usize = 4;
 
 impl Store {
     /// The job record of `id`, if it exists.
@@ -15,12 +18,34 @@ impl Store {
         kv::get(&self.jobs, &id.to_string()).await
     }
 
-    /// Writes a job record unless one exists (a re-cut song keeps its jobs' history).
+    /// Writes a job record unless one of the same incarnation exists (a re-cut song keeps its
+    /// jobs' history); a record left by another incarnation of the song (a cut that was still
+    /// running when the song was reset) is replaced. True when written.
     ///
     /// # Errors
     /// On NATS failure.
     pub async fn create_job(&self, record: &JobRecord) -> Result<bool> {
-        kv::create(&self.jobs, &record.job_id.to_string(), record).await
+        let key = record.job_id.to_string();
+        // A record deleted between the failed create and the update is created again; a reset
+        // can do that at most once or twice in a row.
+        for _ in 0..CREATE_ATTEMPTS {
+            if kv::create(&self.jobs, &key, record).await? {
+                return Ok(true);
+            }
+            let mut replaced = false;
+            let existing = kv::update(&self.jobs, &key, |job: &mut JobRecord| {
+                replaced = job.incarnation != record.incarnation;
+                if replaced {
+                    *job = record.clone();
+                }
+                replaced
+            })
+            .await?;
+            if existing.is_some() {
+                return Ok(replaced);
+            }
+        }
+        Err(StoreError::Contention(key))
     }
 
     /// Like [`Store::update_music`], for a job record.

@@ -5,8 +5,10 @@ use dme_protocol::streams;
 use crate::{nats, Result, Store};
 
 impl Store {
-    /// Deletes every record, file, event and pending work item (the registered model stays).
-    /// Workers drop work in hand for songs that no longer exist.
+    /// Deletes every record, file, event, advisory and pending work item (the registered model
+    /// stays). Workers drop work in hand for songs that no longer exist, or whose record is of
+    /// another incarnation (the same file uploaded again since). JetStream's duplicate window
+    /// survives a purge, which is why every message id carries the song's incarnation.
     ///
     /// # Errors
     /// On NATS failure.
@@ -14,6 +16,7 @@ impl Store {
         for stream in [
             streams::WORK_STREAM.to_string(),
             streams::EVENT_STREAM.to_string(),
+            streams::ADVISORY_STREAM.to_string(),
             streams::kv_stream(streams::MUSIC_BUCKET),
             streams::kv_stream(streams::JOB_BUCKET),
             streams::object_stream(streams::FILE_BUCKET),

@@ -7,9 +7,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::PullConsumer, AckKind, Message};
+use async_nats::jetstream::{self, consumer, consumer::PullConsumer, AckKind, Message};
 use bytes::Bytes;
 use dme_protocol::messages::WorkItem;
+use dme_protocol::DecodeError;
 use dme_protocol::streams::{self, Redelivery};
 use futures::StreamExt;
 use serde::{de::DeserializeOwned, Serialize};
@@ -55,7 +56,8 @@ impl Store {
         Ok(())
     }
 
-    /// The durable work consumer `name` on `subject`, created if missing.
+    /// The durable work consumer `name` on `subject`, created if missing, with `redelivery`'s
+    /// settings (see [`Store::durable_consumer`]).
     ///
     /// # Errors
     /// On NATS failure.
@@ -65,16 +67,137 @@ impl Store {
         subject: &str,
         redelivery: Redelivery,
     ) -> Result<PullConsumer> {
+        let config = streams::work_consumer(name, subject, redelivery);
+        self.durable_consumer(streams::WORK_STREAM, config).await
+    }
+
+    /// The durable consumer of [`streams::ADVISORY_STREAM`] ([`streams::MIXER_ADVISORY_CONSUMER`]),
+    /// created if missing, with `redelivery`'s settings.
+    ///
+    /// # Errors
+    /// On NATS failure.
+    pub async fn advisory_consumer(&self, redelivery: Redelivery) -> Result<PullConsumer> {
+        let subject = dme_protocol::subjects::max_deliveries_advisory(streams::WORK_STREAM, "*");
+        let config =
+            streams::work_consumer(streams::MIXER_ADVISORY_CONSUMER, &subject, redelivery);
+        self.durable_consumer(streams::ADVISORY_STREAM, config).await
+    }
+
+    /// The durable consumer `config` describes on `stream`: created if missing, and updated
+    /// when it exists with other settings (a durable consumer keeps the settings it was created
+    /// with, so a service started with another ack wait or delivery limit would otherwise
+    /// silently work with the old ones). The last service to start wins; the change is logged.
+    ///
+    /// # Errors
+    /// On NATS failure, or when the server refuses the update.
+    pub async fn durable_consumer(
+        &self,
+        stream: &str,
+        config: consumer::pull::Config,
+    ) -> Result<PullConsumer> {
+        let name = config.durable_name.clone().unwrap_or_default();
+        let stream = self
+            .js
+            .get_stream(stream)
+            .await
+            .map_err(nats("get stream"))?;
+        let consumer: PullConsumer = stream
+            .get_or_create_consumer(&name, config.clone())
+            .await
+            .map_err(nats("declare consumer"))?;
+        let changes = settings_drift(&consumer.cached_info().config, &config);
+        if changes.is_empty() {
+            return Ok(consumer);
+        }
+        tracing::info!(
+            consumer = %name,
+            changes = %changes.join(", "),
+            "consumer settings differ from this service's: updating the consumer"
+        );
+        stream
+            .update_consumer(config)
+            .await
+            .map_err(nats("update consumer"))
+    }
+}
+
+impl Store {
+    /// The payload of the work message at `sequence` of the work stream, while it is there
+    /// (`None` once it was acked, terminated and removed, or purged).
+    ///
+    /// # Errors
+    /// On NATS failure.
+    pub async fn work_message(&self, sequence: u64) -> Result<Option<Bytes>> {
         let stream = self
             .js
             .get_stream(streams::WORK_STREAM)
             .await
             .map_err(nats("get work stream"))?;
-        stream
-            .get_or_create_consumer(name, streams::work_consumer(name, subject, redelivery))
-            .await
-            .map_err(nats("declare consumer"))
+        match stream.get_raw_message(sequence).await {
+            Ok(message) => Ok(Some(message.payload)),
+            Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
+                Ok(None)
+            }
+            Err(e) => Err(nats("get work message")(e)),
+        }
     }
+
+    /// Removes the work message at `sequence` from the queue; one that is gone already is no
+    /// error.
+    ///
+    /// # Errors
+    /// On NATS failure.
+    pub async fn delete_work_message(&self, sequence: u64) -> Result<()> {
+        let stream = self
+            .js
+            .get_stream(streams::WORK_STREAM)
+            .await
+            .map_err(nats("get work stream"))?;
+        match stream.delete_message(sequence).await {
+            Ok(_) => Ok(()),
+            Err(e) if self.work_message(sequence).await? .is_none() => {
+                tracing::debug!(error = %e, sequence, "work message gone before its deletion");
+                Ok(())
+            }
+            Err(e) => Err(nats("delete work message")(e)),
+        }
+    }
+}
+
+/// The settings of a consumer on the server that differ from `wanted`, as `name: old -> new`.
+pub fn settings_drift(current: &consumer::Config, wanted: &consumer::pull::Config) -> Vec<String> {
+    let mut changes = Vec::new();
+    let mut compare = |what: &str, old: String, new: String| {
+        if old != new {
+            changes.push(format!("{what}: {old} -> {new}"));
+        }
+    };
+    compare(
+        "ack_wait",
+        format!("{:?}", current.ack_wait),
+        format!("{:?}", wanted.ack_wait),
+    );
+    compare(
+        "max_deliver",
+        current.max_deliver.to_string(),
+        wanted.max_deliver.to_string(),
+    );
+    compare(
+        "max_ack_pending",
+        current.max_ack_pending.to_string(),
+        wanted.max_ack_pending.to_string(),
+    );
+    compare(
+        "filter_subject",
+        current.filter_subject.clone(),
+        wanted.filter_subject.clone(),
+    );
+    compare(
+        "description",
+        current.description.clone().unwrap_or_default(),
+        wanted.description.clone().unwrap_or_default(),
+    );
+    changes
 }
 
 /// What to do with a message once its handler is done.
@@ -104,10 +227,51 @@ pub trait HandlerError: std::error::Error + Send {
     fn is_transient(&self) -> bool;
 }
 
+/// Why handling a message failed: the handler said so, or it panicked.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure<E> {
+    /// The handler returned an error.
+    #[error(transparent)]
+    Handler(E),
+    /// The handler panicked; the panic's message.
+    #[error("the handler panicked: {0}")]
+    Panicked(String),
+    /// The handler's task was cancelled (the runtime is shutting down).
+    #[error("the handler was cancelled")]
+    Cancelled,
+}
+
+impl<E: HandlerError + 'static> HandlerError for Failure<E> {
+    /// A panic is retried like a transient failure: another delivery (maybe on another worker)
+    /// may not hit it, and one that always does is given up after the delivery limit.
+    fn is_transient(&self) -> bool {
+        match self {
+            Failure::Handler(e) => e.is_transient(),
+            Failure::Panicked(_) | Failure::Cancelled => true,
+        }
+    }
+}
+
+impl<E> Failure<E> {
+    /// The failure a handler task that did not finish stands for.
+    fn of_join(error: tokio::task::JoinError) -> Failure<E> {
+        if !error.is_panic() {
+            return Failure::Cancelled;
+        }
+        let payload = error.into_panic();
+        let text = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_string());
+        Failure::Panicked(text)
+    }
+}
+
 /// What a service does with the messages of one work subject.
 pub trait Handler: Send + Sync + 'static {
     /// The message on the subject.
-    type Message: DeserializeOwned + WorkItem + Send + Sync;
+    type Message: DeserializeOwned + WorkItem + Clone + Send + Sync + 'static;
     /// Why handling failed.
     type Error: HandlerError;
     /// Pause before a message whose handling failed transiently is delivered again.
@@ -120,6 +284,15 @@ pub trait Handler: Send + Sync + 'static {
         message: &Self::Message,
         delivery: Delivery,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Reads a message's payload: CBOR ([`dme_protocol::decode`]) unless the handler takes
+    /// messages written by someone else (JetStream's JSON advisories).
+    ///
+    /// # Errors
+    /// When the payload is not a `Self::Message`; the message is then terminated.
+    fn decode(&self, payload: &[u8]) -> Result<Self::Message, DecodeError> {
+        dme_protocol::decode(payload)
+    }
 
     /// Records why `message` was given up (it failed permanently, or transiently on its last
     /// delivery), before it is terminated. The default records nothing.
@@ -157,7 +330,8 @@ pub fn verdict<E: HandlerError>(
 /// `handler` at once (each slot pulls one message; none is prefetched to wait in a buffer while
 /// its ack clock runs). While a message is handled, an in-progress ack every third of
 /// `redelivery.ack_wait` keeps JetStream from handing it to another worker. A message that
-/// cannot be decoded is terminated. Messages in hand when shutdown comes are finished.
+/// cannot be decoded is terminated. A handler that panics is a failure like any other (see
+/// [`Failure`]). Messages in hand when shutdown comes are finished.
 pub async fn consume<H: Handler>(
     consumer: PullConsumer,
     redelivery: Redelivery,
@@ -170,7 +344,10 @@ pub async fn consume<H: Handler>(
     loop {
         let permit = tokio::select! {
             _ = shutdown.cancelled() => break,
-            p = permits.clone().acquire_owned() => p.expect("semaphore never closes"),
+            p = permits.clone().acquire_owned() => match p {
+                Ok(permit) => permit,
+                Err(_) => break, // never closed; if it were, no slot would ever free up
+            },
         };
         let next = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -201,7 +378,7 @@ pub async fn consume<H: Handler>(
         tracker.spawn(
             async move {
                 let _permit = permit;
-                run_one(message, delivery, redelivery, handler.as_ref()).await;
+                run_one(message, delivery, redelivery, handler).await;
             }
             .instrument(span),
         );
@@ -235,26 +412,30 @@ async fn pull_one(consumer: &PullConsumer) -> Option<Message> {
     }
 }
 
-/// Handles one message, keeping it in progress meanwhile, and sends its verdict.
+/// Handles one message, keeping it in progress meanwhile, and sends its verdict. The handler
+/// runs in a task of its own, so a panic in it is a failure like any other (retried, then given
+/// up with the panic's message) and never leaves the message held without a verdict.
 async fn run_one<H: Handler>(
     message: Message,
     delivery: Delivery,
     redelivery: Redelivery,
-    handler: &H,
+    handler: Arc<H>,
 ) {
     let in_progress = keep_in_progress(message.clone(), redelivery.ack_wait);
-    let verdict = match dme_protocol::decode::<H::Message>(&message.payload) {
+    let verdict = match handler.decode(&message.payload) {
         Ok(work) => {
             let span = tracing::Span::current();
-            span.record("music", tracing::field::display(work.music_id()));
+            if let Some(music) = work.music_id() {
+                span.record("music", tracing::field::display(music));
+            }
             if let Some(index) = work.segment_index() {
                 span.record("segment", index);
             }
-            let result = handler.handle(&work, delivery).await;
+            let result = handle_in_task(&handler, &work, delivery).await;
             let max_deliver = redelivery.max_deliver.try_into().unwrap_or(u32::MAX);
             let verdict = verdict(&result, delivery.attempt, max_deliver, H::RETRY_DELAY);
             if let Verdict::Term(reason) = &verdict {
-                handler.give_up(&work, delivery, reason).await;
+                give_up_in_task(&handler, &work, delivery, reason).await;
             }
             verdict
         }
@@ -262,6 +443,41 @@ async fn run_one<H: Handler>(
     };
     drop(in_progress);
     send(&message, &verdict).await;
+}
+
+/// Runs `handler.handle` in a task of its own (aborted if this future is dropped); a panic
+/// comes back as [`Failure::Panicked`].
+async fn handle_in_task<H: Handler>(
+    handler: &Arc<H>,
+    work: &H::Message,
+    delivery: Delivery,
+) -> Result<(), Failure<H::Error>> {
+    let (handler, work) = (handler.clone(), work.clone());
+    let task = AbortOnDropHandle::new(tokio::spawn(
+        async move { handler.handle(&work, delivery).await }.in_current_span(),
+    ));
+    match task.await {
+        Ok(result) => result.map_err(Failure::Handler),
+        Err(e) => Err(Failure::of_join(e)),
+    }
+}
+
+/// Runs `handler.give_up` in a task of its own; a panic there is logged (the message is
+/// terminated all the same).
+async fn give_up_in_task<H: Handler>(
+    handler: &Arc<H>,
+    work: &H::Message,
+    delivery: Delivery,
+    reason: &str,
+) {
+    let (handler, work, reason) = (handler.clone(), work.clone(), reason.to_string());
+    let task = AbortOnDropHandle::new(tokio::spawn(
+        async move { handler.give_up(&work, delivery, &reason).await }.in_current_span(),
+    ));
+    if let Err(e) = task.await {
+        let failure = Failure::<std::convert::Infallible>::of_join(e);
+        tracing::error!(error = %failure, "recording a given-up message failed");
+    }
 }
 
 /// Sends an in-progress ack for `message` every third of `ack_wait` until the returned handle
@@ -327,5 +543,39 @@ mod tests {
         assert_eq!(last, Verdict::Term("failed: disk full".into()));
         let permanent = verdict(&failed(false), 1, 5, delay);
         assert_eq!(permanent, Verdict::Term("failed: disk full".into()));
+    }
+
+    #[tokio::test]
+    async fn a_panic_is_a_retried_failure_with_its_message() {
+        let task = tokio::spawn(async { panic!("index 7 out of range") });
+        let failure = Failure::<Failed>::of_join(task.await.unwrap_err());
+        let result: Result<(), _> = Err(failure);
+        let delay = Duration::from_secs(1);
+        assert_eq!(verdict(&result, 1, 3, delay), Verdict::Retry(delay));
+        assert_eq!(
+            verdict(&result, 3, 3, delay),
+            Verdict::Term("the handler panicked: index 7 out of range".into())
+        );
+    }
+
+    #[test]
+    fn drift_names_each_changed_setting() {
+        let wanted = streams::work_consumer("separator", "dme.work.segment", Redelivery::SEPARATOR);
+        let mut current = consumer::Config {
+            durable_name: wanted.durable_name.clone(),
+            description: wanted.description.clone(),
+            filter_subject: wanted.filter_subject.clone(),
+            ack_wait: wanted.ack_wait,
+            max_deliver: wanted.max_deliver,
+            max_ack_pending: wanted.max_ack_pending,
+            ..Default::default()
+        };
+        assert!(settings_drift(&current, &wanted).is_empty());
+        current.ack_wait = Duration::from_secs(2);
+        current.max_deliver = 3;
+        assert_eq!(
+            settings_drift(&current, &wanted),
+            vec!["ack_wait: 2s -> 10s".to_string(), "max_deliver: 3 -> 5".to_string()]
+        );
     }
 }

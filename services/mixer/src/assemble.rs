@@ -37,7 +37,8 @@ impl Handler for Assembler {
 
     async fn give_up(&self, done: &SegmentDone, _: Delivery, reason: &str) {
         let reason = format!("assembling the stems failed: {reason}");
-        if let Err(e) = dme_storage::song::fail(&self.store, done.music_id, &reason).await {
+        let (music, incarnation) = (done.music_id, done.incarnation);
+        if let Err(e) = dme_storage::song::fail(&self.store, music, incarnation, &reason).await {
             tracing::warn!(error = %e, "could not record the failure");
         }
     }
@@ -52,6 +53,9 @@ impl Assembler {
             .store
             .update_music(done.music_id, |m| {
                 changed = false;
+                if m.incarnation != done.incarnation {
+                    return false;
+                }
                 match m.separated.get_mut(index) {
                     Some(flag) if !*flag => {
                         *flag = true;
@@ -68,6 +72,11 @@ impl Assembler {
             let _ = self.store.delete_song_objects(done.music_id).await;
             return Ok(());
         };
+        if record.incarnation != done.incarnation {
+            // Reset and uploaded again since: the objects' names belong to the new song.
+            tracing::info!(music = %done.music_id, "separated segment from before a reset; dropped");
+            return Ok(());
+        }
         if changed {
             self.store
                 .publish_progress(&ProgressEvent::of(&record))
@@ -83,7 +92,7 @@ impl Assembler {
     /// Blends every segment into one track per stem, stores the tracks, marks them ready,
     /// removes the segments and mixes the selections that waited for the tracks.
     async fn assemble(&self, record: MusicRecord) -> Result<(), MixError> {
-        let music = record.music_id;
+        let (music, incarnation) = (record.music_id, record.incarnation);
         let plan = record.plan.ok_or(MixError::NoPlan)?;
         let spool = self.spool.tempdir().map_err(MixError::Spool)?;
         let paths = self.blend_to_files(&record, plan, spool.path()).await?;
@@ -92,15 +101,22 @@ impl Assembler {
                 .put_object_file(&objects::track(music, &track.name), path)
                 .await?;
         }
-        let updated = self.mark_tracks_ready(music).await?;
+        let updated = self.mark_tracks_ready(&record).await?;
+        let Some(record) = updated else {
+            // Reset meanwhile: nothing of the song may stay behind.
+            let _ = self.store.delete_song_objects(music).await;
+            return Ok(());
+        };
+        if record.incarnation != incarnation {
+            // Reset and uploaded again meanwhile: the segments are the new song's now.
+            return Ok(());
+        }
         tracing::info!(%music, stems = paths.len(), frames = plan.frames, "stems assembled");
         self.delete_segments(music, plan).await;
-        if let Some(record) = updated {
-            self.store
-                .publish_progress(&ProgressEvent::of(&record))
-                .await;
-            self.mixdown.make_pending(&record).await?;
-        }
+        self.store
+            .publish_progress(&ProgressEvent::of(&record))
+            .await;
+        self.mixdown.make_pending(&record).await?;
         Ok(())
     }
 
@@ -151,22 +167,28 @@ impl Assembler {
                 name: name.clone(),
                 source,
             })?;
-        if stems[0].len() != seg.len as usize {
+        let got = stems.first().map_or(0, Vec::len);
+        if got != seg.len as usize {
             return Err(MixError::StemsLength {
                 name,
-                got: stems[0].len(),
+                got,
                 expected: seg.len,
             });
         }
         Ok(stems)
     }
 
-    /// Marks the song's tracks ready: done, or mixing while selections wait for a mix.
-    async fn mark_tracks_ready(&self, music: MusicId) -> Result<Option<MusicRecord>, MixError> {
+    /// Marks the song's tracks ready: done, or mixing while selections wait for a mix. The
+    /// record as it is now is returned (of another incarnation when the song was reset and
+    /// uploaded again meanwhile; then nothing is changed).
+    async fn mark_tracks_ready(
+        &self,
+        assembled: &MusicRecord,
+    ) -> Result<Option<MusicRecord>, MixError> {
         let updated = self
             .store
-            .update_music(music, |m| {
-                if m.tracks_ready {
+            .update_music(assembled.music_id, |m| {
+                if m.tracks_ready || m.incarnation != assembled.incarnation {
                     return false;
                 }
                 m.tracks_ready = true;
@@ -200,10 +222,12 @@ impl Assembler {
 /// Appends finished blended samples to the stem tracks: lanes `2s` and `2s + 1` are stem `s`'s
 /// left and right channels.
 fn write_stereo(writers: &mut TrackWriters, lanes: &[Vec<f32>]) -> Result<(), hound::Error> {
-    for (s, w) in writers.iter_mut().enumerate() {
-        for (l, r) in lanes[2 * s].iter().zip(&lanes[2 * s + 1]) {
-            w.write_sample(*l)?;
-            w.write_sample(*r)?;
+    for (w, stereo) in writers.iter_mut().zip(lanes.chunks_exact(2)) {
+        if let [left, right] = stereo {
+            for (l, r) in left.iter().zip(right) {
+                w.write_sample(*l)?;
+                w.write_sample(*r)?;
+            }
         }
     }
     Ok(())

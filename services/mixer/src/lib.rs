@@ -7,7 +7,9 @@
 //! Produces: each song's progress on its record (and a progress event per change), one float WAV
 //! per stem ([`objects::track`]) once every segment is in, and one float WAV per selection
 //! ([`objects::mix`]); a song failed with the reason when one of its work items ran out of
-//! deliveries without a verdict (`watchdog`).
+//! deliveries without a verdict (`watchdog`, fed by [`streams::ADVISORY_STREAM`] through the
+//! durable consumer [`streams::MIXER_ADVISORY_CONSUMER`], so an advisory published while no
+//! mixer runs is handled when one starts).
 //! Guarantees: idempotent: a segment reported twice counts once, in whatever order segments
 //! arrive; assembly blends segments in offset order with demucs' triangular weights
 //! ([`dme_segment::Blender`]), holding only two segments in memory, so a song separated by many
@@ -19,7 +21,7 @@
 //! - this file: the [`Mixer`] service.
 //! - `assemble`: the handler of separated segments; assembles a song's tracks.
 //! - `mixdown`: the handler of mix requests; sums selected tracks.
-//! - `watchdog`: fails songs whose work ran out of deliveries.
+//! - `watchdog`: the handler of max-deliveries advisories; fails the work item and its song.
 
 mod assemble;
 mod config;
@@ -42,6 +44,7 @@ use dme_telemetry::Service;
 pub use error::{MixError, MixerError};
 use mixdown::Mixdown;
 use tokio_util::sync::CancellationToken;
+use watchdog::Watchdog;
 
 /// Mix requests handled at once: each streams a sum of a few tracks, and two keep one long mix
 /// from holding up another.
@@ -49,13 +52,17 @@ const MIX_SLOTS: usize = 2;
 
 /// The mixer service.
 pub struct Mixer {
-    store: Store,
     separated: PullConsumer,
     mix_requests: PullConsumer,
+    advisories: PullConsumer,
     assembler: Arc<Assembler>,
     mixdown: Arc<Mixdown>,
+    watchdog: Arc<Watchdog>,
     slots: usize,
 }
+
+/// Advisories handled at once: each is a few record updates.
+const ADVISORY_SLOTS: usize = 1;
 
 impl Service for Mixer {
     type Config = MixerConfig;
@@ -75,6 +82,10 @@ impl Service for Mixer {
         let mix_requests = store
             .work_consumer(streams::MIXER_MIX_CONSUMER, subjects::WORK_MIX, redelivery)
             .await?;
+        let advisories = store.advisory_consumer(redelivery).await?;
+        let watchdog = Arc::new(Watchdog {
+            store: store.clone(),
+        });
         let mixdown = Mixdown {
             store: store.clone(),
             spool: config.spool.clone(),
@@ -85,11 +96,12 @@ impl Service for Mixer {
             mixdown: mixdown.clone(),
         });
         Ok(Mixer {
-            store,
             separated,
             mix_requests,
+            advisories,
             assembler,
             mixdown: Arc::new(mixdown),
+            watchdog,
             slots: config.slots,
         })
     }
@@ -112,7 +124,13 @@ impl Service for Mixer {
                 shutdown.clone(),
                 self.mixdown,
             ),
-            watchdog::watch_max_deliveries(self.store, shutdown.clone()),
+            work::consume(
+                self.advisories,
+                redelivery,
+                ADVISORY_SLOTS,
+                shutdown.clone(),
+                self.watchdog,
+            ),
         );
         tracing::info!("mixer stopped");
         Ok(())

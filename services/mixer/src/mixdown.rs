@@ -28,6 +28,8 @@ impl Handler for Mixdown {
 
     async fn handle(&self, request: &MixRequest, _: Delivery) -> Result<(), MixError> {
         match self.store.music(request.music_id).await? {
+            // A request from before a reset is for a song that is gone.
+            Some(record) if record.incarnation != request.incarnation => Ok(()),
             Some(record) if record.tracks_ready => self.make_pending(&record).await,
             // Not assembled yet: the assembler mixes pending selections when it is done.
             _ => Ok(()),
@@ -54,8 +56,9 @@ impl Mixdown {
         let spool = self.spool.tempdir().map_err(MixError::Spool)?;
         let mut inputs = Vec::with_capacity(mix.tracks.len());
         let stems = mix.tracks.iter().filter_map(|t| record.stem_index(*t));
-        for (n, stem) in stems.enumerate() {
-            let name = objects::track(record.music_id, &record.tracks[stem].name);
+        let names = stems.filter_map(|i| record.tracks.get(i)).map(|t| &t.name);
+        for (n, stem) in names.enumerate() {
+            let name = objects::track(record.music_id, stem);
             let path = spool.path().join(format!("in{n}.wav"));
             self.download(&name, &path).await?;
             inputs.push(path);
@@ -99,6 +102,9 @@ impl Mixdown {
         let updated = self
             .store
             .update_music(record.music_id, |m| {
+                if m.incarnation != record.incarnation {
+                    return false;
+                }
                 let Some(x) = m.mixes.iter_mut().find(|x| x.key == key) else {
                     return false;
                 };

@@ -56,6 +56,15 @@ pub enum SeparateError {
     /// Inference failed (transient: a bounded number of deliveries tells flukes from poison).
     #[error("the model failed")]
     Model(#[source] dme_model::ModelError),
+    /// The model's output does not cover the segment's window (permanent: the plan does not fit
+    /// the model that runs it).
+    #[error("the model gave {samples} samples, not whole lanes of the {window}-sample window around the segment")]
+    OutputShape {
+        /// Samples the model gave.
+        samples: usize,
+        /// Window length in samples.
+        window: usize,
+    },
     /// An earlier inference panicked while holding the model (transient).
     #[error("the model lock is poisoned")]
     ModelPoisoned,
@@ -74,6 +83,7 @@ impl HandlerError for SeparateError {
             SeparateError::OutsidePlan(_)
                 | SeparateError::InputMissing(_)
                 | SeparateError::InputSize { .. }
+                | SeparateError::OutputShape { .. }
         )
     }
 }

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::consumer::PullConsumer;
 pub use config::SeparatorConfig;
 use dme_model::{Model, ModelOptions, ModelSource};
-use dme_protocol::messages::{SegmentDone, SegmentWork};
+use dme_protocol::messages::SegmentWork;
 use dme_protocol::records::{JobRecord, ModelInfo, MusicState};
 use dme_protocol::streams::Redelivery;
 use dme_protocol::{objects, streams, subjects, Segment};
@@ -158,7 +158,8 @@ impl Handler for Worker {
         );
         tracing::error!(music = %work.music_id, index = work.index, reason, "segment failed");
         self.update_job(work, |job| job.fail(&reason)).await;
-        if let Err(e) = dme_storage::song::fail(&self.store, work.music_id, &reason).await {
+        let (music, incarnation) = (work.music_id, work.incarnation);
+        if let Err(e) = dme_storage::song::fail(&self.store, music, incarnation, &reason).await {
             tracing::warn!(error = %e, "could not record the failure");
         }
     }
@@ -185,9 +186,9 @@ impl Worker {
         let started = Instant::now();
         let output = self.run_model(input).await?;
         let time_ms = started.elapsed().as_millis() as u64;
-        let stems = crop_to_segment(&output, &seg);
-        if self.store.music(work.music_id).await?.is_none() {
-            return Ok(()); // reset while we worked
+        let stems = crop_to_segment(&output, &seg)?;
+        if !matches!(self.status(work).await?, Status::ToDo) {
+            return Ok(()); // reset, failed or done by another worker while we worked
         }
         let name = objects::segment_stems(work.music_id, work.index);
         self.store.put_object(&name, &stems).await?;
@@ -207,6 +208,10 @@ impl Worker {
             tracing::info!(music = %work.music_id, "song deleted; segment dropped");
             return Ok(Status::Dropped);
         };
+        if record.incarnation != work.incarnation {
+            tracing::info!(music = %work.music_id, "segment from before a reset; dropped");
+            return Ok(Status::Dropped);
+        }
         if record.state == MusicState::Failed {
             return Ok(Status::Dropped);
         }
@@ -216,12 +221,15 @@ impl Worker {
         Ok(Status::ToDo)
     }
 
-    /// Applies `change` to the segment's job record. Job records are a view for people: failing
-    /// to update one never fails the segment.
+    /// Applies `change` to the segment's job record (not to a job of another incarnation of the
+    /// song). Job records are a view for people: failing to update one never fails the segment.
     async fn update_job(&self, work: &SegmentWork, mut change: impl FnMut(&mut JobRecord)) {
         let updated = self
             .store
             .update_job(work.job_id, |job| {
+                if job.incarnation != work.incarnation {
+                    return false;
+                }
                 change(job);
                 true
             })
@@ -233,11 +241,7 @@ impl Worker {
 
     /// Tells the mixer the segment's stems are stored.
     async fn publish_done(&self, work: &SegmentWork) -> Result<(), SeparateError> {
-        let done = SegmentDone {
-            music_id: work.music_id,
-            index: work.index,
-            job_id: work.job_id,
-        };
+        let done = work.done();
         self.store
             .publish(subjects::WORK_SEPARATED, &done, Some(&done.msg_id()))
             .await?;
@@ -266,7 +270,7 @@ impl Worker {
         let bytes = self.store.get_object(&name).await?;
         let bytes = bytes.ok_or_else(|| SeparateError::InputMissing(name.clone()))?;
         let window = seg.window_len as usize;
-        let expected = 2 * window * 4;
+        let expected = window.saturating_mul(2 * 4);
         if bytes.len() != expected {
             return Err(SeparateError::InputSize {
                 name,
@@ -282,9 +286,11 @@ impl Worker {
     async fn run_model(&self, input: Vec<u8>) -> Result<Vec<f32>, SeparateError> {
         let model = self.model.clone();
         tokio::task::spawn_blocking(move || {
-            let input = objects::unpack_planar(&input, 1)
+            let input: Vec<f32> = objects::unpack_planar(&input, 1)
                 .map_err(SeparateError::Input)?
-                .remove(0);
+                .into_iter()
+                .flatten()
+                .collect();
             let mut model = model.lock().map_err(|_| SeparateError::ModelPoisoned)?;
             model.separate(&input).map_err(SeparateError::Model)
         })
@@ -305,12 +311,25 @@ impl Worker {
 
 /// Cuts the model's output for a window back to its segment, as planar f32 bytes: lanes are
 /// (stem, channel) pairs of `window_len` samples.
-fn crop_to_segment(output: &[f32], seg: &Segment) -> Vec<u8> {
+///
+/// # Errors
+/// [`SeparateError::OutputShape`] when the output is not whole lanes of the window, or the
+/// segment does not lie inside its window (a plan that does not fit the model).
+fn crop_to_segment(output: &[f32], seg: &Segment) -> Result<Vec<u8>, SeparateError> {
+    let window = seg.window_len as usize;
+    let shape = || SeparateError::OutputShape {
+        samples: output.len(),
+        window,
+    };
+    if window == 0 || !output.len().is_multiple_of(window) {
+        return Err(shape());
+    }
     let crop = seg.crop_start();
-    let len = seg.len as usize;
-    let lanes: Vec<&[f32]> = output
-        .chunks_exact(seg.window_len as usize)
-        .map(|lane| &lane[crop..crop + len])
-        .collect();
-    objects::pack_planar(&lanes)
+    let keep = crop..crop.saturating_add(seg.len as usize);
+    let lanes = output
+        .chunks_exact(window)
+        .map(|lane| lane.get(keep.clone()))
+        .collect::<Option<Vec<&[f32]>>>()
+        .ok_or_else(shape)?;
+    Ok(objects::pack_planar(&lanes))
 }

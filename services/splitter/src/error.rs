@@ -27,6 +27,10 @@ pub enum SplitError {
     /// Copying the original from the object store failed midway (transient).
     #[error("reading the original")]
     ReadOriginal(#[source] std::io::Error),
+    /// The registered model's segment is too short to cut a song for (transient: a separator
+    /// registering a real model replaces it).
+    #[error("the registered model's segment of {0} samples is too short to cut a song")]
+    ModelSegment(u32),
     /// The file is not audio we can decode (permanent).
     #[error("cannot decode the file")]
     Decode(#[source] dme_audio::AudioError),

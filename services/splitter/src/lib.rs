@@ -29,7 +29,9 @@ pub use config::{SplitterConfig, DEFAULT_SEGMENT_WINDOW};
 use decoded::DecodedSong;
 use dme_protocol::messages::{MusicUploaded, ProgressEvent, SegmentWork};
 use dme_protocol::records::{JobRecord, JobState, ModelInfo, MusicRecord, MusicState, TrackRecord};
-use dme_protocol::{now_ms, objects, streams, subjects, JobId, MusicId, Segment, SegmentPlan};
+use dme_protocol::{
+    now_ms, objects, streams, subjects, Incarnation, JobId, MusicId, Segment, SegmentPlan,
+};
 use dme_storage::work::{self, Delivery, Handler};
 use dme_storage::Store;
 use dme_telemetry::Service;
@@ -39,6 +41,10 @@ use tokio_util::task::AbortOnDropHandle;
 
 /// How often a song being cut shows it is alive (well under the gateway's stall threshold).
 const HEARTBEAT: Duration = Duration::from_secs(20);
+
+/// Shortest model segment a plan can be made for (the stride, three quarters of it, must not be
+/// 0); the registered model is read from NATS, so it is checked rather than trusted.
+const MIN_MODEL_SEGMENT: u32 = 4;
 
 /// The splitter service: one upload at a time (decoding is the heavy part and runs off the
 /// executor; run more splitters for more at once).
@@ -87,24 +93,34 @@ impl Handler for Cutter {
     const RETRY_DELAY: Duration = Duration::from_secs(3);
 
     async fn handle(&self, uploaded: &MusicUploaded, _: Delivery) -> Result<(), SplitError> {
-        self.split(uploaded.music_id).await
+        self.split(uploaded).await
     }
 
-    async fn give_up(&self, uploaded: &MusicUploaded, _: Delivery, reason: &str) {
-        if let Err(e) = dme_storage::song::fail(&self.store, uploaded.music_id, reason).await {
+    async fn give_up(&self, uploaded: &MusicUploaded, delivery: Delivery, reason: &str) {
+        let reason = format!(
+            "cutting the song failed after {} attempt(s): {reason}",
+            delivery.attempt
+        );
+        let (music, incarnation) = (uploaded.music_id, uploaded.incarnation);
+        if let Err(e) = dme_storage::song::fail(&self.store, music, incarnation, &reason).await {
             tracing::warn!(error = %e, "could not record the failure");
         }
     }
 }
 
 impl Cutter {
-    /// Decodes song `music`, stores its segments and jobs, records its plan and queues its first
-    /// segments.
-    async fn split(&self, music: MusicId) -> Result<(), SplitError> {
+    /// Decodes the uploaded song, stores its segments and jobs, records its plan and queues its
+    /// first segments.
+    async fn split(&self, uploaded: &MusicUploaded) -> Result<(), SplitError> {
+        let music = uploaded.music_id;
         let Some(record) = self.store.music(music).await? else {
             tracing::info!(%music, "song deleted before it was split");
             return Ok(());
         };
+        if record.incarnation != uploaded.incarnation {
+            tracing::info!(%music, "upload from before a reset; dropped");
+            return Ok(());
+        }
         if record.state == MusicState::Failed {
             return Ok(());
         }
@@ -113,19 +129,27 @@ impl Cutter {
             return self.release_first_window(&record, plan).await;
         }
         let model = self.store.model().await?.ok_or(SplitError::NoModel)?;
-        let _heartbeat = self.heartbeat(music);
+        if model.segment < MIN_MODEL_SEGMENT {
+            return Err(SplitError::ModelSegment(model.segment));
+        }
+        let _heartbeat = self.heartbeat(music, record.incarnation);
         let spool = self.config.spool.tempdir().map_err(SplitError::Spool)?;
         let decoded = self.decode(&record, spool.path()).await?;
         let plan = SegmentPlan::new(decoded.frames(), model.segment, model.fixed);
         tracing::info!(%music, frames = decoded.frames(), segments = plan.count(), "decoded; cutting");
         let tracks = TrackRecord::for_sources(music, &model.sources);
-        self.store_segments(music, plan, decoded, &tracks).await?;
-        self.store_plan(music, plan, &model, tracks).await
+        let cut = Cut {
+            music,
+            incarnation: record.incarnation,
+            plan,
+        };
+        self.store_segments(&cut, decoded, &tracks).await?;
+        self.store_plan(&cut, &model, tracks).await
     }
 
     /// Touches the song's record every [`HEARTBEAT`] until the returned handle is dropped:
     /// cutting a long song takes minutes, and it must never be reported stalled meanwhile.
-    fn heartbeat(&self, music: MusicId) -> AbortOnDropHandle<()> {
+    fn heartbeat(&self, music: MusicId, incarnation: Incarnation) -> AbortOnDropHandle<()> {
         let store = self.store.clone();
         AbortOnDropHandle::new(tokio::spawn(async move {
             loop {
@@ -133,7 +157,7 @@ impl Cutter {
                 let _ = store
                     .update_music(music, |m| {
                         m.updated_ms = now_ms();
-                        true
+                        m.incarnation == incarnation
                     })
                     .await;
             }
@@ -167,14 +191,14 @@ impl Cutter {
     /// Stores each segment's model input window and creates its job record.
     async fn store_segments(
         &self,
-        music: MusicId,
-        plan: SegmentPlan,
+        cut: &Cut,
         decoded: DecodedSong,
         tracks: &[TrackRecord],
     ) -> Result<(), SplitError> {
+        let music = cut.music;
         let decoded = Arc::new(decoded);
         let track_ids: Vec<_> = tracks.iter().map(|t| t.track_id).collect();
-        for seg in plan.segments() {
+        for seg in cut.plan.segments() {
             let song = decoded.clone();
             let window = tokio::task::spawn_blocking(move || song.window(&seg))
                 .await
@@ -183,25 +207,29 @@ impl Cutter {
             self.store
                 .put_object(&objects::segment_input(music, seg.index), &window)
                 .await?;
-            let job = queued_job(music, &seg, window.len() as u64, track_ids.clone());
+            let job = queued_job(cut, &seg, window.len() as u64, track_ids.clone());
             self.store.create_job(&job).await?;
         }
         Ok(())
     }
 
     /// Records the plan on the song (now `separating`), announces it and queues the first
-    /// window. A song deleted meanwhile (a reset) gets what this cut wrote removed instead.
+    /// window. A song deleted meanwhile (a reset) gets what this cut wrote removed instead; a
+    /// song uploaded again since (another incarnation) owns those names now and is left alone.
     async fn store_plan(
         &self,
-        music: MusicId,
-        plan: SegmentPlan,
+        cut: &Cut,
         model: &ModelInfo,
         tracks: Vec<TrackRecord>,
     ) -> Result<(), SplitError> {
+        let (music, plan) = (cut.music, cut.plan);
         let updated = self
             .store
             .update_music(music, |m| {
-                if m.plan.is_some() || m.state == MusicState::Failed {
+                if m.incarnation != cut.incarnation
+                    || m.plan.is_some()
+                    || m.state == MusicState::Failed
+                {
                     return false;
                 }
                 m.plan = Some(plan);
@@ -223,6 +251,10 @@ impl Cutter {
             }
             return Ok(());
         };
+        if record.incarnation != cut.incarnation {
+            tracing::info!(%music, "song reset and uploaded again while it was cut; cut dropped");
+            return Ok(());
+        }
         self.store
             .publish_progress(&ProgressEvent::of(&record))
             .await;
@@ -245,6 +277,7 @@ impl Cutter {
                 plan,
                 window,
                 model: record.model.clone(),
+                incarnation: record.incarnation,
             };
             self.store
                 .publish(subjects::WORK_SEGMENT, &work, Some(&work.msg_id()))
@@ -254,13 +287,16 @@ impl Cutter {
     }
 }
 
-/// The job record of segment `seg` of `music`, queued, whose input is `size` bytes.
-fn queued_job(
+/// One cut of a song: which song, which life of its record, and where its segments lie.
+struct Cut {
     music: MusicId,
-    seg: &Segment,
-    size: u64,
-    tracks: Vec<dme_protocol::TrackId>,
-) -> JobRecord {
+    incarnation: Incarnation,
+    plan: SegmentPlan,
+}
+
+/// The job record of segment `seg` of a cut, queued, whose input is `size` bytes.
+fn queued_job(cut: &Cut, seg: &Segment, size: u64, tracks: Vec<dme_protocol::TrackId>) -> JobRecord {
+    let music = cut.music;
     JobRecord {
         job_id: JobId::of(music, seg.index),
         music_id: music,
@@ -276,5 +312,6 @@ fn queued_job(
         error: None,
         created_ms: now_ms(),
         updated_ms: now_ms(),
+        incarnation: cut.incarnation,
     }
 }

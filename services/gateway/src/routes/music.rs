@@ -6,7 +6,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use actix_web::{web, HttpRequest, HttpResponse};
 use dme_protocol::messages::{MixRequest, MusicUploaded, ProgressEvent};
 use dme_protocol::records::{MixRecord, MusicRecord, MusicState, TrackRecord};
-use dme_protocol::{now_ms, objects, subjects, MusicId, TrackId};
+use dme_protocol::{now_ms, objects, subjects, Incarnation, MusicId, TrackId};
 use futures::StreamExt;
 use serde::Serialize;
 
@@ -152,6 +152,7 @@ pub async fn upload(
         separated: Vec::new(),
         tracks_ready: false,
         mixes: Vec::new(),
+        incarnation: Incarnation::fresh(),
     };
     let original = objects::original(music_id);
     // An original of this size under this content-derived name is these bytes, stored by an
@@ -170,7 +171,7 @@ pub async fn upload(
         })?;
         return existing_upload(&state, existing, &hash).await;
     }
-    publish_uploaded(&state, music_id).await?;
+    publish_uploaded(&state, &record).await?;
     tracing::info!(%music_id, name = %record.name, size = record.size, codec = %record.codec, "song uploaded");
     Ok(HttpResponse::Ok().json(Music::from(&record)))
 }
@@ -231,13 +232,16 @@ async fn existing_upload(
     }
     if existing.state == MusicState::Queued {
         // The first upload's event may have been lost between the record and the publish.
-        publish_uploaded(state, existing.music_id).await?;
+        publish_uploaded(state, &existing).await?;
     }
     Ok(HttpResponse::Ok().json(Music::from(&existing)))
 }
 
-async fn publish_uploaded(state: &AppState, music_id: MusicId) -> Result<(), ApiError> {
-    let uploaded = MusicUploaded { music_id };
+async fn publish_uploaded(state: &AppState, record: &MusicRecord) -> Result<(), ApiError> {
+    let uploaded = MusicUploaded {
+        music_id: record.music_id,
+        incarnation: record.incarnation,
+    };
     state
         .store
         .publish(subjects::WORK_UPLOADED, &uploaded, Some(&uploaded.msg_id()))
@@ -377,6 +381,7 @@ pub async fn select(
                 &MixRequest {
                     music_id: updated.music_id,
                     tracks: unique.clone(),
+                    incarnation: updated.incarnation,
                 },
                 None,
             )
