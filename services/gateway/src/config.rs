@@ -18,6 +18,28 @@ pub const DEFAULT_STALL_AFTER_S: u64 = 300;
 /// threads serve many clients; raise it for many simultaneous uploads.
 pub const DEFAULT_HTTP_WORKERS: usize = 2;
 
+/// Seconds a request body may pause (no byte arriving) before the request is answered 408 and
+/// its connection closed: far longer than any pause of a working upload, short enough that a
+/// client that stopped sending (or a `Content-Length` larger than the body) frees its socket
+/// and spool file within half a minute.
+pub const DEFAULT_BODY_IDLE_TIMEOUT_S: u64 = 30;
+
+/// Seconds a whole request body may take: the largest default upload (200 MB) at 1 Mbit/s takes
+/// 27 minutes, so a trickling client holds a connection half an hour at most.
+pub const DEFAULT_BODY_TIMEOUT_S: u64 = 1800;
+
+/// Seconds a client has to send a request's head (method, path, headers) once it connects, or
+/// once its previous request on the connection was answered (actix's `client_request_timeout`).
+pub const DEFAULT_REQUEST_HEAD_TIMEOUT_S: u64 = 10;
+
+/// Seconds an idle keep-alive connection stays open between requests (actix's default).
+pub const DEFAULT_KEEP_ALIVE_S: u64 = 5;
+
+/// Connections each HTTP worker holds at once; more wait in the listen backlog. Each upload
+/// holds a socket and a spool file, so two workers stay under 4 100 descriptors, within any
+/// usual open-file limit (`ulimit -n` is 1 024 soft in many shells: raise it, or lower this).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1_024;
+
 /// The HTTP gateway.
 #[derive(Debug, Clone, clap::Args)]
 pub struct GatewayConfig {
@@ -27,10 +49,16 @@ pub struct GatewayConfig {
     /// Address to serve HTTP on (port 0 picks a free port).
     #[arg(long, env = "DME_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: String,
-    /// Base of the links in answers (e.g. `https://dme.example.com`); taken from each request's
-    /// Host header when absent.
+    /// Base of the links in answers (e.g. `https://dme.example.com`); when absent, links are
+    /// built from each request's Host header (and its forwarded headers, from trusted proxies
+    /// only).
     #[arg(long, env = "DME_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Proxies whose `Forwarded`, `X-Forwarded-Host` and `X-Forwarded-Proto` headers are
+    /// believed when building links: comma-separated addresses or CIDR ranges (`10.0.0.0/8`,
+    /// `::1`). Default: none, so no client can choose the links the API hands out.
+    #[arg(long, env = "DME_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_proxy)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Largest upload in bytes (larger ones get 413).
     #[arg(long, env = "DME_MAX_UPLOAD_BYTES", default_value_t = DEFAULT_MAX_UPLOAD_BYTES)]
     pub max_upload_bytes: u64,
@@ -46,4 +74,44 @@ pub struct GatewayConfig {
     /// HTTP worker threads.
     #[arg(long, env = "DME_HTTP_WORKERS", default_value_t = DEFAULT_HTTP_WORKERS)]
     pub http_workers: usize,
+    /// Connections each HTTP worker serves at once.
+    #[arg(long, env = "DME_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Seconds a request body may pause before the request is answered 408.
+    #[arg(long, env = "DME_BODY_IDLE_TIMEOUT_S", default_value_t = DEFAULT_BODY_IDLE_TIMEOUT_S)]
+    pub body_idle_timeout_s: u64,
+    /// Seconds a whole request body may take before the request is answered 408.
+    #[arg(long, env = "DME_BODY_TIMEOUT_S", default_value_t = DEFAULT_BODY_TIMEOUT_S)]
+    pub body_timeout_s: u64,
+    /// Seconds a client has to send a request's head.
+    #[arg(long, env = "DME_REQUEST_HEAD_TIMEOUT_S", default_value_t = DEFAULT_REQUEST_HEAD_TIMEOUT_S)]
+    pub request_head_timeout_s: u64,
+    /// Seconds an idle keep-alive connection stays open.
+    #[arg(long, env = "DME_KEEP_ALIVE_S", default_value_t = DEFAULT_KEEP_ALIVE_S)]
+    pub keep_alive_s: u64,
+}
+
+/// One entry of `DME_TRUSTED_PROXIES`: an address (a range of one) or a CIDR range.
+fn parse_proxy(raw: &str) -> Result<ipnet::IpNet, String> {
+    let raw = raw.trim();
+    raw.parse::<ipnet::IpNet>()
+        .or_else(|_| raw.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("`{raw}` is neither an IP address nor a CIDR range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_proxy;
+
+    #[test]
+    fn proxies_are_addresses_or_ranges() {
+        let one = parse_proxy("10.1.2.3").unwrap();
+        assert!(one.contains(&"10.1.2.3".parse::<std::net::IpAddr>().unwrap()));
+        assert!(!one.contains(&"10.1.2.4".parse::<std::net::IpAddr>().unwrap()));
+        let range = parse_proxy(" 10.0.0.0/8").unwrap();
+        assert!(range.contains(&"10.200.0.1".parse::<std::net::IpAddr>().unwrap()));
+        assert!(parse_proxy("::1").is_ok());
+        assert!(parse_proxy("localhost").is_err());
+        assert!(parse_proxy("10.0.0.0/33").is_err());
+    }
 }

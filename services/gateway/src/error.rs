@@ -49,6 +49,9 @@ pub enum ApiError {
     /// Not audio, or a codec we cannot decode (415).
     #[error("{0}")]
     Unsupported(String),
+    /// The request body paused too long or took too long (408); the connection is closed.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// A byte range outside the file (416).
     #[error("{0}")]
     RangeNotSatisfiable(String),
@@ -58,6 +61,10 @@ pub enum ApiError {
     /// Our fault (500): the cause is logged, the client sees an opaque message.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A handler panicked (500): the panic is logged where it is caught, the client sees the
+    /// same opaque message as for any internal error.
+    #[error("internal error")]
+    Panicked,
 }
 
 impl From<dme_storage::StoreError> for ApiError {
@@ -77,9 +84,10 @@ impl ResponseError for ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Internal(_) | ApiError::Panicked => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 

@@ -15,15 +15,29 @@
 //! - `routes/music.rs`: upload, list, progress, selection. `routes/files.rs`: downloads.
 //!   `routes/jobs.rs`: job records. `routes/system.rs`: reset and health.
 //! - `upload`: spooling, hashing and probing an upload.
+//! - `body`: every request body read within an idle timer and a deadline, a multipart form's
+//!   framing bounded, a panic in a handler turned into an opaque 500.
+//!
+//! # Limits
+//! Every request finishes in bounded time and memory: a request head within
+//! [`GatewayConfig::request_head_timeout_s`] (actix-http also bounds its size: 128 KiB of head
+//! and 96 headers, else 431/400), a body within [`GatewayConfig::body_idle_timeout_s`] of
+//! silence and [`GatewayConfig::body_timeout_s`] in all (else 408 and the connection closed),
+//! an upload within [`GatewayConfig::max_upload_bytes`], a multipart form's framing within
+//! [`body::MAX_MULTIPART_FRAMING_BYTES`], a selection within 64 KiB of JSON nested at most 128
+//! deep (serde_json's recursion limit). A response to a body that was not read to its end closes
+//! the connection.
 
+mod body;
 mod config;
 mod error;
 mod routes;
 mod upload;
 
 use std::net::TcpListener;
+use std::time::Duration;
 
-use actix_web::{web, App, HttpServer};
+use actix_web::{middleware, web, App, HttpServer};
 pub use config::GatewayConfig;
 use dme_storage::Store;
 use dme_telemetry::Service;
@@ -32,6 +46,15 @@ use tokio_util::sync::CancellationToken;
 
 /// Seconds requests in flight get to finish after shutdown before their connections are closed.
 const SHUTDOWN_GRACE_S: u64 = 5;
+
+/// How long a connection is given to close once its answer is written (actix's
+/// `client_disconnect_timeout`): long enough for the answer to reach a client still sending a
+/// refused body, short enough that a client that never reads it frees the socket at once.
+const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Largest JSON body any `web::Json` extractor takes (none does today; a selection is read by
+/// hand within its own 64 KiB), so a future JSON route cannot be made to buffer megabytes.
+const MAX_JSON_BYTES: usize = 64 * 1024;
 
 /// What every handler shares.
 pub struct AppState {
@@ -62,10 +85,27 @@ impl Service for Gateway {
             })?;
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
         let workers = config.http_workers.max(1);
+        let limits = body::BodyLimits {
+            idle: Duration::from_secs(config.body_idle_timeout_s),
+            total: Duration::from_secs(config.body_timeout_s),
+        };
+        let head_timeout = Duration::from_secs(config.request_head_timeout_s);
+        let keep_alive = Duration::from_secs(config.keep_alive_s);
+        let max_connections = config.max_connections.max(1);
         let state = web::Data::new(AppState { store, config });
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(middleware::from_fn(move |req, next| {
+                    body::guard(limits, req, next)
+                }))
                 .app_data(state.clone())
+                .app_data(
+                    web::JsonConfig::default()
+                        .limit(MAX_JSON_BYTES)
+                        .error_handler(|e, _| {
+                            ApiError::BadRequest(format!("malformed JSON body: {e}")).into()
+                        }),
+                )
                 .app_data(web::PathConfig::default().error_handler(|e, _| {
                     ApiError::BadRequest(format!("malformed path: {e}")).into()
                 }))
@@ -75,6 +115,10 @@ impl Service for Gateway {
                 .configure(routes::configure)
         })
         .workers(workers)
+        .max_connections(max_connections)
+        .client_request_timeout(head_timeout)
+        .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
+        .keep_alive(keep_alive)
         .disable_signals()
         .shutdown_timeout(SHUTDOWN_GRACE_S)
         .listen(listener)

@@ -7,10 +7,11 @@ use actix_web::{web, HttpRequest};
 use futures::{Stream, StreamExt};
 use tokio::io::AsyncWriteExt;
 
+use crate::body::{next_or_stuck, until_stuck, BodyWatch, MAX_MULTIPART_FRAMING_BYTES};
 use crate::{ApiError, AppState};
 
-/// Form fields a multipart upload may carry before its file: a browser form sends a few; a long
-/// run of them is someone probing the parser.
+/// Form fields a multipart upload may carry (the file among them): a browser form sends a few; a
+/// long run of them is someone probing the parser.
 const MAX_FORM_FIELDS: usize = 64;
 
 /// An upload on disk.
@@ -26,7 +27,8 @@ pub struct Spooled {
 }
 
 /// Receives the body of `POST /music`: raw bytes (any content type but multipart) or the first
-/// file field of a `multipart/form-data` form.
+/// file field of a `multipart/form-data` form (the rest of the form is read past, so the
+/// connection can serve another request).
 pub async fn receive(
     req: &HttpRequest,
     payload: web::Payload,
@@ -37,58 +39,80 @@ pub async fn receive(
         .get(actix_web::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
-    if multipart {
-        let limit = state.config.max_upload_bytes;
-        let mut form = actix_multipart::Multipart::new(req.headers(), payload);
-        let mut fields = 0;
-        let mut field_bytes = 0u64;
-        while let Some(field) = form.next().await {
-            let mut field = field
-                .map_err(|e| ApiError::BadRequest(format!("malformed multipart body: {e}")))?;
-            fields += 1;
-            if fields > MAX_FORM_FIELDS {
-                return Err(ApiError::BadRequest(format!(
-                    "more than {MAX_FORM_FIELDS} form fields before the file"
-                )));
-            }
-            let cd = field.content_disposition().cloned();
-            let file_name = cd
-                .as_ref()
-                .and_then(|cd| cd.get_filename())
-                .map(sanitise_file_name);
-            let is_file = file_name.is_some()
-                || cd
-                    .as_ref()
-                    .and_then(|cd| cd.get_name())
-                    .is_some_and(|n| n == "file");
-            if !is_file {
-                // A plain form field: read past, its bytes counted against the upload limit.
-                while let Some(chunk) = field.next().await {
-                    let chunk = chunk.map_err(|e| {
-                        ApiError::BadRequest(format!("malformed multipart body: {e}"))
-                    })?;
-                    field_bytes += chunk.len() as u64;
-                    if field_bytes > limit {
-                        return Err(ApiError::TooLarge(format!(
-                            "upload exceeds the limit of {limit} bytes"
-                        )));
-                    }
-                }
-                continue;
-            }
-            let stream = field.map(|chunk| {
-                chunk.map_err(|e| ApiError::BadRequest(format!("upload interrupted: {e}")))
-            });
-            return spool(stream, file_name.unwrap_or_default(), state).await;
-        }
-        return Err(ApiError::BadRequest(
-            "multipart body has no file field".into(),
-        ));
+    let limit = state.config.max_upload_bytes;
+    let watch = BodyWatch::of(req);
+    // A body announced larger than any acceptable one is refused before a byte of it is read.
+    let framing = if multipart {
+        MAX_MULTIPART_FRAMING_BYTES
+    } else {
+        0
+    };
+    if content_length(req).is_some_and(|n| n > limit.saturating_add(framing)) {
+        return Err(too_large(limit));
     }
-    let file_name = raw_file_name(req);
-    let stream = payload
-        .map(|chunk| chunk.map_err(|e| ApiError::BadRequest(format!("upload interrupted: {e}"))));
-    spool(stream, file_name, state).await
+    if !multipart {
+        let file_name = raw_file_name(req);
+        let stream = payload.map(|chunk| chunk.map_err(|e| watch.error("upload interrupted", e)));
+        return spool(stream, file_name, state).await;
+    }
+    watch.limit_framing(MAX_MULTIPART_FRAMING_BYTES);
+    let malformed = |e: actix_multipart::MultipartError| watch.error("malformed multipart body", e);
+    let mut form = actix_multipart::Multipart::new(req.headers(), payload);
+    let mut fields = 0;
+    let mut field_bytes = 0u64;
+    let mut spooled = None;
+    while let Some(field) = next_or_stuck(&mut form, &watch).await? {
+        let mut field = field.map_err(malformed)?;
+        fields += 1;
+        if fields > MAX_FORM_FIELDS {
+            return Err(ApiError::BadRequest(format!(
+                "more than {MAX_FORM_FIELDS} form fields"
+            )));
+        }
+        let cd = field.content_disposition().cloned();
+        let file_name = cd
+            .as_ref()
+            .and_then(|cd| cd.get_filename())
+            .map(sanitise_file_name);
+        let is_file = file_name.is_some()
+            || cd
+                .as_ref()
+                .and_then(|cd| cd.get_name())
+                .is_some_and(|n| n == "file");
+        if !is_file || spooled.is_some() {
+            // A plain form field (or a second file): read past, its bytes counted against the
+            // upload limit.
+            while let Some(chunk) = next_or_stuck(&mut field, &watch).await? {
+                let chunk = chunk.map_err(malformed)?;
+                watch.consume(chunk.len());
+                field_bytes += chunk.len() as u64;
+                if field_bytes > limit {
+                    return Err(too_large(limit));
+                }
+            }
+            continue;
+        }
+        let content = field.map(|chunk| {
+            let chunk = chunk.map_err(|e| watch.error("upload interrupted", e))?;
+            watch.consume(chunk.len());
+            Ok(chunk)
+        });
+        let content = until_stuck(content, watch.clone());
+        spooled = Some(spool(content, file_name.unwrap_or_default(), state).await?);
+    }
+    spooled.ok_or_else(|| ApiError::BadRequest("multipart body has no file field".into()))
+}
+
+/// The request's `Content-Length`, when it states one.
+fn content_length(req: &HttpRequest) -> Option<u64> {
+    req.headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn too_large(limit: u64) -> ApiError {
+    ApiError::TooLarge(format!("upload exceeds the limit of {limit} bytes"))
 }
 
 async fn spool<S>(mut body: S, file_name: String, state: &AppState) -> Result<Spooled, ApiError>
@@ -109,9 +133,7 @@ where
         let chunk = chunk?;
         size += chunk.len() as u64;
         if size > limit {
-            return Err(ApiError::TooLarge(format!(
-                "upload exceeds the limit of {limit} bytes"
-            )));
+            return Err(too_large(limit));
         }
         hasher.update(&chunk);
         file.write_all(&chunk)

@@ -71,13 +71,79 @@ async fn load_music(state: &AppState, raw: &str) -> Result<MusicRecord, ApiError
         .ok_or_else(|| ApiError::NotFound(format!("no music with id {id}")))
 }
 
-/// Base of absolute links: the configured public URL, else the request's scheme and host.
+/// Base of absolute links: the configured public URL; else the scheme and host a trusted proxy
+/// forwarded (`Forwarded`, `X-Forwarded-Proto`, `X-Forwarded-Host`); else the request's own
+/// scheme and `Host` header. Forwarded values from any other peer are ignored, and only `http`
+/// and `https` links to a well-formed host are ever built.
 fn base_url(req: &HttpRequest, state: &AppState) -> String {
-    match &state.config.public_url {
-        Some(url) => url.trim_end_matches('/').to_string(),
-        None => {
-            let info = req.connection_info();
-            format!("{}://{}", info.scheme(), info.host())
+    if let Some(url) = &state.config.public_url {
+        return url.trim_end_matches('/').to_string();
+    }
+    let own_scheme = if req.app_config().secure() {
+        "https"
+    } else {
+        "http"
+    };
+    let own_host = req
+        .headers()
+        .get(actix_web::http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .filter(|h| is_host(h))
+        .unwrap_or_else(|| req.app_config().host());
+    let trusted = req.peer_addr().is_some_and(|peer| {
+        let ip = peer.ip().to_canonical();
+        state
+            .config
+            .trusted_proxies
+            .iter()
+            .any(|net| net.contains(&ip))
+    });
+    if trusted {
+        let info = req.connection_info();
+        let scheme = info.scheme().to_ascii_lowercase();
+        let scheme = match scheme.as_str() {
+            "http" | "https" => scheme.as_str(),
+            _ => own_scheme,
+        };
+        let host = Some(info.host()).filter(|h| is_host(h)).unwrap_or(own_host);
+        return format!("{scheme}://{host}");
+    }
+    format!("{own_scheme}://{own_host}")
+}
+
+/// Longest host (with port) put into a link: a DNS name is at most 253 characters.
+const MAX_HOST_CHARS: usize = 260;
+
+/// Whether `host` is a host name or address with an optional port, and nothing else: no path,
+/// user info, spaces or quotes can ride into a link.
+fn is_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= MAX_HOST_CHARS
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_host;
+
+    #[test]
+    fn hosts_are_names_or_addresses_with_a_port() {
+        for good in ["dme.example.com", "127.0.0.1:8080", "[::1]:80", "a-b_c"] {
+            assert!(is_host(good), "{good}");
         }
+        for bad in [
+            "",
+            "evil.example/x",
+            "a@b",
+            "a b",
+            "x\"y",
+            "javascript:alert(1)//",
+        ] {
+            assert!(!is_host(bad), "{bad}");
+        }
+        assert!(!is_host("evil.example/javascript"));
+        assert!(!is_host(&"a".repeat(300)));
     }
 }
