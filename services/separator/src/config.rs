@@ -24,6 +24,11 @@ pub struct SeparatorConfig {
     /// below its cores (`dme up` divides the cores among its separators).
     #[arg(long, env = "DME_INTRA_THREADS", default_value_t = 1)]
     pub intra_threads: usize,
+    /// Folder for ONNX Runtime's optimised graphs, so restarts skip the optimisation; replicas
+    /// may share it. `$XDG_CACHE_HOME/dme` (else `~/.cache/dme`) when absent. A folder that
+    /// cannot be written only costs the cache.
+    #[arg(long, env = "DME_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
     /// Name shown in job records; defaults to `<host>-<pid>`.
     #[arg(long, env = "DME_WORKER_ID")]
     pub worker_id: Option<String>,

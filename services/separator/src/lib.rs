@@ -95,10 +95,13 @@ pub fn load_model(config: &SeparatorConfig) -> Result<Model, SeparatorError> {
         Some(path) => ModelSource::File(path.clone()),
         None => ModelSource::Embedded,
     };
-    let options = ModelOptions {
+    let mut options = ModelOptions {
         intra_threads: config.intra_threads,
         ..ModelOptions::default()
     };
+    if let Some(dir) = &config.cache_dir {
+        options.cache_dir = dir.clone();
+    }
     Ok(Model::load(&source, &options)?)
 }
 
