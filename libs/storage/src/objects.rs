@@ -38,6 +38,13 @@ impl ObjectReader {
     pub fn size(&self) -> u64 {
         self.inner.info.size as u64
     }
+
+    /// The object's content digest as NATS stores it (`SHA-256=<base64url>`), computed when it
+    /// was written: the same bytes always have the same digest. `None` for an object written by
+    /// a client that records none.
+    pub fn digest(&self) -> Option<&str> {
+        self.inner.info.digest.as_deref()
+    }
 }
 
 impl AsyncRead for ObjectReader {

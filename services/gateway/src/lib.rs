@@ -12,7 +12,8 @@
 //! - `config`: [`GatewayConfig`].
 //! - `error`: [`GatewayError`] (start-up), [`ApiError`] (a request), mapped to statuses.
 //! - this file: the [`Gateway`] service.
-//! - `routes/music.rs`: upload, list, progress, selection. `routes/files.rs`: downloads.
+//! - `routes/music.rs`: upload, list, progress, selection. `routes/files.rs`: downloads,
+//!   `routes/encodings.rs`: their encodings, made once and cached in the object store.
 //!   `routes/jobs.rs`: job records. `routes/system.rs`: reset and health.
 //! - `upload`: spooling, hashing and probing an upload.
 //! - `body`: every request body read within an idle timer and a deadline, a multipart form's
@@ -62,6 +63,8 @@ pub struct AppState {
     pub store: Store,
     /// Settings.
     pub config: GatewayConfig,
+    /// Downloads being encoded, so concurrent first requests encode once.
+    pub(crate) encodings: routes::Encodings,
 }
 
 /// A built gateway, bound to its port, not yet serving.
@@ -92,7 +95,11 @@ impl Service for Gateway {
         let head_timeout = Duration::from_secs(config.request_head_timeout_s);
         let keep_alive = Duration::from_secs(config.keep_alive_s);
         let max_connections = config.max_connections.max(1);
-        let state = web::Data::new(AppState { store, config });
+        let state = web::Data::new(AppState {
+            store,
+            config,
+            encodings: routes::Encodings::default(),
+        });
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(middleware::from_fn(move |req, next| {

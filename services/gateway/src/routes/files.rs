@@ -1,15 +1,40 @@
-//! Downloads of stem tracks and mixes: float WAV as stored, or encoded on first request into
-//! 16-bit WAV (the default), FLAC or MP3 and kept beside the original. Byte ranges are served so
-//! players can seek.
+//! Downloads of stem tracks and mixes: float WAV as stored, or 16-bit WAV (the default), FLAC or
+//! MP3, encoded on first request and kept beside the original (see `encodings`).
+//!
+//! Every download streams from the object store, so memory does not grow with the file. HTTP
+//! as RFC 9110 says: `GET` and `HEAD`; an `ETag` from the content's SHA-256 (the same bytes in
+//! any gateway have the same tag), `If-None-Match` (304); one byte range (206 with
+//! `Content-Range`, 416 with `Content-Range: bytes */<size>` when it starts past the end),
+//! honoured only when `If-Range` (if sent) names the current tag; `Accept-Ranges: bytes`; a
+//! `Content-Disposition` with an ASCII file name and the song's own name in UTF-8.
 
-use actix_web::http::header;
-use actix_web::{web, HttpRequest, HttpResponse};
+use std::io;
+
+use actix_web::body::SizedStream;
+use actix_web::http::header::{
+    self, Charset, ContentDisposition, ContentRange, ContentRangeSpec, DispositionParam,
+    DispositionType, EntityTag, ExtendedValue, Header, IfNoneMatch, IfRange,
+};
+use actix_web::http::Method;
+use actix_web::web::Bytes;
+use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder, ResponseError};
 use dme_audio::Format;
 use dme_protocol::{objects, TrackId};
+use dme_storage::ObjectReader;
+use futures::{Stream, StreamExt, TryStreamExt};
 use serde::Deserialize;
+use tokio::io::AsyncReadExt;
+use tokio_util::io::ReaderStream;
 
 use super::{load_music, parse_id};
 use crate::{ApiError, AppState};
+
+/// Bytes read from the object store per piece of a response body: the store's chunk size.
+const BODY_CHUNK_BYTES: usize = 128 * 1024;
+
+/// Longest name (of a song or of a stem) in a download's file name: readable in any file
+/// manager, far below header size limits.
+const MAX_DOWNLOAD_NAME_CHARS: usize = 100;
 
 /// `?format=`.
 #[derive(Deserialize)]
@@ -28,7 +53,7 @@ fn format_of(q: &FormatQuery) -> Result<Format, ApiError> {
     }
 }
 
-/// `GET /music/{id}/track/{track_id}?format=`: one stem.
+/// `GET|HEAD /music/{id}/track/{track_id}?format=`: one stem.
 pub async fn track(
     req: HttpRequest,
     path: web::Path<(String, String)>,
@@ -51,16 +76,11 @@ pub async fn track(
         )));
     }
     let object = objects::track(record.music_id, &track.name);
-    let file_name = format!(
-        "{} - {}.{}",
-        ascii_name(&record.name),
-        track.name,
-        format.extension()
-    );
-    serve(&req, &state, &object, format, &file_name).await
+    let disposition = attachment(&record.name, &[track.name.as_str()], format);
+    serve(&req, &state, &object, format, disposition).await
 }
 
-/// `GET /music/{id}/mix/{key}?format=`: the mix of a selection.
+/// `GET|HEAD /music/{id}/mix/{key}?format=`: the mix of a selection.
 pub async fn mix(
     req: HttpRequest,
     path: web::Path<(String, String)>,
@@ -89,150 +109,367 @@ pub async fn mix(
         .map(|t| t.name.as_str())
         .collect();
     let object = objects::mix(record.music_id, &mix.key);
-    let file_name = format!(
-        "{} - {}.{}",
-        ascii_name(&record.name),
-        names.join("+"),
-        format.extension()
-    );
-    serve(&req, &state, &object, format, &file_name).await
+    let disposition = attachment(&record.name, &names, format);
+    serve(&req, &state, &object, format, disposition).await
 }
 
+/// Finds (or makes) `object` in `format` and answers the request from it.
 async fn serve(
     req: &HttpRequest,
     state: &AppState,
     object: &str,
     format: Format,
-    file_name: &str,
+    disposition: ContentDisposition,
 ) -> Result<HttpResponse, ApiError> {
-    let bytes = match format {
-        Format::Wav32f => state.store.get_object(object).await?,
-        _ => {
-            let cached = objects::encoded(object, format.as_str());
-            match state.store.get_object(&cached).await? {
-                Some(bytes) => Some(bytes),
-                None => match state.store.get_object(object).await? {
-                    Some(source) => {
-                        let encoded = tokio::task::spawn_blocking(move || {
-                            let (audio, rate) = dme_audio::read_wav(&source)?;
-                            dme_audio::encode(&audio.left, &audio.right, rate, format)
-                        })
-                        .await
-                        .map_err(|e| ApiError::Internal(e.into()))?
-                        .map_err(|e| ApiError::Internal(e.into()))?;
-                        state.store.put_object(&cached, &encoded).await?;
-                        Some(encoded)
-                    }
-                    None => None,
-                },
-            }
-        }
-    }
-    .ok_or_else(|| ApiError::NotFound(format!("{object} is gone")))?;
-    respond_with_range(req, bytes, format.content_type(), file_name)
+    let reader = state
+        .encodings
+        .reader(&state.store, object, format)
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
+        .ok_or_else(|| ApiError::NotFound(format!("{object} is gone")))?;
+    Ok(respond(req, reader, format.content_type(), disposition))
 }
 
-/// Answers `bytes`, or the part a `Range: bytes=...` header asks for (206), with the headers a
-/// browser needs to download or seek.
-fn respond_with_range(
+/// What the request asks of the file, once its conditions are weighed.
+#[derive(Debug, PartialEq, Eq)]
+enum Wanted {
+    /// All of it (200).
+    Whole,
+    /// Bytes `start..=end` (206).
+    Part { start: u64, end: u64 },
+    /// A range that starts past the end (416).
+    Unsatisfiable,
+}
+
+/// The answer to `req` from `reader`: 304, 200, 206 or 416 with the headers RFC 9110 asks
+/// for; the body streams from the object store (none for `HEAD`).
+fn respond(
     req: &HttpRequest,
-    bytes: Vec<u8>,
+    reader: ObjectReader,
     content_type: &str,
-    file_name: &str,
-) -> Result<HttpResponse, ApiError> {
-    let total = bytes.len() as u64;
-    let disposition = format!("attachment; filename=\"{file_name}\"");
-    let range = req
-        .headers()
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok());
-    let Some(range) = range else {
-        return Ok(HttpResponse::Ok()
-            .content_type(content_type)
-            .insert_header((header::ACCEPT_RANGES, "bytes"))
-            .insert_header((header::CONTENT_DISPOSITION, disposition))
-            .body(bytes));
+    disposition: ContentDisposition,
+) -> HttpResponse {
+    let total = reader.size();
+    let tag = reader.digest().and_then(entity_tag);
+    if let Some(tag) = &tag {
+        if none_match(req, tag) {
+            return HttpResponse::NotModified()
+                .insert_header(header::ETag(tag.clone()))
+                .finish();
+        }
+    }
+    // A range applies to GET only (RFC 9110 §14.2), and only to the representation the client
+    // already holds part of.
+    let wanted = if req.method() == Method::GET && if_range_holds(req, tag.as_ref()) {
+        req.headers()
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .map_or(Wanted::Whole, |v| wanted_range(v, total))
+    } else {
+        Wanted::Whole
     };
-    let (start, end) = parse_range(range, total).ok_or_else(|| {
-        ApiError::RangeNotSatisfiable(format!(
-            "range `{range}` is outside the {total} bytes of the file"
-        ))
-    })?;
-    let body = bytes[start as usize..=end as usize].to_vec();
-    Ok(HttpResponse::PartialContent()
+    let (mut answer, start, len) = match wanted {
+        Wanted::Whole => (HttpResponse::Ok(), 0, total),
+        Wanted::Part { start, end } => {
+            let mut answer = HttpResponse::PartialContent();
+            answer.insert_header(ContentRange(ContentRangeSpec::Bytes {
+                range: Some((start, end)),
+                instance_length: Some(total),
+            }));
+            (answer, start, end - start + 1)
+        }
+        Wanted::Unsatisfiable => return unsatisfiable(total),
+    };
+    answer
         .content_type(content_type)
         .insert_header((header::ACCEPT_RANGES, "bytes"))
-        .insert_header((
-            header::CONTENT_RANGE,
-            format!("bytes {start}-{end}/{total}"),
-        ))
-        .insert_header((header::CONTENT_DISPOSITION, disposition))
-        .body(body))
+        .insert_header(disposition);
+    if let Some(tag) = tag {
+        answer.insert_header(header::ETag(tag));
+    }
+    if req.method() == Method::HEAD {
+        // The length a GET would send; the reader is dropped unread.
+        return body(answer, len, futures::stream::empty());
+    }
+    body(answer, len, object_bytes(reader, start, len))
 }
 
-/// One range of `bytes=a-b`, `bytes=a-` or `bytes=-n`, clamped to the file; `None` when it lies
-/// outside.
-fn parse_range(value: &str, total: u64) -> Option<(u64, u64)> {
-    let spec = value
-        .trim()
-        .strip_prefix("bytes=")?
+/// `answer` with a body of exactly `len` bytes from `stream`.
+fn body(
+    mut answer: HttpResponseBuilder,
+    len: u64,
+    stream: impl Stream<Item = io::Result<Bytes>> + 'static,
+) -> HttpResponse {
+    answer.body(SizedStream::new(len, stream.boxed_local()))
+}
+
+/// 416 with the JSON error and `Content-Range: bytes */<total>`.
+fn unsatisfiable(total: u64) -> HttpResponse {
+    let error = ApiError::RangeNotSatisfiable(format!(
+        "the range asked for starts past the end of the file ({total} bytes)"
+    ));
+    let mut answer = error.error_response();
+    let range = ContentRange(ContentRangeSpec::Bytes {
+        range: None,
+        instance_length: Some(total),
+    });
+    if let Ok(value) = header::TryIntoHeaderValue::try_into_value(range) {
+        answer.headers_mut().insert(header::CONTENT_RANGE, value);
+    }
+    answer
+}
+
+/// `len` bytes of `reader` from byte `start`: the bytes before it are read and dropped (the
+/// object store reads forward only), lazily, once the headers are sent.
+fn object_bytes(
+    mut reader: ObjectReader,
+    start: u64,
+    len: u64,
+) -> impl Stream<Item = io::Result<Bytes>> {
+    let positioned = async move {
+        let skipped =
+            tokio::io::copy(&mut (&mut reader).take(start), &mut tokio::io::sink()).await?;
+        if skipped < start {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the object is shorter than its size",
+            ));
+        }
+        Ok(ReaderStream::with_capacity(
+            reader.take(len),
+            BODY_CHUNK_BYTES,
+        ))
+    };
+    futures::stream::once(positioned).try_flatten()
+}
+
+/// The strong entity tag of an object whose NATS digest is `digest` (`SHA-256=<base64url>`),
+/// or `None` for a digest that cannot be one.
+fn entity_tag(digest: &str) -> Option<EntityTag> {
+    let hash = digest.strip_prefix("SHA-256=")?;
+    let valid = !hash.is_empty()
+        && hash
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_=".contains(&b));
+    valid.then(|| EntityTag::new_strong(format!("sha256-{hash}")))
+}
+
+/// Whether `If-None-Match` names `tag` (weak comparison) or is `*`: the client's copy is
+/// current (RFC 9110 §13.1.2). A malformed header is ignored.
+fn none_match(req: &HttpRequest, tag: &EntityTag) -> bool {
+    match IfNoneMatch::parse(req) {
+        Ok(IfNoneMatch::Any) => true,
+        Ok(IfNoneMatch::Items(tags)) => tags.iter().any(|t| t.weak_eq(tag)),
+        Err(_) => false,
+    }
+}
+
+/// Whether a `Range` may be honoured under `If-Range` (RFC 9110 §13.1.5): no `If-Range`, or
+/// one that names `tag` by strong comparison. A date never matches: downloads carry no
+/// `Last-Modified`.
+fn if_range_holds(req: &HttpRequest, tag: Option<&EntityTag>) -> bool {
+    if !req.headers().contains_key(header::IF_RANGE) {
+        return true;
+    }
+    match (IfRange::parse(req), tag) {
+        (Ok(IfRange::EntityTag(asked)), Some(tag)) => asked.strong_eq(tag),
+        _ => false,
+    }
+}
+
+/// What a `Range` header value asks of a file of `total` bytes (RFC 9110 §14.1.2):
+/// - a malformed value or a unit other than `bytes` is ignored: [`Wanted::Whole`];
+/// - several ranges are answered with the whole file too (allowed by §14.2; a multipart
+///   answer buys players nothing);
+/// - one range that starts at or past the end (or a suffix of 0, or any range of an empty file)
+///   is [`Wanted::Unsatisfiable`], as is a range whose end comes before its start (an invalid
+///   range, which §14.2 lets a server reject);
+/// - otherwise the range, its end clamped to the file.
+fn wanted_range(value: &str, total: u64) -> Wanted {
+    let Some((unit, set)) = value.split_once('=') else {
+        return Wanted::Whole;
+    };
+    if !unit.trim().eq_ignore_ascii_case("bytes") {
+        return Wanted::Whole;
+    }
+    let specs: Vec<&str> = set
         .split(',')
-        .next()?
-        .trim();
-    let (a, b) = spec.split_once('-')?;
-    if total == 0 {
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    let [spec] = specs.as_slice() else {
+        return Wanted::Whole;
+    };
+    let Some((first, last)) = spec.split_once('-') else {
+        return Wanted::Whole;
+    };
+    let (first, last) = (first.trim(), last.trim());
+    let (Some(first), Some(last)) = (position(first), position(last)) else {
+        return Wanted::Whole;
+    };
+    match (first, last) {
+        (None, None) => Wanted::Whole,
+        // A suffix: the last `n` bytes.
+        (None, Some(n)) if n > 0 && total > 0 => Wanted::Part {
+            start: total.saturating_sub(n),
+            end: total - 1,
+        },
+        (None, Some(_)) => Wanted::Unsatisfiable,
+        (Some(start), last) => {
+            let end = last.unwrap_or(u64::MAX);
+            if start >= total || end < start {
+                Wanted::Unsatisfiable
+            } else {
+                Wanted::Part {
+                    start,
+                    end: end.min(total - 1),
+                }
+            }
+        }
+    }
+}
+
+/// A byte position of a range: `Some(None)` when absent, `Some(Some(n))` for digits (a number
+/// past `u64::MAX` is `u64::MAX`: past the end of any file), `None` when malformed.
+fn position(s: &str) -> Option<Option<u64>> {
+    if s.is_empty() {
+        return Some(None);
+    }
+    if !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let (start, end) = match (a.trim(), b.trim()) {
-        ("", n) => {
-            let n: u64 = n.parse().ok()?;
-            if n == 0 {
-                return None;
-            }
-            (total.saturating_sub(n), total - 1)
-        }
-        (s, "") => (s.parse().ok()?, total - 1),
-        (s, e) => (s.parse().ok()?, e.parse::<u64>().ok()?.min(total - 1)),
-    };
-    (start <= end && start < total).then_some((start, end))
+    Some(Some(s.parse().unwrap_or(u64::MAX)))
 }
 
-/// Longest song name in a download's file name: readable in any file manager, far below
-/// header size limits.
-const MAX_DOWNLOAD_NAME_CHARS: usize = 100;
+/// `Content-Disposition: attachment` naming the file `<song> - <parts joined by +>.<ext>`: an
+/// ASCII `filename` any client reads, and `filename*` with the names as they are in UTF-8
+/// (less what a file system or terminal would choke on).
+fn attachment(song: &str, parts: &[&str], format: Format) -> ContentDisposition {
+    let name = |clean: fn(&str, &str) -> String| {
+        let parts: Vec<String> = parts.iter().map(|p| clean(p, "track")).collect();
+        format!(
+            "{} - {}.{}",
+            clean(song, "song"),
+            parts.join("+"),
+            format.extension()
+        )
+    };
+    ContentDisposition {
+        disposition: DispositionType::Attachment,
+        parameters: vec![
+            DispositionParam::Filename(name(ascii_name)),
+            DispositionParam::FilenameExt(ExtendedValue {
+                charset: Charset::Ext("UTF-8".into()),
+                language_tag: None,
+                value: name(readable_name).into_bytes(),
+            }),
+        ],
+    }
+}
 
-/// A song name fit for a Content-Disposition header.
-fn ascii_name(name: &str) -> String {
+/// `name` in plain ASCII letters, digits and ` -_.()` (anything else becomes `_`), at most
+/// [`MAX_DOWNLOAD_NAME_CHARS`]; `fallback` when nothing is left.
+fn ascii_name(name: &str, fallback: &str) -> String {
+    clean_name(name, fallback, |c| {
+        c.is_ascii_alphanumeric() || " -_.()".contains(c)
+    })
+}
+
+/// `name` as it is, less control characters, path separators and quotes (each becomes `_`),
+/// at most [`MAX_DOWNLOAD_NAME_CHARS`]; `fallback` when nothing is left.
+fn readable_name(name: &str, fallback: &str) -> String {
+    clean_name(name, fallback, |c| !c.is_control() && !"/\\\"".contains(c))
+}
+
+fn clean_name(name: &str, fallback: &str, keep: impl Fn(char) -> bool) -> String {
     let s: String = name
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || " -_.()".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
+        .map(|c| if keep(c) { c } else { '_' })
         .take(MAX_DOWNLOAD_NAME_CHARS)
         .collect();
-    if s.trim().is_empty() {
-        "song".into()
+    let s = s.trim().trim_matches('.');
+    if s.is_empty() {
+        fallback.to_string()
     } else {
-        s.trim().to_string()
+        s.to_string()
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse_range;
+    use super::*;
+
+    fn part(start: u64, end: u64) -> Wanted {
+        Wanted::Part { start, end }
+    }
 
     #[test]
-    fn ranges() {
-        assert_eq!(parse_range("bytes=0-9", 100), Some((0, 9)));
-        assert_eq!(parse_range("bytes=90-", 100), Some((90, 99)));
-        assert_eq!(parse_range("bytes=-10", 100), Some((90, 99)));
-        assert_eq!(parse_range("bytes=50-500", 100), Some((50, 99)));
-        assert_eq!(parse_range("bytes=100-", 100), None);
-        assert_eq!(parse_range("bytes=9-2", 100), None);
-        assert_eq!(parse_range("items=0-1", 100), None);
+    fn one_range_is_a_part_clamped_to_the_file() {
+        assert_eq!(wanted_range("bytes=0-9", 100), part(0, 9));
+        assert_eq!(wanted_range("bytes=90-", 100), part(90, 99));
+        assert_eq!(wanted_range("bytes=-10", 100), part(90, 99));
+        assert_eq!(wanted_range("bytes=-1000", 100), part(0, 99));
+        assert_eq!(wanted_range("bytes=50-500", 100), part(50, 99));
+        assert_eq!(wanted_range("Bytes = 1-2", 100), part(1, 2));
+        assert_eq!(
+            wanted_range("bytes=0-18446744073709551616", 100),
+            part(0, 99)
+        );
+    }
+
+    #[test]
+    fn ranges_past_the_end_are_unsatisfiable() {
+        for range in [
+            "bytes=100-",
+            "bytes=9-2",
+            "bytes=-0",
+            "bytes=18446744073709551616-",
+        ] {
+            assert_eq!(wanted_range(range, 100), Wanted::Unsatisfiable, "{range}");
+        }
+        assert_eq!(wanted_range("bytes=0-", 0), Wanted::Unsatisfiable);
+        assert_eq!(wanted_range("bytes=-5", 0), Wanted::Unsatisfiable);
+    }
+
+    #[test]
+    fn malformed_ranges_other_units_and_several_ranges_are_the_whole_file() {
+        for range in [
+            "items=0-1",
+            "bytes",
+            "bytes=",
+            "bytes=-",
+            "bytes=a-b",
+            "bytes=+1-2",
+            "bytes=0x1-2",
+            "bytes=1",
+            "=0-1",
+            "bytes=0-1,5-9",
+        ] {
+            assert_eq!(wanted_range(range, 100), Wanted::Whole, "{range}");
+        }
+    }
+
+    #[test]
+    fn tags_come_from_sha256_digests_only() {
+        let tag = entity_tag("SHA-256=abc-_=").expect("a tag");
+        assert_eq!(tag.to_string(), "\"sha256-abc-_=\"");
+        assert!(entity_tag("MD5=abc").is_none());
+        assert!(entity_tag("SHA-256=a\"b").is_none());
+        assert!(entity_tag("SHA-256=").is_none());
+    }
+
+    #[test]
+    fn file_names_are_safe_in_ascii_and_kept_in_utf8() {
+        let header = attachment("Ünïcode \"/\\ song\r\n", &["drums", "bass"], Format::Flac);
+        let text = header.to_string();
+        assert!(text.starts_with("attachment; "), "{text}");
+        assert!(
+            text.contains("filename=\"_n_code ___ song__ - drums+bass.flac\""),
+            "{text}"
+        );
+        assert!(text.contains("filename*=UTF-8''%C3%9C"), "{text}");
+        assert!(!text.contains('\r') && !text.contains('\n'), "{text}");
+        assert_eq!(ascii_name("..", "song"), "song");
+        assert_eq!(readable_name("  ", "track"), "track");
     }
 }

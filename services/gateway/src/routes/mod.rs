@@ -1,5 +1,6 @@
 //! Routes, one file per resource.
 
+mod encodings;
 mod files;
 mod jobs;
 mod music;
@@ -9,6 +10,8 @@ use actix_web::{web, HttpRequest};
 
 use dme_protocol::records::MusicRecord;
 use dme_protocol::MusicId;
+
+pub(crate) use encodings::Encodings;
 
 use crate::{ApiError, AppState};
 
@@ -27,8 +30,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(music::progress))
             .route(web::post().to(music::select)),
     )
-    .service(resource("/music/{music_id}/track/{track_id}").route(web::get().to(files::track)))
-    .service(resource("/music/{music_id}/mix/{key}").route(web::get().to(files::mix)))
+    .service(
+        resource("/music/{music_id}/track/{track_id}")
+            .route(web::get().to(files::track))
+            .route(web::head().to(files::track)),
+    )
+    .service(
+        resource("/music/{music_id}/mix/{key}")
+            .route(web::get().to(files::mix))
+            .route(web::head().to(files::mix)),
+    )
     .service(resource("/job").route(web::get().to(jobs::list)))
     .service(resource("/job/{job_id}").route(web::get().to(jobs::show)))
     .service(resource("/reset").route(web::post().to(system::reset)))

@@ -1,0 +1,242 @@
+//! The cache of encoded downloads: a track or mix (stored as float WAV) is encoded to another
+//! format on its first request, as a stream, into the object store beside its source
+//! ([`dme_protocol::objects::encoded`]), and served from there ever after.
+//!
+//! Memory stays bounded however long the track: the source is read through a
+//! [`SyncIoBridge`] by [`dme_audio::encode_wav_stream`] in a blocking thread, and its output goes
+//! through a channel of [`PIPE_CHUNKS`] chunks into [`Store::put_object_from`]. An object in the
+//! store becomes visible only once it is whole, so a reader never sees a partial encoding; an
+//! encoding that fails makes the put fail, so nothing is cached.
+//!
+//! Concurrent first requests for one file encode it once in this process: each waits on a lock
+//! of its own object name and looks in the store again once it holds it. Two gateways racing on
+//! the same first request may both encode; both write the same bytes, and the last put wins.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use actix_web::web::{Bytes, BytesMut};
+use dme_audio::{AudioError, Format};
+use dme_storage::{ObjectReader, Store, StoreError};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+/// Encodings running at once in this gateway: each keeps one core busy for as long as the track
+/// is long (minutes for a 3-hour FLAC), so more would only slow them all and the rest of the
+/// gateway on a small machine. Requests beyond it wait their turn.
+pub const MAX_CONCURRENT_ENCODES: usize = 2;
+
+/// Bytes per chunk handed from the encoder to the object store: the store's own chunk size
+/// (128 KiB), so each becomes one stored chunk.
+const PIPE_CHUNK_BYTES: usize = 128 * 1024;
+
+/// Chunks in flight between the encoder and the object store: 1 MiB in all, enough to keep
+/// both busy.
+const PIPE_CHUNKS: usize = 8;
+
+/// Why an encoding could not be made or cached.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// The object store failed (reading the source, or writing or checking the encoding).
+    #[error("object store")]
+    Store(#[from] StoreError),
+    /// The encoder failed on the source.
+    #[error("encoding {object} to {format}")]
+    Encode {
+        /// The source object.
+        object: String,
+        /// The format asked for.
+        format: Format,
+        /// Why.
+        #[source]
+        source: AudioError,
+    },
+    /// The encoding thread panicked or was cancelled.
+    #[error("encoding {object} to {format}: the task died")]
+    Task {
+        /// The source object.
+        object: String,
+        /// The format asked for.
+        format: Format,
+        /// Why.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+/// The encodings this gateway is making: one lock per cached object's name, and a bound on
+/// how many run at once.
+pub struct Encodings {
+    running: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    slots: Semaphore,
+}
+
+impl Default for Encodings {
+    fn default() -> Self {
+        Encodings {
+            running: Mutex::new(HashMap::new()),
+            slots: Semaphore::new(MAX_CONCURRENT_ENCODES),
+        }
+    }
+}
+
+impl Encodings {
+    /// A reader of `source` (a float WAV object) in `format`: the source itself for
+    /// [`Format::Wav32f`], else its cached encoding, made and stored first if there is none.
+    /// `None` when `source` does not exist.
+    ///
+    /// # Errors
+    /// On object store failure, or when the source cannot be encoded.
+    pub async fn reader(
+        &self,
+        store: &Store,
+        source: &str,
+        format: Format,
+    ) -> Result<Option<ObjectReader>, EncodeError> {
+        if format == Format::Wav32f {
+            return Ok(store.object_reader(source).await?);
+        }
+        let cached = dme_protocol::objects::encoded(source, format.as_str());
+        if let Some(reader) = store.object_reader(&cached).await? {
+            return Ok(Some(reader));
+        }
+        let lock = self.lock_of(&cached);
+        let made = async {
+            let _turn = lock.lock().await;
+            // Whoever held the lock before may have made it.
+            if let Some(reader) = store.object_reader(&cached).await? {
+                return Ok(Some(reader));
+            }
+            if store.object_size(source).await?.is_none() {
+                return Ok(None);
+            }
+            let _slot = self.slots.acquire().await.expect("never closed");
+            encode_into_store(store, source, &cached, format).await?;
+            Ok(store.object_reader(&cached).await?)
+        }
+        .await;
+        self.release(&cached, lock);
+        made
+    }
+
+    /// The lock of `name`, made if nobody holds one.
+    fn lock_of(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        running.entry(name.to_string()).or_default().clone()
+    }
+
+    /// Gives back `lock`, forgetting it when nobody else holds it (every clone is made under
+    /// the map's mutex, so the count cannot grow meanwhile).
+    fn release(&self, name: &str, lock: Arc<tokio::sync::Mutex<()>>) {
+        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        if Arc::strong_count(&lock) == 2 {
+            running.remove(name);
+        }
+    }
+}
+
+/// Encodes object `source` to `format` and stores the result as object `target`, streaming:
+/// the encoder runs in a blocking thread, reading the source through a [`SyncIoBridge`] (twice
+/// for FLAC and MP3) and writing into a bounded channel that the put reads.
+///
+/// # Errors
+/// When the source cannot be read or encoded, or the store refuses the put. Nothing is stored
+/// then (a failed put leaves the chunks it wrote unreferenced in the bucket).
+async fn encode_into_store(
+    store: &Store,
+    source: &str,
+    target: &str,
+    format: Format,
+) -> Result<(), EncodeError> {
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(PIPE_CHUNKS);
+    let runtime = tokio::runtime::Handle::current();
+    let (reading, object) = (store.clone(), source.to_string());
+    let encoder = tokio::task::spawn_blocking(move || {
+        let open = || {
+            let reader = runtime
+                .block_on(reading.object_reader(&object))
+                .map_err(io::Error::other)?
+                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the source is gone"))?;
+            Ok(SyncIoBridge::new_with_handle(reader, runtime.clone()))
+        };
+        let mut sink = ChannelWriter {
+            tx,
+            buf: BytesMut::with_capacity(PIPE_CHUNK_BYTES),
+        };
+        let encoded = dme_audio::encode_wav_stream(open, format, &mut sink);
+        if let Err(e) = &encoded {
+            // The put must fail rather than store a truncated file.
+            let _ = sink
+                .tx
+                .blocking_send(Err(io::Error::other(format!("the encoder failed: {e}"))));
+        }
+        encoded
+    });
+    let chunks = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
+    let mut pipe = StreamReader::new(Box::pin(chunks));
+    let stored = store.put_object_from(target, &mut pipe).await;
+    // A failed put drops the channel, so the encoder stops at its next write.
+    drop(pipe);
+    match encoder.await {
+        Ok(Ok(bytes)) => {
+            stored?;
+            tracing::info!(object = target, bytes, "encoded and cached");
+            Ok(())
+        }
+        // The put stopped reading: its error is the cause.
+        Ok(Err(AudioError::Io(e))) if e.kind() == io::ErrorKind::BrokenPipe && stored.is_err() => {
+            Err(stored.expect_err("checked").into())
+        }
+        Ok(Err(cause)) => Err(EncodeError::Encode {
+            object: source.to_string(),
+            format,
+            source: cause,
+        }),
+        Err(cause) => Err(EncodeError::Task {
+            object: source.to_string(),
+            format,
+            source: cause,
+        }),
+    }
+}
+
+/// The encoder's [`Write`] end of the channel to the object store: bytes are gathered into
+/// chunks of [`PIPE_CHUNK_BYTES`] and sent, blocking while the channel is full.
+struct ChannelWriter {
+    tx: mpsc::Sender<io::Result<Bytes>>,
+    buf: BytesMut,
+}
+
+impl ChannelWriter {
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = self.buf.split().freeze();
+        self.buf.reserve(PIPE_CHUNK_BYTES);
+        self.tx.blocking_send(Ok(chunk)).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the object store stopped taking the encoding",
+            )
+        })
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let n = bytes.len().min(PIPE_CHUNK_BYTES - self.buf.len());
+        self.buf.extend_from_slice(&bytes[..n]);
+        if self.buf.len() == PIPE_CHUNK_BYTES {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send()
+    }
+}
