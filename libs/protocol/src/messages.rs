@@ -239,7 +239,14 @@ mod tests {
         assert_eq!(next.index, 3);
         assert_eq!(next.job_id, JobId::of(MusicId(7), 3));
         assert_eq!(next.incarnation, Incarnation(9));
-        assert_ne!(next.msg_id(), SegmentWork { incarnation: Incarnation(10), ..next.clone() }.msg_id());
+        assert_ne!(
+            next.msg_id(),
+            SegmentWork {
+                incarnation: Incarnation(10),
+                ..next.clone()
+            }
+            .msg_id()
+        );
         assert!(next.successor().is_none());
         let bytes = crate::encode(&first);
         assert_eq!(crate::decode::<SegmentWork>(&bytes).unwrap(), first);

@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, consumer::PullConsumer, AckKind, Message};
 use bytes::Bytes;
 use dme_protocol::messages::WorkItem;
-use dme_protocol::DecodeError;
 use dme_protocol::streams::{self, Redelivery};
+use dme_protocol::DecodeError;
 use futures::StreamExt;
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::Semaphore;
@@ -78,9 +78,9 @@ impl Store {
     /// On NATS failure.
     pub async fn advisory_consumer(&self, redelivery: Redelivery) -> Result<PullConsumer> {
         let subject = dme_protocol::subjects::max_deliveries_advisory(streams::WORK_STREAM, "*");
-        let config =
-            streams::work_consumer(streams::MIXER_ADVISORY_CONSUMER, &subject, redelivery);
-        self.durable_consumer(streams::ADVISORY_STREAM, config).await
+        let config = streams::work_consumer(streams::MIXER_ADVISORY_CONSUMER, &subject, redelivery);
+        self.durable_consumer(streams::ADVISORY_STREAM, config)
+            .await
     }
 
     /// The durable consumer `config` describes on `stream`: created if missing, and updated
@@ -155,7 +155,7 @@ impl Store {
             .map_err(nats("get work stream"))?;
         match stream.delete_message(sequence).await {
             Ok(_) => Ok(()),
-            Err(e) if self.work_message(sequence).await? .is_none() => {
+            Err(e) if self.work_message(sequence).await?.is_none() => {
                 tracing::debug!(error = %e, sequence, "work message gone before its deletion");
                 Ok(())
             }
@@ -575,7 +575,10 @@ mod tests {
         current.max_deliver = 3;
         assert_eq!(
             settings_drift(&current, &wanted),
-            vec!["ack_wait: 2s -> 10s".to_string(), "max_deliver: 3 -> 5".to_string()]
+            vec![
+                "ack_wait: 2s -> 10s".to_string(),
+                "max_deliver: 3 -> 5".to_string()
+            ]
         );
     }
 }

@@ -97,7 +97,10 @@ impl Handler for Watchdog {
             return Ok(()); // acked, removed or purged meanwhile
         };
         let Ok(work) = dme_protocol::decode::<AnyWork>(&payload) else {
-            tracing::warn!(seq, "undecodable work message ran out of deliveries; removed");
+            tracing::warn!(
+                seq,
+                "undecodable work message ran out of deliveries; removed"
+            );
             return Ok(self.store.delete_work_message(seq).await?);
         };
         let item = FailedItem::of(&advisory.consumer, &work);

@@ -295,7 +295,12 @@ struct Cut {
 }
 
 /// The job record of segment `seg` of a cut, queued, whose input is `size` bytes.
-fn queued_job(cut: &Cut, seg: &Segment, size: u64, tracks: Vec<dme_protocol::TrackId>) -> JobRecord {
+fn queued_job(
+    cut: &Cut,
+    seg: &Segment,
+    size: u64,
+    tracks: Vec<dme_protocol::TrackId>,
+) -> JobRecord {
     let music = cut.music;
     JobRecord {
         job_id: JobId::of(music, seg.index),
