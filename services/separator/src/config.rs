@@ -32,8 +32,8 @@ pub struct SeparatorConfig {
     /// Name shown in job records; defaults to `<host>-<pid>`.
     #[arg(long, env = "DME_WORKER_ID")]
     pub worker_id: Option<String>,
-    /// Milliseconds a segment may go without an ack before another worker gets it (applies when
-    /// this worker creates the shared consumer).
+    /// Milliseconds a segment may go without an ack before another worker gets it (the shared
+    /// consumer is updated to this at start-up: the last separator started sets it).
     #[arg(long, env = "DME_SEPARATOR_ACK_WAIT_MS", default_value_t = Redelivery::SEPARATOR.ack_wait.as_millis() as u64)]
     pub ack_wait_ms: u64,
     /// Deliveries of one segment before it is declared poison and its song failed.
