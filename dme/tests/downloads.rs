@@ -37,6 +37,25 @@ const SHORT_FRAMES: u64 = 20 * RATE as u64;
 /// that all ten requests arrive while the first encoding runs.
 const CONCURRENT_FRAMES: u64 = 120 * RATE as u64;
 
+/// Length of the long song whose WAV downloads are measured: an hour (1.27 GB of float WAV
+/// per stem). Measured on 2 cores, debug build: stored in 15 s; each client's float WAV in
+/// 11 s; its 16-bit WAV in 70 s (the encoding stored as it is made, then streamed).
+const LONG_FRAMES: u64 = 60 * 60 * RATE as u64;
+
+/// Stems of the long song downloaded.
+const LONG_STEMS: usize = 1;
+
+/// Length of the song whose FLAC and MP3 downloads are measured: both encoders read the track
+/// twice, and 3 minutes of them took 15 s (FLAC) and 20 s (MP3) here, so an hour would take
+/// minutes; the memory they use does not grow with the track (dme-audio's streaming encoder).
+const LONG_ENCODED_FRAMES: u64 = 2 * 60 * RATE as u64;
+
+/// Stems of that song downloaded.
+const LONG_ENCODED_STEMS: usize = 1;
+
+/// The gateway's peak memory while long tracks stream in every format to two clients.
+const PEAK_RSS_BOUND: u64 = 100 << 20;
+
 /// A whole download may take this long (a long track encoded on a loaded 2-core machine).
 const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -56,8 +75,11 @@ struct SynthWav {
     head: Vec<u8>,
     head_sent: usize,
     frames: u64,
-    next: u64,
+    /// Bytes of samples read so far.
+    sent: u64,
     seed: u64,
+    /// One period of the samples, made on first read.
+    period: Vec<u8>,
 }
 
 impl SynthWav {
@@ -73,8 +95,9 @@ impl SynthWav {
             head,
             head_sent: 0,
             frames,
-            next: 0,
+            sent: 0,
             seed,
+            period: Vec::new(),
         }
     }
 
@@ -90,12 +113,17 @@ impl SynthWav {
     }
 }
 
+/// Frames after which [`synth_sample`] repeats: 20 s.
+const PERIOD_FRAMES: u64 = 20 * RATE as u64;
+
 /// Frame `i` of stem `seed`: two tones, a slow sweep in level and a click every quarter second,
-/// loud enough that 16-bit rounding, FLAC and MP3 all have work to do.
+/// loud enough that 16-bit rounding, FLAC and MP3 all have work to do; it repeats every
+/// [`PERIOD_FRAMES`], so an hour of it is made by copying one period.
 fn synth_sample(i: u64, seed: u64) -> (f32, f32) {
+    let i = i % PERIOD_FRAMES;
     let t = i as f32 / RATE as f32;
     let tau = std::f32::consts::TAU;
-    let level = 0.5 + 0.4 * (tau * 0.05 * (t % 20.0)).sin();
+    let level = 0.5 + 0.4 * (tau * 0.05 * t).sin();
     let click = if i % 11_025 < 20 { 0.3 } else { 0.0 };
     let l = level * (tau * (110.0 + 55.0 * seed as f32) * (t % 1.0)).sin() * 0.6 + click;
     let r = level * (tau * (165.0 + 40.0 * seed as f32) * (t % 1.0)).sin() * 0.5 - click;
@@ -109,23 +137,31 @@ impl AsyncRead for SynthWav {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        // `head` holds the bytes not yet read: the header, then at most one frame's rest.
-        loop {
-            if this.head_sent < this.head.len() {
-                let n = buf.remaining().min(this.head.len() - this.head_sent);
-                buf.put_slice(&this.head[this.head_sent..this.head_sent + n]);
-                this.head_sent += n;
-            }
-            if buf.remaining() == 0 || this.next == this.frames {
-                return Poll::Ready(Ok(()));
-            }
-            let (l, r) = synth_sample(this.next, this.seed);
-            this.next += 1;
-            this.head.clear();
-            this.head.extend_from_slice(&l.to_le_bytes());
-            this.head.extend_from_slice(&r.to_le_bytes());
-            this.head_sent = 0;
+        if this.head_sent < this.head.len() {
+            let n = buf.remaining().min(this.head.len() - this.head_sent);
+            buf.put_slice(&this.head[this.head_sent..this.head_sent + n]);
+            this.head_sent += n;
+            return Poll::Ready(Ok(()));
         }
+        if this.period.is_empty() {
+            let seed = this.seed;
+            this.period = (0..PERIOD_FRAMES)
+                .flat_map(|i| {
+                    let (l, r) = synth_sample(i, seed);
+                    [l.to_le_bytes(), r.to_le_bytes()]
+                })
+                .flatten()
+                .collect();
+        }
+        let total = this.frames * 8;
+        let offset = (this.sent % (PERIOD_FRAMES * 8)) as usize;
+        let n = buf
+            .remaining()
+            .min(this.period.len() - offset)
+            .min((total - this.sent) as usize);
+        buf.put_slice(&this.period[offset..offset + n]);
+        this.sent += n as u64;
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -139,10 +175,16 @@ struct Song {
 
 impl Song {
     async fn write(store: &Store, name: &str, frames: u64, id: u64) -> Song {
+        Song::write_stems(store, name, frames, id, STEMS.len()).await
+    }
+
+    /// A song whose first `stored` stems (and mix) are in the store: the rest are never
+    /// downloaded.
+    async fn write_stems(store: &Store, name: &str, frames: u64, id: u64, stored: usize) -> Song {
         let id = MusicId(id);
         let names: Vec<String> = STEMS.iter().map(|s| s.to_string()).collect();
         let tracks = TrackRecord::for_sources(id, &names);
-        for (seed, stem) in STEMS.iter().enumerate() {
+        for (seed, stem) in STEMS.iter().enumerate().take(stored) {
             let mut wav = SynthWav::new(frames, seed as u64);
             store
                 .put_object_from(&objects::track(id, stem), &mut wav)
@@ -524,5 +566,97 @@ async fn ten_concurrent_first_requests_encode_once() {
         written,
         info.chunks as u64 + 1,
         "the encoding was stored more than once"
+    );
+}
+
+/// A field of `/proc/<pid>/status` in bytes (`VmRSS`, `VmHWM`).
+fn memory(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("the field");
+    kb * 1024
+}
+
+/// Downloads `path` to nowhere; returns its status and length.
+async fn download_len(url: String) -> (StatusCode, u64) {
+    let mut r = client().get(&url).send().await.expect("an answer");
+    let status = r.status();
+    let mut len = 0;
+    while let Some(chunk) = r.chunk().await.expect("the body") {
+        len += chunk.len() as u64;
+    }
+    (status, len)
+}
+
+#[tokio::test]
+async fn long_tracks_stream_in_bounded_memory() {
+    let (system, store) = start().await;
+    let started = Instant::now();
+    let long = Song::write_stems(&store, "long", LONG_FRAMES, 303, LONG_STEMS).await;
+    let encoded = Song::write_stems(
+        &store,
+        "long encoded",
+        LONG_ENCODED_FRAMES,
+        304,
+        LONG_ENCODED_STEMS,
+    )
+    .await;
+    eprintln!("stored in {:.1} s", started.elapsed().as_secs_f64());
+    let mut paths = Vec::new();
+    for stem in 0..LONG_STEMS {
+        for format in [Format::Wav32f, Format::Wav16] {
+            paths.push(long.track_path(stem, format));
+        }
+    }
+    for stem in 0..LONG_ENCODED_STEMS {
+        for format in [Format::Flac, Format::Mp3] {
+            paths.push(encoded.track_path(stem, format));
+        }
+    }
+    let pid = system.gateway.as_ref().expect("a gateway").id();
+    let peak_before = memory(pid, "VmHWM");
+
+    let started = Instant::now();
+    let client = |paths: Vec<String>| {
+        let urls: Vec<String> = paths.iter().map(|p| system.url(p)).collect();
+        async move {
+            let mut lens = Vec::new();
+            for url in urls {
+                let at = Instant::now();
+                let (status, len) = download_len(url.clone()).await;
+                assert_eq!(status, StatusCode::OK, "{url}");
+                eprintln!(
+                    "{url}: {len} bytes in {:.1} s, gateway peak {} MiB",
+                    at.elapsed().as_secs_f64(),
+                    memory(pid, "VmHWM") >> 20
+                );
+                lens.push(len);
+            }
+            lens
+        }
+    };
+    let (first, second) = tokio::join!(client(paths.clone()), client(paths.clone()));
+    let elapsed = started.elapsed();
+    assert_eq!(first, second);
+    let peak = memory(pid, "VmHWM");
+    eprintln!(
+        "two clients, {} downloads each, {} MB each, in {:.1} s; gateway peak RSS {} -> {} MiB",
+        paths.len(),
+        first.iter().sum::<u64>() >> 20,
+        elapsed.as_secs_f64(),
+        peak_before >> 20,
+        peak >> 20
+    );
+    // The float WAV is the track as stored; the others are as long as their headers say.
+    let float_len = 68 + LONG_FRAMES * 8;
+    assert_eq!(first[0], float_len);
+    assert_eq!(first[1], 44 + LONG_FRAMES * 4);
+    assert!(
+        peak < PEAK_RSS_BOUND,
+        "the gateway peaked at {} MiB",
+        peak >> 20
     );
 }

@@ -35,7 +35,7 @@ use async_nats::jetstream::{self, kv::Store as KvStore, object_store::ObjectStor
 use dme_protocol::DecodeError;
 
 pub use args::{NatsArgs, SpoolArgs};
-pub use objects::{ObjectReader, OBJECT_READ_IDLE};
+pub use objects::{ChunkedObjectReader, ObjectReader, OBJECT_READ_IDLE};
 
 /// Something went wrong talking to NATS or reading what it holds.
 #[derive(Debug, thiserror::Error)]

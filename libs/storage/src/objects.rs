@@ -73,6 +73,101 @@ impl AsyncRead for ObjectReader {
     }
 }
 
+/// A reader of one object that fetches each stored chunk (128 KiB) only when the one before is
+/// used up (a JetStream direct get per chunk), so it holds at most one chunk however slowly it
+/// is read. [`ObjectReader`] is pushed its chunks by the server, which may run up to the
+/// connection's pending limit (64 MiB) ahead of a slow reader: right for a worker that reads
+/// at once, wrong for an HTTP download paced by its client.
+///
+/// A chunk that cannot be fetched (NATS gone, the object deleted meanwhile) fails the read at
+/// once with the cause.
+pub struct ChunkedObjectReader {
+    stream: async_nats::jetstream::stream::Stream<()>,
+    subject: String,
+    size: u64,
+    digest: Option<String>,
+    chunks: usize,
+    chunks_read: usize,
+    bytes_read: u64,
+    next_sequence: u64,
+    chunk: bytes::Bytes,
+    fetching: Option<ChunkFetch>,
+}
+
+type ChunkFetch = Pin<
+    Box<
+        dyn Future<
+                Output = std::result::Result<
+                    async_nats::jetstream::message::StreamMessage,
+                    async_nats::jetstream::stream::DirectGetError,
+                >,
+            > + Send,
+    >,
+>;
+
+impl ChunkedObjectReader {
+    /// Size of the object in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The object's content digest as NATS stores it (`SHA-256=<base64url>`), as
+    /// [`ObjectReader::digest`].
+    pub fn digest(&self) -> Option<&str> {
+        self.digest.as_deref()
+    }
+}
+
+impl AsyncRead for ChunkedObjectReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if !this.chunk.is_empty() {
+                let n = buf.remaining().min(this.chunk.len());
+                buf.put_slice(&this.chunk.split_to(n));
+                return Poll::Ready(Ok(()));
+            }
+            if this.chunks_read == this.chunks {
+                if this.bytes_read != this.size {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "the object's chunks hold {} bytes, its size is {}",
+                            this.bytes_read, this.size
+                        ),
+                    )));
+                }
+                return Poll::Ready(Ok(()));
+            }
+            let fetch = this.fetching.get_or_insert_with(|| {
+                let (stream, subject) = (this.stream.clone(), this.subject.clone());
+                let from = this.next_sequence;
+                Box::pin(async move {
+                    stream
+                        .direct_get_next_for_subject(subject, Some(from))
+                        .await
+                })
+            });
+            let message = match fetch.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(message) => message,
+            };
+            this.fetching = None;
+            let message = message.map_err(|e| {
+                std::io::Error::other(format!("fetching chunk {}: {e}", this.chunks_read))
+            })?;
+            this.next_sequence = message.sequence + 1;
+            this.chunks_read += 1;
+            this.bytes_read += message.payload.len() as u64;
+            this.chunk = message.payload;
+        }
+    }
+}
+
 impl Store {
     /// Stores `bytes` as object `name`, replacing any object of that name.
     ///
@@ -143,6 +238,36 @@ impl Store {
             Err(e) if e.kind() == GetErrorKind::NotFound => Ok(None),
             Err(e) => Err(nats("get object")(e)),
         }
+    }
+
+    /// A [`ChunkedObjectReader`] of object `name`, or `None` if it does not exist.
+    ///
+    /// # Errors
+    /// On NATS failure.
+    pub async fn chunked_object_reader(&self, name: &str) -> Result<Option<ChunkedObjectReader>> {
+        let info = match self.files.info(name).await {
+            Ok(info) if !info.deleted => info,
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == InfoErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(nats("object info")(e)),
+        };
+        let stream = self
+            .js
+            .get_stream_no_info(format!("OBJ_{}", info.bucket))
+            .await
+            .map_err(nats("object stream"))?;
+        Ok(Some(ChunkedObjectReader {
+            stream,
+            subject: format!("$O.{}.C.{}", info.bucket, info.nuid),
+            size: info.size as u64,
+            digest: info.digest,
+            chunks: info.chunks,
+            chunks_read: 0,
+            bytes_read: 0,
+            next_sequence: 1,
+            chunk: bytes::Bytes::new(),
+            fetching: None,
+        }))
     }
 
     /// Size in bytes of object `name`, or `None` if it does not exist.

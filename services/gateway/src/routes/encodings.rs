@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use actix_web::web::{Bytes, BytesMut};
 use dme_audio::{AudioError, Format};
-use dme_storage::{ObjectReader, Store, StoreError};
+use dme_storage::{ChunkedObjectReader, Store, StoreError};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
@@ -93,19 +93,19 @@ impl Encodings {
         store: &Store,
         source: &str,
         format: Format,
-    ) -> Result<Option<ObjectReader>, EncodeError> {
+    ) -> Result<Option<ChunkedObjectReader>, EncodeError> {
         if format == Format::Wav32f {
-            return Ok(store.object_reader(source).await?);
+            return Ok(store.chunked_object_reader(source).await?);
         }
         let cached = dme_protocol::objects::encoded(source, format.as_str());
-        if let Some(reader) = store.object_reader(&cached).await? {
+        if let Some(reader) = store.chunked_object_reader(&cached).await? {
             return Ok(Some(reader));
         }
         let lock = self.lock_of(&cached);
         let made = async {
             let _turn = lock.lock().await;
             // Whoever held the lock before may have made it.
-            if let Some(reader) = store.object_reader(&cached).await? {
+            if let Some(reader) = store.chunked_object_reader(&cached).await? {
                 return Ok(Some(reader));
             }
             if store.object_size(source).await?.is_none() {
@@ -113,7 +113,7 @@ impl Encodings {
             }
             let _slot = self.slots.acquire().await.expect("never closed");
             encode_into_store(store, source, &cached, format).await?;
-            Ok(store.object_reader(&cached).await?)
+            Ok(store.chunked_object_reader(&cached).await?)
         }
         .await;
         self.release(&cached, lock);
@@ -155,7 +155,7 @@ async fn encode_into_store(
     let encoder = tokio::task::spawn_blocking(move || {
         let open = || {
             let reader = runtime
-                .block_on(reading.object_reader(&object))
+                .block_on(reading.chunked_object_reader(&object))
                 .map_err(io::Error::other)?
                 .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the source is gone"))?;
             Ok(SyncIoBridge::new_with_handle(reader, runtime.clone()))

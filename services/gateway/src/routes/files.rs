@@ -20,7 +20,7 @@ use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder, ResponseError};
 use dme_audio::Format;
 use dme_protocol::{objects, TrackId};
-use dme_storage::ObjectReader;
+use dme_storage::ChunkedObjectReader;
 use futures::{Stream, StreamExt, TryStreamExt};
 use serde::Deserialize;
 use tokio::io::AsyncReadExt;
@@ -145,7 +145,7 @@ enum Wanted {
 /// for; the body streams from the object store (none for `HEAD`).
 fn respond(
     req: &HttpRequest,
-    reader: ObjectReader,
+    reader: ChunkedObjectReader,
     content_type: &str,
     disposition: ContentDisposition,
 ) -> HttpResponse {
@@ -222,7 +222,7 @@ fn unsatisfiable(total: u64) -> HttpResponse {
 /// `len` bytes of `reader` from byte `start`: the bytes before it are read and dropped (the
 /// object store reads forward only), lazily, once the headers are sent.
 fn object_bytes(
-    mut reader: ObjectReader,
+    mut reader: ChunkedObjectReader,
     start: u64,
     len: u64,
 ) -> impl Stream<Item = io::Result<Bytes>> {
