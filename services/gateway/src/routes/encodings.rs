@@ -68,15 +68,15 @@ pub enum EncodeError {
 /// The encodings this gateway is making: one lock per cached object's name, and a bound on
 /// how many run at once.
 pub struct Encodings {
-    running: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    slots: Semaphore,
+    running: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    slots: Arc<Semaphore>,
 }
 
 impl Default for Encodings {
     fn default() -> Self {
         Encodings {
-            running: Mutex::new(HashMap::new()),
-            slots: Semaphore::new(MAX_CONCURRENT_ENCODES),
+            running: Arc::default(),
+            slots: Arc::new(Semaphore::new(MAX_CONCURRENT_ENCODES)),
         }
     }
 }
@@ -85,6 +85,11 @@ impl Encodings {
     /// A reader of `source` (a float WAV object) in `format`: the source itself for
     /// [`Format::Wav32f`], else its cached encoding, made and stored first if there is none.
     /// `None` when `source` does not exist.
+    ///
+    /// The encoding runs in a task of its own that holds the object's lock and an encoding slot
+    /// until it ends: a client that leaves (its request future dropped) neither frees a slot
+    /// while its encoder still runs nor leaves its lock behind, and the encoding it started is
+    /// finished and cached for the next request.
     ///
     /// # Errors
     /// On object store failure, or when the source cannot be encoded.
@@ -101,38 +106,60 @@ impl Encodings {
         if let Some(reader) = store.chunked_object_reader(&cached).await? {
             return Ok(Some(reader));
         }
-        let lock = self.lock_of(&cached);
-        let made = async {
-            let _turn = lock.lock().await;
-            // Whoever held the lock before may have made it.
-            if let Some(reader) = store.chunked_object_reader(&cached).await? {
-                return Ok(Some(reader));
+        let lock = lock_of(&self.running, &cached);
+        let (running, slots) = (self.running.clone(), self.slots.clone());
+        let (store_, source_, cached_) = (store.clone(), source.to_string(), cached.clone());
+        let made = tokio::spawn(async move {
+            let made: Result<bool, EncodeError> = async {
+                let _turn = lock.lock().await;
+                // Whoever held the lock before may have made it.
+                if store_.object_size(&cached_).await?.is_some() {
+                    return Ok(true);
+                }
+                if store_.object_size(&source_).await?.is_none() {
+                    return Ok(false);
+                }
+                // Never closed: the semaphore lives as long as the gateway.
+                let _slot = slots.acquire_owned().await;
+                encode_into_store(&store_, &source_, &cached_, format).await?;
+                Ok(true)
             }
-            if store.object_size(source).await?.is_none() {
-                return Ok(None);
-            }
-            let _slot = self.slots.acquire().await.expect("never closed");
-            encode_into_store(store, source, &cached, format).await?;
-            Ok(store.chunked_object_reader(&cached).await?)
+            .await;
+            release(&running, &cached_, lock);
+            made
+        })
+        .await
+        .map_err(|source_error| EncodeError::Task {
+            object: source.to_string(),
+            format,
+            source: source_error,
+        })??;
+        if !made {
+            return Ok(None);
         }
-        .await;
-        self.release(&cached, lock);
-        made
+        Ok(store.chunked_object_reader(&cached).await?)
     }
+}
 
-    /// The lock of `name`, made if nobody holds one.
-    fn lock_of(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
-        running.entry(name.to_string()).or_default().clone()
-    }
+/// The lock of `name`, made if nobody holds one.
+fn lock_of(
+    running: &Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    name: &str,
+) -> Arc<tokio::sync::Mutex<()>> {
+    let mut running = running.lock().unwrap_or_else(PoisonError::into_inner);
+    running.entry(name.to_string()).or_default().clone()
+}
 
-    /// Gives back `lock`, forgetting it when nobody else holds it (every clone is made under
-    /// the map's mutex, so the count cannot grow meanwhile).
-    fn release(&self, name: &str, lock: Arc<tokio::sync::Mutex<()>>) {
-        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
-        if Arc::strong_count(&lock) == 2 {
-            running.remove(name);
-        }
+/// Gives back `lock`, forgetting it when nobody else holds it (every clone is made under the
+/// map's mutex, so the count cannot grow meanwhile).
+fn release(
+    running: &Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    name: &str,
+    lock: Arc<tokio::sync::Mutex<()>>,
+) {
+    let mut running = running.lock().unwrap_or_else(PoisonError::into_inner);
+    if Arc::strong_count(&lock) == 2 {
+        running.remove(name);
     }
 }
 
