@@ -7,6 +7,7 @@
 //! then downloads them through the gateway. That is what a download reads, and it lets a test
 //! use an hour-long track without separating an hour of audio on a 2-core machine.
 
+use dme_testkit::system::memory;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -567,17 +568,6 @@ async fn ten_concurrent_first_requests_encode_once() {
         info.chunks as u64 + 1,
         "the encoding was stored more than once"
     );
-}
-
-/// A field of `/proc/<pid>/status` in bytes (`VmRSS`, `VmHWM`).
-fn memory(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the status");
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("the field");
-    kb * 1024
 }
 
 /// Downloads `path` to nowhere; returns its status and length.

@@ -1,6 +1,8 @@
 //! Failure handling, proven by killing real processes: separators, the nats-server, the gateway,
 //! splitter and mixer; poison segments; reset under load; many clients at once.
 
+use dme_testkit::reference::assert_same;
+use dme_testkit::system::{env, quick_redelivery};
 use std::time::Duration;
 
 use dme_model::{Model, ModelOptions, ModelSource};
@@ -12,21 +14,6 @@ use dme_testkit::wait_for;
 use serde_json::Value;
 
 const DME: &str = env!("CARGO_BIN_EXE_dme");
-
-fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-/// Separators give a killed worker's segment to another after 2 s.
-fn quick_redelivery(max_deliver: u32) -> Vec<(String, String)> {
-    env(&[
-        ("DME_SEPARATOR_ACK_WAIT_MS", "2000"),
-        ("DME_SEPARATOR_MAX_DELIVER", &max_deliver.to_string()),
-    ])
-}
 
 /// The single-process result of `model` on `wav` (dme's segmenting), `S × 2` lanes.
 fn reference(model: &str, wav: &[u8]) -> Vec<Vec<f32>> {
@@ -46,49 +33,6 @@ fn reference(model: &str, wav: &[u8]) -> Vec<Vec<f32>> {
 
 async fn stems(sys: &System, done: &Value) -> Vec<Vec<f32>> {
     sys.stem_lanes(done).await
-}
-
-fn assert_same(got: &[Vec<f32>], expected: &[Vec<f32>], what: &str) {
-    assert_eq!(got.len(), expected.len());
-    for (g, e) in got.iter().zip(expected) {
-        assert_eq!(g.len(), e.len(), "{what}: lengths");
-        let err = g
-            .iter()
-            .zip(e)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        assert!(
-            err <= 1e-6,
-            "{what}: differs from a fault-free run by {err}"
-        );
-    }
-}
-
-async fn upload_and_select(sys: &System, wav: Vec<u8>, name: &str) -> u64 {
-    let music = sys.upload_ok(wav, name).await;
-    let all: Vec<&str> = music["tracks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap())
-        .collect();
-    sys.select(&music, &all).await
-}
-
-/// Waits until the song is `failed` and returns its answer.
-async fn failed(sys: &System, id: u64) -> Value {
-    wait_for("the song to fail", SONG_DEADLINE, || async {
-        let b = sys.get(&format!("/music/{id}")).await.body;
-        (b["state"] == "failed").then_some(b)
-    })
-    .await
-}
-
-async fn finished(sys: &System, id: u64) -> Value {
-    sys.wait_music(id, "the song", |b| {
-        b["progress"] == 100 && b["final"].is_string()
-    })
-    .await
 }
 
 /// Jobs of a song.
@@ -119,7 +63,7 @@ async fn a_separator_killed_mid_segment_is_replaced_by_redelivery() {
     )
     .await;
     let wav = synth_wav(8 * 44_100, 44_100, 1.0);
-    let id = upload_and_select(&sys, wav.clone(), "a.wav").await;
+    let id = sys.upload_and_select_all(wav.clone(), "a.wav").await;
     // Wait until a worker holds a segment, then SIGKILL it.
     let (victim, job_id) = wait_for("a running segment", Duration::from_secs(60), || async {
         jobs_of(&sys, id)
@@ -130,7 +74,7 @@ async fn a_separator_killed_mid_segment_is_replaced_by_redelivery() {
     })
     .await;
     assert!(sys.kill_separator(&victim), "{victim} was running");
-    let done = finished(&sys, id).await;
+    let done = sys.finished(id).await;
     assert_same(
         &stems(&sys, &done).await,
         &reference("test/slow_dynamic.onnx", &wav),
@@ -163,7 +107,10 @@ async fn twenty_random_kills_during_five_songs_change_nothing() {
         .collect();
     let mut ids = Vec::new();
     for (k, wav) in songs.iter().enumerate() {
-        ids.push(upload_and_select(&sys, wav.clone(), &format!("s{k}.wav")).await);
+        ids.push(
+            sys.upload_and_select_all(wav.clone(), &format!("s{k}.wav"))
+                .await,
+        );
     }
     // A fixed pseudo-random sequence: which worker to kill.
     let mut state = 0x2545_F491_u32;
@@ -203,7 +150,7 @@ async fn twenty_random_kills_during_five_songs_change_nothing() {
         sys.add_separator();
     }
     for (id, wav) in ids.iter().zip(&songs) {
-        let done = finished(&sys, *id).await;
+        let done = sys.finished(*id).await;
         assert_same(
             &stems(&sys, &done).await,
             &reference("test/slow_dynamic.onnx", wav),
@@ -229,9 +176,11 @@ async fn a_poison_segment_fails_its_song_with_the_reason_and_others_continue() {
     left[50_000] = 3.0;
     let right = left.iter().map(|v| v * 0.5).collect::<Vec<_>>();
     let poison = dme_audio::encode(&left, &right, 44_100, dme_audio::Format::Wav32f).unwrap();
-    let bad = upload_and_select(&sys, poison, "poison.wav").await;
-    let good = upload_and_select(&sys, synth_wav(frames, 44_100, 4.0), "good.wav").await;
-    let failed = failed(&sys, bad).await;
+    let bad = sys.upload_and_select_all(poison, "poison.wav").await;
+    let good = sys
+        .upload_and_select_all(synth_wav(frames, 44_100, 4.0), "good.wav")
+        .await;
+    let failed = sys.failed(bad).await;
     let error = failed["error"].as_str().unwrap();
     assert!(
         error.contains("segment 1") && error.contains("3 attempt"),
@@ -246,7 +195,7 @@ async fn a_poison_segment_fails_its_song_with_the_reason_and_others_continue() {
         "{:?}",
         poisoned[0]
     );
-    finished(&sys, good).await;
+    sys.finished(good).await;
 }
 
 #[tokio::test]
@@ -261,7 +210,9 @@ async fn a_corrupt_segment_payload_is_terminated_at_once() {
     .await;
     // No separator while the song is cut, so its input can be damaged before anyone reads it.
     sys.separators[0].kill();
-    let id = upload_and_select(&sys, synth_wav(3 * 44_100, 44_100, 2.0), "c.wav").await;
+    let id = sys
+        .upload_and_select_all(synth_wav(3 * 44_100, 44_100, 2.0), "c.wav")
+        .await;
     sys.wait_music(id, "the split", |b| b["state"] == "separating")
         .await;
     let store = dme_storage::Store::connect(&sys.nats.url(), "test", Duration::from_secs(5))
@@ -273,7 +224,7 @@ async fn a_corrupt_segment_payload_is_terminated_at_once() {
         .await
         .unwrap();
     sys.add_separator();
-    let failed = failed(&sys, id).await;
+    let failed = sys.failed(id).await;
     let error = failed["error"].as_str().unwrap();
     assert!(
         error.contains("segment 1 failed after 1 attempt") && error.contains("3 bytes"),
@@ -292,7 +243,9 @@ async fn a_worker_crash_loop_is_caught_by_the_max_deliveries_advisory() {
         },
     )
     .await;
-    let id = upload_and_select(&sys, synth_wav(44_100 / 2, 44_100, 3.0), "crash.wav").await;
+    let id = sys
+        .upload_and_select_all(synth_wav(44_100 / 2, 44_100, 3.0), "crash.wav")
+        .await;
     // Kill every worker that picks the song's only segment up, twice: its deliveries run out.
     for round in 0..2 {
         wait_for("the segment to be running", SONG_DEADLINE, || async {
@@ -306,7 +259,7 @@ async fn a_worker_crash_loop_is_caught_by_the_max_deliveries_advisory() {
         sys.separators.clear();
         sys.add_separator();
     }
-    let failed = failed(&sys, id).await;
+    let failed = sys.failed(id).await;
     let error = failed["error"].as_str().unwrap();
     assert!(error.contains("delivered 2 times"), "{error}");
     let jobs = jobs_of(&sys, id).await;
@@ -324,7 +277,7 @@ async fn a_nats_server_restart_mid_job_loses_nothing() {
     )
     .await;
     let wav = synth_wav(8 * 44_100, 44_100, 5.0);
-    let id = upload_and_select(&sys, wav.clone(), "n.wav").await;
+    let id = sys.upload_and_select_all(wav.clone(), "n.wav").await;
     sys.wait_music(id, "some progress", |b| {
         b["segments_done"].as_u64() >= Some(2)
     })
@@ -341,7 +294,7 @@ async fn a_nats_server_restart_mid_job_loses_nothing() {
     )
     .await;
     sys.nats.restart();
-    let done = finished(&sys, id).await;
+    let done = sys.finished(id).await;
     assert_same(
         &stems(&sys, &done).await,
         &reference("test/slow_dynamic.onnx", &wav),
@@ -364,7 +317,7 @@ async fn gateway_splitter_and_mixer_killed_and_restarted_mid_job() {
     let wav = synth_wav(8 * 44_100, 44_100, 6.0);
     // The splitter dies with the upload in its queue; a new one takes it.
     sys.splitter.as_mut().unwrap().kill();
-    let id = upload_and_select(&sys, wav.clone(), "k.wav").await;
+    let id = sys.upload_and_select_all(wav.clone(), "k.wav").await;
     sys.splitter = Some(sys.spawn("splitter", &[]));
     sys.wait_music(id, "separation", |b| b["segments_done"].as_u64() >= Some(1))
         .await;
@@ -397,7 +350,7 @@ async fn gateway_splitter_and_mixer_killed_and_restarted_mid_job() {
     .await;
     sys.mixer = Some(sys.spawn("mixer", &[]));
     sys.start_gateway().await;
-    let done = finished(&sys, id).await;
+    let done = sys.finished(id).await;
     assert_same(
         &stems(&sys, &done).await,
         &reference("test/slow_dynamic.onnx", &wav),
@@ -416,8 +369,11 @@ async fn reset_while_processing_leaves_an_empty_system_that_still_works() {
         },
     )
     .await;
-    let a = upload_and_select(&sys, synth_wav(6 * 44_100, 44_100, 1.0), "a.wav").await;
-    upload_and_select(&sys, synth_wav(6 * 44_100, 44_100, 2.0), "b.wav").await;
+    let a = sys
+        .upload_and_select_all(synth_wav(6 * 44_100, 44_100, 1.0), "a.wav")
+        .await;
+    sys.upload_and_select_all(synth_wav(6 * 44_100, 44_100, 2.0), "b.wav")
+        .await;
     sys.wait_music(a, "separation", |b| b["segments_done"].as_u64() >= Some(1))
         .await;
     assert_eq!(sys.post_json("/reset", "").await.status, 200);
@@ -434,8 +390,10 @@ async fn reset_while_processing_leaves_an_empty_system_that_still_works() {
     })
     .await;
     // ...and none comes back while a new song goes through the same workers after it.
-    let id = upload_and_select(&sys, synth_wav(2 * 44_100, 44_100, 3.0), "c.wav").await;
-    finished(&sys, id).await;
+    let id = sys
+        .upload_and_select_all(synth_wav(2 * 44_100, 44_100, 3.0), "c.wav")
+        .await;
+    sys.finished(id).await;
     let list = sys.get("/music").await.body;
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
     assert!(jobs_of(&sys, id).await.len() == sys.jobs().await.len());
@@ -491,7 +449,9 @@ async fn a_song_without_progress_is_reported_stalled_and_recovers() {
     )
     .await;
     sys.separators[0].kill();
-    let id = upload_and_select(&sys, synth_wav(2 * 44_100, 44_100, 1.0), "s.wav").await;
+    let id = sys
+        .upload_and_select_all(synth_wav(2 * 44_100, 44_100, 1.0), "s.wav")
+        .await;
     let stalled = wait_for(
         "the song to be reported stalled",
         Duration::from_secs(30),
@@ -506,6 +466,6 @@ async fn a_song_without_progress_is_reported_stalled_and_recovers() {
         "{stalled}"
     );
     sys.add_separator();
-    let done = finished(&sys, id).await;
+    let done = sys.finished(id).await;
     assert_eq!(done["state"], "done");
 }

@@ -7,6 +7,7 @@
 //! The gateways here run with short body timeouts (1 s of silence, 2 s in all), so a case that
 //! would hang shows within seconds.
 
+use dme_testkit::system::memory;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -162,17 +163,6 @@ fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(usize::MAX)
-}
-
-/// A field of `/proc/<pid>/status` in bytes (`VmRSS`, `VmHWM`).
-fn memory(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kb * 1024
 }
 
 /// Asserts a JSON error with `status` that names no library internals.

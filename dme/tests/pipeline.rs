@@ -1,5 +1,6 @@
 //! Distributed separation and mixing end to end: real nats-server, real ONNX Runtime, real audio.
 
+use dme_testkit::reference::max_abs_diff;
 use std::path::Path;
 
 use dme_model::{Model, ModelOptions, ModelSource};
@@ -21,20 +22,6 @@ fn reference(model: &Path, left: &[f32], right: &[f32]) -> Vec<Vec<f32>> {
         sources: info.sources.len(),
     };
     reference::separate(plan, left, right, |input| model.separate(input).unwrap())
-}
-
-fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
-    assert_eq!(a.len(), b.len(), "lane count");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| {
-            assert_eq!(x.len(), y.len(), "lane length");
-            x.iter()
-                .zip(y)
-                .map(|(p, q)| (p - q).abs())
-                .fold(0.0, f32::max)
-        })
-        .fold(0.0, f32::max)
 }
 
 #[tokio::test]

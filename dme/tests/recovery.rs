@@ -3,6 +3,8 @@
 //! a crash loop is caught even when no mixer runs at the time, and a durable consumer takes the
 //! settings of the service that starts last.
 
+use dme_testkit::reference::assert_same;
+use dme_testkit::system::quick_redelivery;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,7 +19,6 @@ use dme_testkit::reference::{self, Segmenting};
 use dme_testkit::system::{decode_bytes, synth_wav, Options, System, SONG_DEADLINE};
 use dme_testkit::{wait_for, NatsServer};
 use futures::StreamExt;
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 const DME: &str = env!("CARGO_BIN_EXE_dme");
@@ -27,22 +28,6 @@ const CONNECT: Duration = Duration::from_secs(5);
 
 /// How long a pull request of this test waits for the server's answer (it expires after 1 s).
 const PULL_ANSWER: Duration = Duration::from_secs(5);
-
-fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-/// Separators give a segment whose worker stopped answering to another after 2 s, and give it
-/// up after `max_deliver` deliveries.
-fn quick_redelivery(max_deliver: u32) -> Vec<(String, String)> {
-    env(&[
-        ("DME_SEPARATOR_ACK_WAIT_MS", "2000"),
-        ("DME_SEPARATOR_MAX_DELIVER", &max_deliver.to_string()),
-    ])
-}
 
 /// The single-process result of `model` on `wav` (dme's segmenting), `S × 2` lanes.
 fn reference(model: &str, wav: &[u8]) -> Vec<Vec<f32>> {
@@ -58,33 +43,6 @@ fn reference(model: &str, wav: &[u8]) -> Vec<Vec<f32>> {
     reference::separate(plan, &input.left, &input.right, |x| {
         model.separate(x).unwrap()
     })
-}
-
-async fn upload_and_select(sys: &System, wav: Vec<u8>, name: &str) -> u64 {
-    let music = sys.upload_ok(wav, name).await;
-    let all: Vec<&str> = music["tracks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap())
-        .collect();
-    sys.select(&music, &all).await
-}
-
-async fn finished(sys: &System, id: u64) -> Value {
-    sys.wait_music(id, "the song", |b| {
-        b["progress"] == 100 && b["final"].is_string()
-    })
-    .await
-}
-
-/// Waits until the song is `failed` and returns its answer.
-async fn failed(sys: &System, id: u64) -> Value {
-    wait_for("the song to fail", SONG_DEADLINE, || async {
-        let b = sys.get(&format!("/music/{id}")).await.body;
-        (b["state"] == "failed").then_some(b)
-    })
-    .await
 }
 
 /// `POST /reset`, then waits until the gateway lists no song.
@@ -103,19 +61,6 @@ async fn store(sys: &System) -> Store {
         .unwrap()
 }
 
-fn assert_same(got: &[Vec<f32>], expected: &[Vec<f32>], what: &str) {
-    assert_eq!(got.len(), expected.len(), "{what}: lanes");
-    for (g, e) in got.iter().zip(expected) {
-        assert_eq!(g.len(), e.len(), "{what}: lengths");
-        let err = g
-            .iter()
-            .zip(e)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        assert!(err <= 1e-6, "{what}: differs from the reference by {err}");
-    }
-}
-
 // 1. Reset, then the same bytes again.
 
 #[tokio::test]
@@ -129,15 +74,15 @@ async fn the_same_file_uploaded_after_a_reset_of_a_finished_song_is_separated_ag
     )
     .await;
     let wav = synth_wav(3 * 44_100, 44_100, 1.0);
-    let id = upload_and_select(&sys, wav.clone(), "again.wav").await;
-    let before = sys.stem_lanes(&finished(&sys, id).await).await;
+    let id = sys.upload_and_select_all(wav.clone(), "again.wav").await;
+    let before = sys.stem_lanes(&sys.finished(id).await).await;
     reset(&sys).await;
     // Same bytes, same id; JetStream still remembers `up-<id>`, `seg-<id>-…` and `done-<id>-…`
     // of the first life of the song, so without an incarnation in the message ids the upload
     // would be dropped as a duplicate and the song stay queued for good.
-    let again = upload_and_select(&sys, wav, "again.wav").await;
+    let again = sys.upload_and_select_all(wav, "again.wav").await;
     assert_eq!(again, id);
-    let done = finished(&sys, id).await;
+    let done = sys.finished(id).await;
     assert_eq!(done["state"], "done");
     assert_eq!(done["segments_done"], done["segments"]);
     assert_eq!(sys.stem_lanes(&done).await, before, "the same stems again");
@@ -160,7 +105,7 @@ async fn the_same_file_uploaded_again_right_after_a_reset_mid_separation_is_a_ne
     )
     .await;
     let wav = synth_wav(6 * 44_100, 44_100, 2.0);
-    let id = upload_and_select(&sys, wav.clone(), "mid.wav").await;
+    let id = sys.upload_and_select_all(wav.clone(), "mid.wav").await;
     sys.wait_music(id, "separation under way", |b| {
         b["state"] == "separating" && b["segments_done"].as_u64() >= Some(1)
     })
@@ -169,9 +114,9 @@ async fn the_same_file_uploaded_again_right_after_a_reset_mid_separation_is_a_ne
     // and finish them while the new one is being cut. That work must neither count for the new
     // song nor touch its jobs and objects.
     reset(&sys).await;
-    let again = upload_and_select(&sys, wav.clone(), "mid.wav").await;
+    let again = sys.upload_and_select_all(wav.clone(), "mid.wav").await;
     assert_eq!(again, id);
-    let done = finished(&sys, id).await;
+    let done = sys.finished(id).await;
     assert_eq!(done["segments_done"], done["segments"]);
     assert_same(
         &sys.stem_lanes(&done).await,
@@ -387,8 +332,10 @@ async fn a_registered_model_with_a_broken_segment_fails_the_song_after_redeliver
     let mut model = store.model().await.unwrap().unwrap();
     model.segment = 2;
     store.register_model(&model).await.unwrap();
-    let id = upload_and_select(&sys, synth_wav(44_100, 44_100, 3.0), "broken.wav").await;
-    let failed = failed(&sys, id).await;
+    let id = sys
+        .upload_and_select_all(synth_wav(44_100, 44_100, 3.0), "broken.wav")
+        .await;
+    let failed = sys.failed(id).await;
     let error = failed["error"].as_str().unwrap();
     let max_deliver = streams::Redelivery::PIPELINE.max_deliver;
     assert!(
@@ -444,7 +391,9 @@ async fn a_crash_loop_while_no_mixer_runs_fails_the_segment_when_a_mixer_starts(
     sys.mixer.as_mut().unwrap().kill();
     sys.separators[0].kill();
     sys.separators.clear();
-    let id = upload_and_select(&sys, synth_wav(44_100 / 2, 44_100, 3.0), "crash.wav").await;
+    let id = sys
+        .upload_and_select_all(synth_wav(44_100 / 2, 44_100, 3.0), "crash.wav")
+        .await;
     let store = store(&sys).await;
     for _ in 0..2 {
         let segment = take_and_die(&store).await;
@@ -471,7 +420,7 @@ async fn a_crash_loop_while_no_mixer_runs_fails_the_segment_when_a_mixer_starts(
         "separating"
     );
     sys.mixer = Some(sys.spawn("mixer", &[]));
-    let failed = failed(&sys, id).await;
+    let failed = sys.failed(id).await;
     let error = failed["error"].as_str().unwrap();
     assert!(error.contains("segment 0 was delivered 2 times"), "{error}");
     let jobs = sys.jobs_of(id).await;
@@ -537,6 +486,8 @@ async fn a_separator_started_with_other_settings_updates_the_shared_consumer() {
     )
     .await;
     // And it works with them.
-    let id = upload_and_select(&sys, synth_wav(44_100, 44_100, 4.0), "b.wav").await;
-    finished(&sys, id).await;
+    let id = sys
+        .upload_and_select_all(synth_wav(44_100, 44_100, 4.0), "b.wav")
+        .await;
+    sys.finished(id).await;
 }

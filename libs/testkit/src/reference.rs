@@ -82,3 +82,35 @@ pub fn separate(
     }
     out
 }
+
+/// The largest absolute difference between two sets of lanes.
+///
+/// # Panics
+/// When their lane counts or lengths differ.
+pub fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lane count");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            assert_eq!(x.len(), y.len(), "lane length");
+            x.iter()
+                .zip(y)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0, f32::max)
+        })
+        .fold(0.0, f32::max)
+}
+
+/// Asserts `got` equals `expected` within 1e-6 (float summation order aside, the same
+/// arithmetic), naming `what` when it does not.
+///
+/// # Panics
+/// When they differ.
+pub fn assert_same(got: &[Vec<f32>], expected: &[Vec<f32>], what: &str) {
+    assert_eq!(got.len(), expected.len(), "{what}: lanes");
+    let err = max_abs_diff(got, expected);
+    assert!(
+        err <= 1e-6,
+        "{what}: differs from the expected result by {err}"
+    );
+}

@@ -382,6 +382,44 @@ impl System {
         }
     }
 
+    /// Uploads `bytes` as `name` and asks for the mix of all its tracks; returns the music id.
+    ///
+    /// # Panics
+    /// When the upload or the selection is refused.
+    pub async fn upload_and_select_all(&self, bytes: Vec<u8>, name: &str) -> u64 {
+        let music = self.upload_ok(bytes, name).await;
+        let all: Vec<&str> = music["tracks"]
+            .as_array()
+            .expect("tracks")
+            .iter()
+            .filter_map(|t| t["name"].as_str())
+            .collect();
+        self.select(&music, &all).await
+    }
+
+    /// Waits until the song is at 100 with its `final` mix, and returns its answer.
+    ///
+    /// # Panics
+    /// As [`System::wait_music`].
+    pub async fn finished(&self, id: u64) -> Value {
+        self.wait_music(id, "the song", |b| {
+            b["progress"] == 100 && b["final"].is_string()
+        })
+        .await
+    }
+
+    /// Waits until the song is `failed`, and returns its answer.
+    ///
+    /// # Panics
+    /// When [`SONG_DEADLINE`] passes first.
+    pub async fn failed(&self, id: u64) -> Value {
+        wait_for("the song to fail", SONG_DEADLINE, || async {
+            let b = self.get(&format!("/music/{id}")).await.body;
+            (b["state"] == "failed").then_some(b)
+        })
+        .await
+    }
+
     /// Asks for the mix of the tracks of `music` (an upload's answer) named in `select`;
     /// returns the music id.
     ///
@@ -468,4 +506,35 @@ pub fn decode_bytes(bytes: &[u8], ext: &str) -> dme_audio::Stereo {
     let path = dir.path().join(format!("x.{ext}"));
     std::fs::write(&path, bytes).expect("a temporary file");
     dme_audio::decode_path(&path, Some(ext), dme_audio::MODEL_SAMPLE_RATE).expect("audio")
+}
+
+/// `KEY=value` pairs for [`Options::env`] or [`Options::gateway_env`].
+pub fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Separators that give a segment whose worker stopped answering to another after 2 s, and give
+/// it up after `max_deliver` deliveries.
+pub fn quick_redelivery(max_deliver: u32) -> Vec<(String, String)> {
+    env(&[
+        ("DME_SEPARATOR_ACK_WAIT_MS", "2000"),
+        ("DME_SEPARATOR_MAX_DELIVER", &max_deliver.to_string()),
+    ])
+}
+
+/// A field of `/proc/<pid>/status` in bytes (`VmRSS`, `VmHWM`).
+///
+/// # Panics
+/// When the process or the field does not exist.
+pub fn memory(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("the field");
+    kb * 1024
 }
