@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use dme_testkit::model as model_path;
-use dme_testkit::song::test_song_mp3;
+use dme_testkit::song::{id3v2_frame, id3v2_text_frame, id3v2_wrap, test_song_mp3};
 use dme_testkit::system::{decode_bytes, Options, System};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -492,34 +492,16 @@ fn mp3(seconds: f64) -> Vec<u8> {
 
 /// An ID3v2.3 tag with a title, an artist and a private frame of `private_len` random bytes.
 fn id3v2_tag(title: &str, artist: &str, private_len: usize) -> Vec<u8> {
-    fn frame(id: &[u8; 4], body: &[u8]) -> Vec<u8> {
-        let mut f = id.to_vec();
-        f.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        f.extend_from_slice(&[0, 0]);
-        f.extend_from_slice(body);
-        f
-    }
-    let text = |s: &str| [&[0u8][..], s.as_bytes()].concat();
     let mut private = b"dme-hostile\0".to_vec();
     private.extend(noise(private_len, 7));
-    let frames = [
-        frame(b"TIT2", &text(title)),
-        frame(b"TPE1", &text(artist)),
-        frame(b"PRIV", &private),
-    ]
-    .concat();
-    let size = frames.len() as u32;
-    // The tag size is "syncsafe": 7 bits per byte.
-    let syncsafe = [
-        (size >> 21) as u8 & 0x7F,
-        (size >> 14) as u8 & 0x7F,
-        (size >> 7) as u8 & 0x7F,
-        size as u8 & 0x7F,
-    ];
-    let mut tag = b"ID3\x03\x00\x00".to_vec();
-    tag.extend_from_slice(&syncsafe);
-    tag.extend(frames);
-    tag
+    id3v2_wrap(
+        &[
+            id3v2_text_frame(b"TIT2", title),
+            id3v2_text_frame(b"TPE1", artist),
+            id3v2_frame(b"PRIV", &private),
+        ]
+        .concat(),
+    )
 }
 
 /// A `multipart/form-data` body with one part per `(headers, content)`, and its content type.

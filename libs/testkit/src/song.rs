@@ -271,14 +271,32 @@ pub fn align(decoded: &[f32], reference: &[f32], max_lag: usize) -> Alignment {
 
 /// An ID3v2.3 tag with a title (`TIT2`) and an artist (`TPE1`), to put in front of an MP3.
 pub fn id3v2_tag(title: &str, artist: &str) -> Vec<u8> {
-    fn text_frame(id: &[u8; 4], text: &str) -> Vec<u8> {
-        let mut frame = id.to_vec();
-        frame.extend_from_slice(&(text.len() as u32 + 1).to_be_bytes());
-        frame.extend_from_slice(&[0, 0, 0]); // flags, then the ISO-8859-1 encoding byte
-        frame.extend_from_slice(text.as_bytes());
-        frame
-    }
-    let frames = [text_frame(b"TIT2", title), text_frame(b"TPE1", artist)].concat();
+    id3v2_wrap(
+        &[
+            id3v2_text_frame(b"TIT2", title),
+            id3v2_text_frame(b"TPE1", artist),
+        ]
+        .concat(),
+    )
+}
+
+/// An ID3v2.3 text frame (ISO-8859-1) holding `text`.
+pub fn id3v2_text_frame(id: &[u8; 4], text: &str) -> Vec<u8> {
+    // The encoding byte (0: ISO-8859-1), then the text.
+    id3v2_frame(id, &[&[0u8][..], text.as_bytes()].concat())
+}
+
+/// An ID3v2.3 frame: its id, its size, no flags, then `body`.
+pub fn id3v2_frame(id: &[u8; 4], body: &[u8]) -> Vec<u8> {
+    let mut frame = id.to_vec();
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&[0, 0]);
+    frame.extend_from_slice(body);
+    frame
+}
+
+/// An ID3v2.3 tag holding `frames` (from [`id3v2_frame`]).
+pub fn id3v2_wrap(frames: &[u8]) -> Vec<u8> {
     let size = frames.len();
     // The tag size is "syncsafe": 7 bits per byte.
     let syncsafe = [
@@ -289,7 +307,7 @@ pub fn id3v2_tag(title: &str, artist: &str) -> Vec<u8> {
     ];
     let mut tag = b"ID3\x03\x00\x00".to_vec();
     tag.extend_from_slice(&syncsafe);
-    tag.extend(frames);
+    tag.extend_from_slice(frames);
     tag
 }
 
