@@ -3,7 +3,7 @@
 use dme_protocol::records::MusicRecord;
 use dme_protocol::MusicId;
 
-use crate::{kv, Result, Store};
+use crate::{kv, nats, Result, Store};
 
 impl Store {
     /// The record of `id`, if it exists.
@@ -33,6 +33,19 @@ impl Store {
         F: FnMut(&mut MusicRecord) -> bool,
     {
         kv::update(&self.music, &id.to_string(), change).await
+    }
+
+    /// Removes the record of `id` with its history, so the same id can be created again; removing
+    /// a missing record is not an error.
+    ///
+    /// # Errors
+    /// On NATS failure.
+    pub async fn delete_music(&self, id: MusicId) -> Result<()> {
+        self.music
+            .purge(id.to_string())
+            .await
+            .map_err(nats("purge music record"))?;
+        Ok(())
     }
 
     /// Every music record, in no particular order.

@@ -1,8 +1,10 @@
-//! Song-level changes that several services make, so each is written once: the splitter, the
-//! separators and the mixer all fail a song when a work item for it is given up.
+//! Song-level changes that several services or ways in make, so each is written once: the
+//! splitter, the separators and the mixer all fail a song when a work item for it is given up;
+//! the gateway (and any other way in) starts, deletes and retries songs.
 
-use dme_protocol::messages::ProgressEvent;
-use dme_protocol::{Incarnation, MusicId};
+use dme_protocol::messages::{MusicUploaded, ProgressEvent};
+use dme_protocol::records::{MusicRecord, MusicState};
+use dme_protocol::{now_ms, objects, subjects, Incarnation, JobId, MusicId};
 
 use crate::{Result, Store};
 
@@ -32,6 +34,149 @@ pub async fn fail(
     }
     if let (Some(record), true) = (record, changed) {
         store.publish_progress(&ProgressEvent::of(&record)).await;
+    }
+    Ok(())
+}
+
+/// Publishes the upload event that starts `record`'s processing. Its message id carries the
+/// record's incarnation, so publishing it again for the same life of the song is a no-op.
+///
+/// # Errors
+/// On NATS failure.
+pub async fn publish_uploaded(store: &Store, record: &MusicRecord) -> Result<()> {
+    let uploaded = MusicUploaded {
+        music_id: record.music_id,
+        incarnation: record.incarnation,
+    };
+    store
+        .publish(subjects::WORK_UPLOADED, &uploaded, Some(&uploaded.msg_id()))
+        .await
+}
+
+/// Deletes one song: its record first (from then on every worker drops the song's work, queued
+/// or in hand), then its job records and its objects. Other songs are not touched. False when
+/// there was no such song.
+///
+/// # Errors
+/// On NATS failure; what was deleted stays deleted, and deleting again finishes the job.
+pub async fn delete(store: &Store, music: MusicId) -> Result<bool> {
+    let Some(record) = store.music(music).await? else {
+        return Ok(false);
+    };
+    store.delete_music(music).await?;
+    forget_work(store, &record).await?;
+    delete_objects(store, music, Keep::Nothing).await?;
+    tracing::warn!(%music, name = %record.name, "song deleted");
+    Ok(true)
+}
+
+/// Why a song cannot be retried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RetryRefused {
+    /// There is no such song.
+    NotFound,
+    /// Only a failed song is retried; this one is in the named state.
+    NotFailed(MusicState),
+    /// The stored original is gone (or not the file the record describes).
+    OriginalGone,
+}
+
+/// Restarts a `failed` song from its stored original: a new incarnation of its record (work of
+/// the failed one is dropped wherever it still is), back to `queued` with its selections kept
+/// (they are mixed again once the stems are ready), and a new upload event.
+///
+/// # Errors
+/// `Ok(Err(_))` when the song cannot be retried; `Err` on NATS failure.
+pub async fn retry(
+    store: &Store,
+    music: MusicId,
+) -> Result<std::result::Result<MusicRecord, RetryRefused>> {
+    let Some(old) = store.music(music).await? else {
+        return Ok(Err(RetryRefused::NotFound));
+    };
+    if old.state != MusicState::Failed {
+        return Ok(Err(RetryRefused::NotFailed(old.state)));
+    }
+    if store.object_size(&objects::original(music)).await? != Some(old.size) {
+        return Ok(Err(RetryRefused::OriginalGone));
+    }
+    let fresh = Incarnation::fresh();
+    let mut refused = None;
+    let record = store
+        .update_music(music, |m| {
+            if m.state != MusicState::Failed || m.incarnation != old.incarnation {
+                refused = Some(RetryRefused::NotFailed(m.state));
+                return false;
+            }
+            m.incarnation = fresh;
+            m.state = MusicState::Queued;
+            m.error = None;
+            m.plan = None;
+            m.separated.clear();
+            m.tracks_ready = false;
+            for mix in &mut m.mixes {
+                mix.ready = false;
+            }
+            m.updated_ms = now_ms();
+            true
+        })
+        .await?;
+    let Some(record) = record else {
+        return Ok(Err(RetryRefused::NotFound));
+    };
+    if let Some(refused) = refused {
+        return Ok(Err(refused));
+    }
+    // The failed life's job records and intermediate objects are of no use any more.
+    forget_work(store, &old).await?;
+    delete_objects(store, music, Keep::Original).await?;
+    publish_uploaded(store, &record).await?;
+    store.publish_progress(&ProgressEvent::of(&record)).await;
+    tracing::warn!(%music, name = %record.name, "failed song retried");
+    Ok(Ok(record))
+}
+
+/// Deletes the job records of `record`'s segments (those of its incarnation only).
+async fn forget_work(store: &Store, record: &MusicRecord) -> Result<()> {
+    let Some(plan) = record.plan else {
+        return Ok(());
+    };
+    for seg in plan.segments() {
+        let id = JobId::of(record.music_id, seg.index);
+        if store
+            .job(id)
+            .await?
+            .is_some_and(|j| j.incarnation == record.incarnation)
+        {
+            store.delete_job(id).await?;
+        }
+    }
+    Ok(())
+}
+
+/// What [`delete_objects`] keeps.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    Nothing,
+    Original,
+}
+
+/// Deletes the objects of `music` (see [`objects::prefixes`]), the original too unless kept. The
+/// original is matched by its exact name: its prefix is also the start of longer ids' originals.
+async fn delete_objects(store: &Store, music: MusicId, keep: Keep) -> Result<()> {
+    let original = objects::original(music);
+    for prefix in objects::prefixes(music) {
+        let names = if prefix == original {
+            match keep {
+                Keep::Original => Vec::new(),
+                Keep::Nothing => vec![original.clone()],
+            }
+        } else {
+            store.object_names(&prefix).await?
+        };
+        for name in names {
+            store.delete_object(&name).await?;
+        }
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 mod encodings;
 mod files;
 mod jobs;
+mod lifecycle;
 mod music;
 mod system;
 
@@ -28,8 +29,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         resource("/music/{music_id}")
             .route(web::get().to(music::progress))
-            .route(web::post().to(music::select)),
+            .route(web::post().to(music::select))
+            .route(web::delete().to(lifecycle::delete)),
     )
+    .service(resource("/music/{music_id}/retry").route(web::post().to(lifecycle::retry)))
     .service(
         resource("/music/{music_id}/track/{track_id}")
             .route(web::get().to(files::track))

@@ -27,7 +27,7 @@ struct Track {
 
 /// api.yaml's `Musica`, extended with what the probe found and where processing is.
 #[derive(Serialize)]
-struct Music {
+pub(super) struct Music {
     music_id: MusicId,
     name: String,
     band: String,

@@ -1,0 +1,26 @@
+//! What several end-to-end suites share and the test kit cannot hold (it has no ONNX Runtime).
+
+use dme_model::{Model, ModelOptions, ModelSource};
+use dme_testkit::model as model_path;
+use dme_testkit::reference::{self, Segmenting};
+use dme_testkit::system::decode_bytes;
+
+/// The single-process result of the model at `model` (under `models/`) on the WAV file `wav`,
+/// with dme's segmenting: `S × 2` lanes.
+///
+/// # Panics
+/// When the model cannot be loaded or run, or `wav` is not a WAV file.
+pub fn reference(model: &str, wav: &[u8]) -> Vec<Vec<f32>> {
+    let input = decode_bytes(wav, "wav");
+    let source = ModelSource::File(model_path(model));
+    let mut model = Model::load(&source, &ModelOptions::default()).expect("the model loads");
+    let info = model.info().clone();
+    let plan = Segmenting {
+        segment: info.segment as usize,
+        fixed: info.fixed,
+        sources: info.sources.len(),
+    };
+    reference::separate(plan, &input.left, &input.right, |x| {
+        model.separate(x).expect("the model runs")
+    })
+}
