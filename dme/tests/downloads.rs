@@ -225,6 +225,7 @@ impl Song {
                 ready: true,
             }],
             incarnation: Incarnation::default(),
+            client: None,
         };
         assert!(store.create_music(&record).await.expect("a record"));
         Song {

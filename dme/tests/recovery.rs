@@ -217,6 +217,7 @@ fn music_record(music: MusicId, incarnation: Incarnation) -> MusicRecord {
         tracks_ready: false,
         mixes: Vec::new(),
         incarnation,
+        client: None,
     }
 }
 

@@ -101,6 +101,7 @@ fn main() {
             tracks_ready: false,
             mixes: vec![mix],
             incarnation,
+            client: Some("192.0.2.1".into()),
         }),
     );
     write("job-state", encode(&JobState::Running));

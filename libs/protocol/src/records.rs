@@ -113,9 +113,19 @@ pub struct MusicRecord {
     /// left over from before a reset and is dropped.
     #[serde(default)]
     pub incarnation: Incarnation,
+    /// Who uploaded it, as the gateway keys clients (an IPv4 address, or an IPv6 address's /64),
+    /// so that every gateway counts a client's uploads in flight from the records alone; `None`
+    /// in records written before it existed.
+    #[serde(default)]
+    pub client: Option<String>,
 }
 
 impl MusicRecord {
+    /// True while the song still takes work and store space to finish: neither done nor failed.
+    pub fn in_flight(&self) -> bool {
+        !matches!(self.state, MusicState::Done | MusicState::Failed)
+    }
+
     /// Segments separated so far.
     pub fn segments_done(&self) -> u32 {
         self.separated.iter().filter(|d| **d).count() as u32
@@ -260,4 +270,56 @@ pub struct ModelInfo {
     pub fixed: bool,
     /// Sample rate the model runs at.
     pub sample_rate: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record as an older gateway wrote it: every field but `client`.
+    #[test]
+    fn a_record_from_before_the_client_field_decodes_without_a_client() {
+        let music = MusicId(7);
+        let record = MusicRecord {
+            music_id: music,
+            content_hash: "ab".into(),
+            name: "song".into(),
+            band: String::new(),
+            file_name: "song.wav".into(),
+            size: 10,
+            codec: "pcm_s16le".into(),
+            sample_rate: 44_100,
+            channels: 2,
+            duration_s: 1.0,
+            tracks: TrackRecord::for_sources(music, &["drums".into()]),
+            model: "m".into(),
+            created_ms: 1,
+            updated_ms: 1,
+            state: MusicState::Queued,
+            error: None,
+            plan: None,
+            separated: Vec::new(),
+            tracks_ready: false,
+            mixes: Vec::new(),
+            incarnation: Incarnation::default(),
+            client: Some("10.0.0.1".into()),
+        };
+        let mut value = ciborium::Value::serialized(&record).unwrap();
+        let ciborium::Value::Map(fields) = &mut value else {
+            panic!("a record is a CBOR map");
+        };
+        fields.retain(|(k, _)| k.as_text() != Some("client"));
+        let old = crate::encode(&value);
+        let decoded: MusicRecord = crate::decode(&old).unwrap();
+        assert_eq!(decoded.client, None);
+        assert_eq!(
+            decoded,
+            MusicRecord {
+                client: None,
+                ..record.clone()
+            }
+        );
+        let now: MusicRecord = crate::decode(&crate::encode(&record)).unwrap();
+        assert_eq!(now.client.as_deref(), Some("10.0.0.1"));
+    }
 }

@@ -168,12 +168,14 @@ pub fn kv_bucket(name: &str) -> kv::Config {
     }
 }
 
-/// The object store.
-pub fn file_bucket() -> object_store::Config {
+/// The object store, holding at most `max_bytes` (its stream's `max_bytes`: an object store's
+/// stream discards new messages, so a put beyond it fails and nothing stored is lost).
+pub fn file_bucket(max_bytes: u64) -> object_store::Config {
     object_store::Config {
         bucket: FILE_BUCKET.to_string(),
         description: Some("dme files: originals, segments, stems, tracks, mixes".into()),
         storage: stream::StorageType::File,
+        max_bytes: i64::try_from(max_bytes).unwrap_or(i64::MAX),
         ..Default::default()
     }
 }

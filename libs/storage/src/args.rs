@@ -12,7 +12,13 @@ pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 /// visibly within a minute.
 pub const DEFAULT_CONNECT_TIMEOUT_S: u64 = 60;
 
-/// Where NATS is, and how long to wait for it at start-up.
+/// Most bytes the object store (originals, segments, stems, tracks, mixes, downloads) may hold
+/// by default: 40 GB, 80% of the 50 GB `max_file_store` of the repository's `nats.conf`, leaving
+/// the rest to records, work and events. JetStream refuses a stream whose maximum is above what
+/// the server may store (a server without `max_file_store` may store 75% of its free disk).
+pub const DEFAULT_STORE_MAX_BYTES: u64 = 40_000_000_000;
+
+/// Where NATS is, how long to wait for it at start-up, and how much the object store may hold.
 #[derive(Debug, Clone, clap::Args)]
 pub struct NatsArgs {
     /// NATS server.
@@ -21,6 +27,10 @@ pub struct NatsArgs {
     /// Seconds to keep trying to reach NATS at start-up.
     #[arg(long, env = "DME_CONNECT_TIMEOUT_S", default_value_t = DEFAULT_CONNECT_TIMEOUT_S)]
     pub connect_timeout_s: u64,
+    /// Most bytes the object store may hold (a put beyond it fails; the gateway refuses new songs
+    /// with 507 before). Every service sets it at start-up, so give all of them the same value.
+    #[arg(long, env = "DME_STORE_MAX_BYTES", default_value_t = DEFAULT_STORE_MAX_BYTES)]
+    pub store_max_bytes: u64,
 }
 
 impl NatsArgs {

@@ -7,7 +7,7 @@ use async_nats::jetstream::{self, kv};
 use dme_protocol::streams;
 use tokio::sync::Notify;
 
-use crate::{nats, NatsArgs, Result, Store, StoreError};
+use crate::{capacity, nats, NatsArgs, Result, Store, StoreError, DEFAULT_STORE_MAX_BYTES};
 
 /// Longest wait for one attempt to open a connection to the server.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
@@ -17,12 +17,14 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Store {
-    /// Connects to the NATS server of `args` as `name` (see [`Store::connect`]).
+    /// Connects to the NATS server of `args` as `name` (see [`Store::connect`]), and sets the
+    /// object store's maximum to `args.store_max_bytes` (a service's start-up).
     ///
     /// # Errors
-    /// As [`Store::connect`].
+    /// As [`Store::connect`]; also when the server refuses that maximum.
     pub async fn connect_with(args: &NatsArgs, name: &str) -> Result<Store> {
-        Self::connect(&args.nats_url, name, args.connect_timeout()).await
+        let client = Self::connect_client(&args.nats_url, name, args.connect_timeout()).await?;
+        Self::open_with(client, Some(args.store_max_bytes)).await
     }
 
     /// Connects to NATS at `url` as `name` (shown in the server's connection list), trying until
@@ -33,7 +35,19 @@ impl Store {
     /// # Errors
     /// [`StoreError::Unreachable`] when NATS cannot be reached before the deadline; a NATS error
     /// when the URL is malformed or the server refuses a declaration.
+    /// The object store's maximum is left as it is (a new one gets
+    /// [`DEFAULT_STORE_MAX_BYTES`]), so tools and tests that connect change nothing.
     pub async fn connect(url: &str, name: &str, deadline: Duration) -> Result<Store> {
+        let client = Self::connect_client(url, name, deadline).await?;
+        Self::open(client).await
+    }
+
+    /// A connection to `url` as `name`, once the server answered (see [`Store::connect`]).
+    async fn connect_client(
+        url: &str,
+        name: &str,
+        deadline: Duration,
+    ) -> Result<async_nats::Client> {
         let connected = Arc::new(Notify::new());
         let on_connect = connected.clone();
         let client = async_nats::ConnectOptions::new()
@@ -63,14 +77,24 @@ impl Store {
                 waited: deadline,
             });
         }
-        Self::open(client).await
+        Ok(client)
     }
 
-    /// Declares every stream and bucket on an existing connection.
+    /// Declares every stream and bucket on an existing connection, leaving the object store's
+    /// maximum as it is.
     ///
     /// # Errors
     /// When JetStream refuses a declaration (for example, JetStream is disabled).
     pub async fn open(client: async_nats::Client) -> Result<Store> {
+        Self::open_with(client, None).await
+    }
+
+    /// Declares every stream and bucket on an existing connection; with `store_max_bytes`, the
+    /// object store is created with that maximum or brought to it.
+    ///
+    /// # Errors
+    /// When JetStream refuses a declaration or the maximum.
+    async fn open_with(client: async_nats::Client, store_max_bytes: Option<u64>) -> Result<Store> {
         let js = jetstream::new(client.clone());
         js.get_or_create_stream(streams::work_stream())
             .await
@@ -85,12 +109,30 @@ impl Store {
         let jobs = kv_bucket(&js, streams::JOB_BUCKET).await?;
         let system = kv_bucket(&js, streams::SYSTEM_BUCKET).await?;
         let files = match js.get_object_store(streams::FILE_BUCKET).await {
-            Ok(f) => f,
-            Err(_) => js
-                .create_object_store(streams::file_bucket())
+            Ok(files) => files,
+            Err(_) => match js
+                .create_object_store(streams::file_bucket(
+                    store_max_bytes.unwrap_or(DEFAULT_STORE_MAX_BYTES),
+                ))
                 .await
-                .map_err(nats("declare file bucket"))?,
+            {
+                Ok(files) => files,
+                // Another service created it at the same moment: JetStream then refuses the
+                // second reservation of its maximum (10047) instead of answering that it exists.
+                Err(create) => js
+                    .get_object_store(streams::FILE_BUCKET)
+                    .await
+                    .map_err(|_| {
+                        nats(
+                            "declare file bucket (is DME_STORE_MAX_BYTES above the server's \
+                             max_file_store?)",
+                        )(create)
+                    })?,
+            },
         };
+        if let Some(max) = store_max_bytes {
+            capacity::set_file_store_max(&js, max).await?;
+        }
         Ok(Store {
             client,
             js,

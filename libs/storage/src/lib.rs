@@ -14,12 +14,14 @@
 //! - `kv`: typed get / create / compare-and-swap update of records (private).
 //! - `music`, `jobs`, `model`: music records, job records, the registered model.
 //! - `objects`: files in the object store, streamed ([`ObjectReader`]).
+//! - `capacity`: the object store's maximum (`DME_STORE_MAX_BYTES`) and use ([`StoreUsage`]).
 //! - `events`: progress events.
 //! - [`work`]: publishing work, work consumers, and the one consume loop with its verdicts.
 //! - `reset`: deleting everything.
 //! - [`song`]: song-level changes several services make (failing a song).
 
 mod args;
+mod capacity;
 mod connect;
 mod events;
 mod jobs;
@@ -34,7 +36,8 @@ pub mod work;
 use async_nats::jetstream::{self, kv::Store as KvStore, object_store::ObjectStore};
 use dme_protocol::DecodeError;
 
-pub use args::{NatsArgs, SpoolArgs};
+pub use args::{NatsArgs, SpoolArgs, DEFAULT_STORE_MAX_BYTES};
+pub use capacity::StoreUsage;
 pub use objects::{ChunkedObjectReader, ObjectReader, OBJECT_READ_IDLE};
 
 /// Something went wrong talking to NATS or reading what it holds.
@@ -78,19 +81,44 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// NATS refused a write because the store is full: the object store reached its maximum
+    /// (`DME_STORE_MAX_BYTES`) or the server its `max_file_store`. Another attempt can succeed
+    /// once songs are finished and their intermediate files deleted.
+    #[error("the store is full ({op}): {detail}")]
+    Full {
+        /// What was being written.
+        op: &'static str,
+        /// NATS' words.
+        detail: String,
+    },
     /// A compare-and-swap update lost every race it ran (see `kv::CAS_ATTEMPTS`).
     #[error("too much contention updating {0}")]
     Contention(String),
 }
 
-/// Wraps a NATS error as [`StoreError::Nats`] for `op`.
+/// Wraps a NATS error as [`StoreError::Nats`] for `op`, or as [`StoreError::Full`] when NATS
+/// refused it for want of space.
 fn nats<E: std::error::Error + Send + Sync + 'static>(
     op: &'static str,
 ) -> impl FnOnce(E) -> StoreError {
-    move |e| StoreError::Nats {
-        op,
-        source: Box::new(e),
+    move |e| {
+        let detail = error_chain(&e);
+        if is_full(&detail) {
+            return StoreError::Full { op, detail };
+        }
+        StoreError::Nats {
+            op,
+            source: Box::new(e),
+        }
     }
+}
+
+/// Whether a NATS error's text says the write was refused for want of space: a stream at its
+/// `max_bytes` (JetStream error 10077) or a server at its storage limit (10023).
+fn is_full(detail: &str) -> bool {
+    ["maximum bytes exceeded", "insufficient resources"]
+        .iter()
+        .any(|words| detail.contains(words))
 }
 
 /// Result of this crate.

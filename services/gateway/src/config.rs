@@ -5,9 +5,25 @@ use dme_storage::{NatsArgs, SpoolArgs};
 /// Largest upload accepted by default: 200 MB holds about 2.3 hours of 192 kbit/s MP3 or 19
 /// minutes of CD-quality WAV.
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 200_000_000;
-/// Longest song accepted by default (seconds): 3 hours, beyond any album side or DJ set most
-/// users separate; storage per song grows linearly with it.
-pub const DEFAULT_MAX_DURATION_S: f64 = 3.0 * 3600.0;
+/// Longest song accepted by default (seconds): 2 hours, a whole album or a long DJ set. The store
+/// a song takes grows with its length: at its peak, uncompressed, about 4.1 MB per second with a
+/// four-stem model (`admission::peak_store_bytes`), 30 GB for 2 hours, which fits the default
+/// store's high-water mark (80% of 40 GB).
+pub const DEFAULT_MAX_DURATION_S: f64 = 2.0 * 3600.0;
+
+/// Bytes of uploads one client may have in work (neither done nor failed) by default: 1 GB, five
+/// of the largest uploads, or hundreds of ordinary songs.
+pub const DEFAULT_CLIENT_MAX_INFLIGHT_BYTES: u64 = 1_000_000_000;
+
+/// Seconds of audio one client may have in work by default: 2 hours, one of the longest songs or
+/// forty 3-minute ones. Audio length, not file size, is what separation costs in time and store
+/// (an hour of silence is a 618 KB FLAC).
+pub const DEFAULT_CLIENT_MAX_INFLIGHT_S: f64 = 2.0 * 3600.0;
+
+/// Share of the object store's maximum beyond which no new song is accepted (507): the rest is
+/// room for the songs already accepted to finish (their segments, stems, tracks and mixes grow
+/// after they are admitted) and for downloads' encodings.
+pub const DEFAULT_STORE_HIGH_WATER: f64 = 0.8;
 
 /// Seconds without any progress after which a song in work is reported `stalled`: well above
 /// the slowest step seen (a 7.8 s HT-Demucs segment takes 3-6 s on one core; decoding an hour of
@@ -65,6 +81,17 @@ pub struct GatewayConfig {
     /// Longest song in seconds (longer ones get 413).
     #[arg(long, env = "DME_MAX_DURATION_S", default_value_t = DEFAULT_MAX_DURATION_S)]
     pub max_duration_s: f64,
+    /// Bytes of uploads one client (its address; an IPv6 /64) may have in work, counted over all
+    /// gateways; a new song beyond it gets 429 (a client with nothing in work is always served).
+    #[arg(long, env = "DME_CLIENT_MAX_INFLIGHT_BYTES", default_value_t = DEFAULT_CLIENT_MAX_INFLIGHT_BYTES)]
+    pub client_max_inflight_bytes: u64,
+    /// Seconds of audio one client may have in work, counted like the bytes (429 beyond).
+    #[arg(long, env = "DME_CLIENT_MAX_INFLIGHT_S", default_value_t = DEFAULT_CLIENT_MAX_INFLIGHT_S)]
+    pub client_max_inflight_s: f64,
+    /// Share (0-1] of the object store's maximum (`DME_STORE_MAX_BYTES`) beyond which new songs
+    /// get 507: the store's use plus the new song's estimated peak must stay below it.
+    #[arg(long, env = "DME_STORE_HIGH_WATER", default_value_t = DEFAULT_STORE_HIGH_WATER, value_parser = parse_share)]
+    pub store_high_water: f64,
     /// Where uploads are spooled while they arrive.
     #[command(flatten)]
     pub spool: SpoolArgs,
@@ -91,6 +118,19 @@ pub struct GatewayConfig {
     pub keep_alive_s: u64,
 }
 
+/// A share of the store: a number in (0, 1].
+fn parse_share(raw: &str) -> Result<f64, String> {
+    let share: f64 = raw
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{raw}` is not a number"))?;
+    if share > 0.0 && share <= 1.0 {
+        Ok(share)
+    } else {
+        Err(format!("`{raw}` is not in (0, 1]"))
+    }
+}
+
 /// One entry of `DME_TRUSTED_PROXIES`: an address (a range of one) or a CIDR range.
 fn parse_proxy(raw: &str) -> Result<ipnet::IpNet, String> {
     let raw = raw.trim();
@@ -101,7 +141,16 @@ fn parse_proxy(raw: &str) -> Result<ipnet::IpNet, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_proxy;
+    use super::{parse_proxy, parse_share};
+
+    #[test]
+    fn a_high_water_mark_is_a_share_of_the_store() {
+        assert_eq!(parse_share("0.8"), Ok(0.8));
+        assert_eq!(parse_share("1"), Ok(1.0));
+        for bad in ["0", "-0.5", "1.5", "NaN", "inf", "most"] {
+            assert!(parse_share(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn proxies_are_addresses_or_ranges() {

@@ -23,6 +23,9 @@ pub enum GatewayError {
     /// The HTTP server failed while serving.
     #[error("serving HTTP")]
     Serve(#[source] std::io::Error),
+    /// The spool folder could not be opened (created, swept or locked).
+    #[error("opening the spool folder")]
+    Spool(#[source] std::io::Error),
 }
 
 /// What went wrong with a request.
@@ -55,6 +58,23 @@ pub enum ApiError {
     /// A byte range outside the file (416).
     #[error("{0}")]
     RangeNotSatisfiable(String),
+    /// This client has too much work in flight (429, with `Retry-After`).
+    #[error("{reason}")]
+    TooManyRequests {
+        /// Why, and what the limit is.
+        reason: String,
+        /// Seconds after which a retry may succeed.
+        retry_after_s: u64,
+    },
+    /// The store is too full for new work (507, with `Retry-After`): what is stored is still
+    /// served.
+    #[error("{reason}")]
+    InsufficientStorage {
+        /// Why, and how full the store is.
+        reason: String,
+        /// Seconds after which a retry may succeed.
+        retry_after_s: u64,
+    },
     /// No separator has registered a model yet (503).
     #[error("{0}")]
     Unavailable(String),
@@ -67,9 +87,31 @@ pub enum ApiError {
     Panicked,
 }
 
+/// Seconds a client refused for want of room is asked to wait (`Retry-After`): long enough that
+/// clients do not hammer the gateway, short enough to catch the moment a song finishes.
+pub(crate) const RETRY_AFTER_S: u64 = 60;
+
 impl From<dme_storage::StoreError> for ApiError {
     fn from(e: dme_storage::StoreError) -> Self {
-        ApiError::Internal(e.into())
+        match e {
+            dme_storage::StoreError::Full { .. } => {
+                tracing::warn!(error = %e, "a write found the store full");
+                ApiError::InsufficientStorage {
+                    reason: "the store is full: no new song can be stored now; songs already \
+                             stored can still be downloaded"
+                        .into(),
+                    retry_after_s: RETRY_AFTER_S,
+                }
+            }
+            // NATS down or restarting: the client may retry (the cause is logged).
+            dme_storage::StoreError::Nats { .. } | dme_storage::StoreError::Unreachable { .. } => {
+                tracing::warn!(error = %dme_storage::error_chain(&e), "the store is unreachable");
+                ApiError::Unavailable(
+                    "the message broker is unreachable: retry in a few seconds".into(),
+                )
+            }
+            e => ApiError::Internal(e.into()),
+        }
     }
 }
 
@@ -86,6 +128,8 @@ impl ResponseError for ApiError {
             ApiError::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::InsufficientStorage { .. } => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) | ApiError::Panicked => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -96,7 +140,12 @@ impl ResponseError for ApiError {
             let cause = dme_storage::error_chain(cause.as_ref());
             tracing::error!(error = cause, "request failed");
         }
-        HttpResponse::build(self.status_code())
-            .json(serde_json::json!({ "error": self.to_string() }))
+        let mut response = HttpResponse::build(self.status_code());
+        if let ApiError::TooManyRequests { retry_after_s, .. }
+        | ApiError::InsufficientStorage { retry_after_s, .. } = self
+        {
+            response.insert_header((actix_web::http::header::RETRY_AFTER, *retry_after_s));
+        }
+        response.json(serde_json::json!({ "error": self.to_string() }))
     }
 }

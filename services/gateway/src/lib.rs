@@ -16,6 +16,8 @@
 //!   `routes/encodings.rs`: their encodings, made once and cached in the object store.
 //!   `routes/jobs.rs`: job records. `routes/system.rs`: reset and health.
 //! - `upload`: spooling, hashing and probing an upload.
+//! - `admission`: whether a new song is let in: the client's work in flight (429) and the
+//!   store's room (507), counted from NATS so every gateway agrees.
 //! - `body`: every request body read within an idle timer and a deadline, a multipart form's
 //!   framing bounded, a panic in a handler turned into an opaque 500.
 //!
@@ -29,6 +31,7 @@
 //! deep (serde_json's recursion limit). A response to a body that was not read to its end closes
 //! the connection.
 
+mod admission;
 mod body;
 mod config;
 mod error;

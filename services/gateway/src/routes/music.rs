@@ -11,6 +11,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use super::{base_url, load_music};
+use crate::admission::{self, Cost};
 use crate::upload;
 use crate::{ApiError, AppState};
 
@@ -95,7 +96,10 @@ struct Progress {
     duration_s: f64,
 }
 
-/// `POST /music`: store a song, answer its id and tracks; the same bytes again give the same id.
+/// `POST /music`: store a song, answer its id and tracks; the same bytes again give the same id
+/// (and cost nothing new, so they are never refused for want of room). A new song is admitted
+/// first (`admission`): 429 when its client has too much in work, 507 when the store is too
+/// full.
 pub async fn upload(
     req: HttpRequest,
     payload: web::Payload,
@@ -131,6 +135,19 @@ pub async fn upload(
                 .filter(|s| !s.is_empty())
         })
         .unwrap_or_else(|| "untitled".into());
+    let client = admission::client_key(&req, &state.config.trusted_proxies);
+    let cost = Cost {
+        bytes: spooled.size,
+        seconds: probe.duration_s,
+        store_bytes: admission::peak_store_bytes(
+            spooled.size,
+            probe.duration_s,
+            model.sources.len(),
+            model.segment,
+        ),
+    };
+    // Held until the record is written, so this gateway's concurrent uploads count it.
+    let _reservation = admission::admit(&state, &client, cost).await?;
     let record = MusicRecord {
         music_id,
         content_hash: hash.clone(),
@@ -153,6 +170,7 @@ pub async fn upload(
         tracks_ready: false,
         mixes: Vec::new(),
         incarnation: Incarnation::fresh(),
+        client: Some(client),
     };
     let original = objects::original(music_id);
     // An original of this size under this content-derived name is these bytes, stored by an
