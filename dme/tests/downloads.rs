@@ -188,14 +188,17 @@ impl Song {
         for (seed, stem) in STEMS.iter().enumerate().take(stored) {
             let mut wav = SynthWav::new(frames, seed as u64);
             store
-                .put_object_from(&objects::track(id, stem), &mut wav)
+                .put_compressed_from(&objects::track(id, Incarnation::default(), stem), &mut wav)
                 .await
                 .expect("a track stored");
         }
         let mix_key = objects::selection_key(&[0, 1]);
         let mut mix = SynthWav::new(frames, 9);
         store
-            .put_object_from(&objects::mix(id, &mix_key), &mut mix)
+            .put_compressed_from(
+                &objects::mix(id, Incarnation::default(), &mix_key),
+                &mut mix,
+            )
             .await
             .expect("a mix stored");
         let now = now_ms();
@@ -545,7 +548,10 @@ async fn ten_concurrent_first_requests_encode_once() {
     let elapsed = started.elapsed();
 
     // One stored encoding: its chunks and its metadata, nothing more.
-    let cached = objects::encoded(&objects::track(song.id, "vocals"), "flac");
+    let cached = objects::encoded(
+        &objects::track(song.id, Incarnation::default(), "vocals"),
+        "flac",
+    );
     let info = store
         .jetstream()
         .get_object_store(streams::FILE_BUCKET)

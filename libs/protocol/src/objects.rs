@@ -1,10 +1,17 @@
 //! Names and layouts of the objects in [`crate::streams::FILE_BUCKET`].
 //!
-//! Segment audio and segment stems are raw little-endian f32, planar: all samples of lane 0,
-//! then lane 1, ... (the model's `[1, 2, T]` input and `[1, S, 2, n]` output, flattened). Tracks
-//! and mixes are IEEE-float WAV files, so they download as they are.
+//! Segment audio and segment stems are little-endian f32, planar: all samples of lane 0, then
+//! lane 1, ... (the model's `[1, 2, T]` input and `[1, S, 2, n]` output, flattened), compressed
+//! as one zstd frame ([`pack_planar`]). Tracks and mixes are IEEE-float WAV files compressed as
+//! one zstd frame (decompressed, they are the float WAV download byte for byte). Compression is
+//! lossless, so the samples are bit-identical, and silence costs almost nothing.
+//!
+//! Every object made from a song's audio belongs to one incarnation of the song's record (see
+//! [`Incarnation`]) and carries it in its name: work of a life of the song that a reset ended can
+//! neither overwrite nor delete what the song uploaded again makes. Only the original is per song:
+//! it is the uploaded bytes themselves, the same in every life.
 
-use crate::{DecodeError, MusicId};
+use crate::{DecodeError, Incarnation, MusicId};
 
 /// The uploaded file as it came.
 pub fn original(music: MusicId) -> String {
@@ -12,23 +19,23 @@ pub fn original(music: MusicId) -> String {
 }
 
 /// The model input window of segment `index`: `[2, window_len]` f32.
-pub fn segment_input(music: MusicId, index: u32) -> String {
-    format!("seg/{music}/{index}")
+pub fn segment_input(music: MusicId, incarnation: Incarnation, index: u32) -> String {
+    format!("seg/{music}/{incarnation}/{index}")
 }
 
 /// The separated samples of segment `index`, cut to the segment: `[S, 2, len]` f32.
-pub fn segment_stems(music: MusicId, index: u32) -> String {
-    format!("stems/{music}/{index}")
+pub fn segment_stems(music: MusicId, incarnation: Incarnation, index: u32) -> String {
+    format!("stems/{music}/{incarnation}/{index}")
 }
 
 /// The assembled stem `stem` of a song, float WAV.
-pub fn track(music: MusicId, stem: &str) -> String {
-    format!("track/{music}/{stem}")
+pub fn track(music: MusicId, incarnation: Incarnation, stem: &str) -> String {
+    format!("track/{music}/{incarnation}/{stem}")
 }
 
 /// The mix of a selection (see [`selection_key`]), float WAV.
-pub fn mix(music: MusicId, key: &str) -> String {
-    format!("mix/{music}/{key}")
+pub fn mix(music: MusicId, incarnation: Incarnation, key: &str) -> String {
+    format!("mix/{music}/{incarnation}/{key}")
 }
 
 /// A cached encoding of a track or mix object in another format (`wav`, `flac`, `mp3`).
@@ -36,14 +43,33 @@ pub fn encoded(object: &str, format: &str) -> String {
     format!("{object}.{format}")
 }
 
-/// Prefix of every object of a song.
+/// Prefixes of every object of a song, of all its incarnations: an object of the song is named
+/// exactly [`original`] or starts with one of the others (see [`of_song`]).
 pub fn prefixes(music: MusicId) -> [String; 5] {
     [
-        format!("orig/{music}"),
+        original(music),
         format!("seg/{music}/"),
         format!("stems/{music}/"),
         format!("track/{music}/"),
         format!("mix/{music}/"),
+    ]
+}
+
+/// Whether object `name` belongs to song `music` (any incarnation). The original is matched by
+/// its whole name: `orig/12` is no object of song `1`.
+pub fn of_song(music: MusicId, name: &str) -> bool {
+    let [original, rest @ ..] = prefixes(music);
+    name == original || rest.iter().any(|p| name.starts_with(p.as_str()))
+}
+
+/// Prefixes of every object made in one incarnation of a song: all of [`prefixes`] but the
+/// original, which outlives incarnations.
+pub fn incarnation_prefixes(music: MusicId, incarnation: Incarnation) -> [String; 4] {
+    [
+        format!("seg/{music}/{incarnation}/"),
+        format!("stems/{music}/{incarnation}/"),
+        format!("track/{music}/{incarnation}/"),
+        format!("mix/{music}/{incarnation}/"),
     ]
 }
 
@@ -59,23 +85,59 @@ pub fn selection_key(stem_indices: &[usize]) -> String {
         .join("-")
 }
 
-/// Flattens planar lanes (all of equal length) into little-endian f32 bytes.
+/// The zstd level of packed audio: silence compresses to almost nothing at any level, and
+/// higher ones buy a few per cent on music for several times the CPU of every segment.
+pub const PACK_LEVEL: i32 = 1;
+
+/// Largest unpacked size [`unpack_planar`] accepts (a frame header claiming more is refused, not
+/// allocated): far above the 11 MB stems of a 7.8 s htdemucs segment.
+pub const MAX_UNPACKED_BYTES: usize = 1 << 30;
+
+/// Flattens planar lanes (all of equal length) into little-endian f32 bytes, compressed as one
+/// zstd frame that records its decompressed size.
 pub fn pack_planar(lanes: &[&[f32]]) -> Vec<u8> {
     let total: usize = lanes.iter().map(|l| l.len()).sum();
-    let mut out = Vec::with_capacity(total * 4);
+    let mut raw = Vec::with_capacity(total * 4);
     for lane in lanes {
         for v in *lane {
-            out.extend_from_slice(&v.to_le_bytes());
+            raw.extend_from_slice(&v.to_le_bytes());
         }
     }
-    out
+    pack(&raw)
 }
 
-/// Splits little-endian f32 bytes into `lanes` planar buffers of equal length.
+/// Compresses planar little-endian f32 bytes as [`pack_planar`] does.
+pub fn pack(raw: &[u8]) -> Vec<u8> {
+    zstd::bulk::compress(raw, PACK_LEVEL).expect("zstd compresses into a Vec")
+}
+
+/// Decompresses [`pack_planar`]'s bytes and splits the little-endian f32 samples into `lanes`
+/// planar buffers of equal length.
 ///
 /// # Errors
-/// When the byte count is not a whole number of samples for `lanes` lanes.
-pub fn unpack_planar(bytes: &[u8], lanes: usize) -> Result<Vec<Vec<f32>>, DecodeError> {
+/// When the bytes are not one zstd frame that records its size (at most
+/// [`MAX_UNPACKED_BYTES`]), or do not hold a whole number of samples for `lanes` lanes.
+pub fn unpack_planar(packed: &[u8], lanes: usize) -> Result<Vec<Vec<f32>>, DecodeError> {
+    let corrupt = |reason: String| DecodeError {
+        what: "packed planar f32 audio",
+        reason: format!("{} bytes: {reason}", packed.len()),
+    };
+    let size = match zstd::zstd_safe::get_frame_content_size(packed) {
+        Ok(Some(size)) => size,
+        Ok(None) => return Err(corrupt("a zstd frame without its size".into())),
+        Err(_) => return Err(corrupt("not a zstd frame".into())),
+    };
+    let size = usize::try_from(size)
+        .ok()
+        .filter(|s| *s <= MAX_UNPACKED_BYTES)
+        .ok_or_else(|| corrupt(format!("claims {size} bytes unpacked")))?;
+    let bytes = zstd::bulk::decompress(packed, size).map_err(|e| corrupt(e.to_string()))?;
+    if bytes.len() != size {
+        return Err(corrupt(format!(
+            "{} bytes unpacked, {size} claimed",
+            bytes.len()
+        )));
+    }
     if lanes == 0 || !bytes.len().is_multiple_of(4 * lanes) {
         return Err(DecodeError {
             what: "planar f32 audio",
@@ -108,7 +170,55 @@ mod tests {
         let back = unpack_planar(&bytes, 2).unwrap();
         assert_eq!(back, vec![a.to_vec(), b.to_vec()]);
         assert!(unpack_planar(&bytes[1..], 2).is_err());
-        assert_eq!(unpack_planar(&[], 3).unwrap(), vec![Vec::<f32>::new(); 3]);
+        assert!(unpack_planar(&bytes[..bytes.len() - 1], 2).is_err());
+        assert!(unpack_planar(b"xyz", 2)
+            .unwrap_err()
+            .reason
+            .contains("3 bytes"));
+        let silence = vec![0.0f32; 1 << 20];
+        let packed = pack_planar(&[&silence, &silence]);
+        assert!(
+            packed.len() < 1024,
+            "8 MiB of silence packed to {}",
+            packed.len()
+        );
+        assert_eq!(
+            unpack_planar(&packed, 2).unwrap(),
+            vec![silence.clone(), silence]
+        );
+        let odd = pack_planar(&[&[1.0f32, 2.0, 3.0]]);
+        assert!(unpack_planar(&odd, 2).is_err());
+        let empty = pack_planar(&[&[], &[], &[]]);
+        assert_eq!(
+            unpack_planar(&empty, 3).unwrap(),
+            vec![Vec::<f32>::new(); 3]
+        );
+    }
+
+    #[test]
+    fn names_carry_the_incarnation_and_stay_under_the_song() {
+        let (m, a, b) = (MusicId(12), Incarnation(1), Incarnation(2));
+        let names = [
+            segment_input(m, a, 3),
+            segment_stems(m, a, 3),
+            track(m, a, "bass"),
+            mix(m, a, "0-1"),
+            encoded(&track(m, a, "bass"), "flac"),
+        ];
+        for name in &names {
+            assert!(of_song(m, name), "{name}");
+            assert!(!of_song(MusicId(1), name), "{name}");
+            let own = incarnation_prefixes(m, a);
+            assert!(own.iter().any(|p| name.starts_with(p.as_str())), "{name}");
+            let other = incarnation_prefixes(m, b);
+            assert!(
+                !other.iter().any(|p| name.starts_with(p.as_str())),
+                "{name}"
+            );
+        }
+        assert_ne!(segment_input(m, a, 3), segment_input(m, b, 3));
+        assert!(of_song(m, &original(m)));
+        assert!(!of_song(MusicId(1), &original(m)));
     }
 
     #[test]

@@ -22,6 +22,7 @@
 
 mod args;
 mod capacity;
+pub mod compressed;
 mod connect;
 mod events;
 mod jobs;
@@ -38,7 +39,7 @@ use dme_protocol::DecodeError;
 
 pub use args::{NatsArgs, SpoolArgs, DEFAULT_STORE_MAX_BYTES};
 pub use capacity::StoreUsage;
-pub use objects::{ChunkedObjectReader, ObjectReader, OBJECT_READ_IDLE};
+pub use objects::{ChunkedObjectReader, ObjectReader, Unpacked, OBJECT_READ_IDLE};
 
 /// Something went wrong talking to NATS or reading what it holds.
 #[derive(Debug, thiserror::Error)]

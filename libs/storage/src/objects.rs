@@ -12,7 +12,12 @@ use dme_protocol::MusicId;
 use futures::{StreamExt, TryStreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
+use crate::compressed::ZstdStream;
 use crate::{nats, Result, Store, StoreError};
+
+/// A reader of a compressed object that yields its bytes as they were before compression (see
+/// [`Store::put_compressed_from`]).
+pub type Unpacked<R> = ZstdStream<R, zstd::stream::raw::Decoder<'static>>;
 
 /// Longest wait for the next chunk of an object being read. An object deleted while it is read
 /// (a reset) never delivers its remaining chunks: without this, its reader would wait forever.
@@ -168,6 +173,13 @@ impl AsyncRead for ChunkedObjectReader {
     }
 }
 
+fn unpacked<R>(name: &str, reader: R) -> Result<Unpacked<R>> {
+    ZstdStream::decompress(reader).map_err(|source| StoreError::Read {
+        name: name.to_string(),
+        source,
+    })
+}
+
 impl Store {
     /// Stores `bytes` as object `name`, replacing any object of that name.
     ///
@@ -207,6 +219,69 @@ impl Store {
                     source,
                 })?;
         self.put_object_from(name, &mut file).await
+    }
+
+    /// Stores what `reader` yields as object `name`, zstd-compressed on the way
+    /// ([`crate::compressed`]; read it back with [`Store::unpacked_object_reader`] or
+    /// [`Store::unpacked_chunked_reader`]), streaming.
+    ///
+    /// # Errors
+    /// On NATS failure or a read error.
+    pub async fn put_compressed_from<R: AsyncRead + Unpin>(
+        &self,
+        name: &str,
+        reader: R,
+    ) -> Result<()> {
+        let mut packed = ZstdStream::compress(reader).map_err(|source| StoreError::Read {
+            name: name.to_string(),
+            source,
+        })?;
+        self.put_object_from(name, &mut packed).await
+    }
+
+    /// Stores the local file at `path` as object `name`, zstd-compressed, streaming.
+    ///
+    /// # Errors
+    /// When the file cannot be opened, on a read error or on NATS failure.
+    pub async fn put_compressed_file(&self, name: &str, path: &Path) -> Result<()> {
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|source| StoreError::OpenFile {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        self.put_compressed_from(name, file).await
+    }
+
+    /// A reader of the compressed object `name` that decompresses as it goes, or `None` if the
+    /// object does not exist. For workers, which read at once (see [`ObjectReader`]).
+    ///
+    /// # Errors
+    /// On NATS failure.
+    pub async fn unpacked_object_reader(
+        &self,
+        name: &str,
+    ) -> Result<Option<Unpacked<ObjectReader>>> {
+        let Some(reader) = self.object_reader(name).await? else {
+            return Ok(None);
+        };
+        Ok(Some(unpacked(name, reader)?))
+    }
+
+    /// A reader of the compressed object `name` that fetches a chunk at a time and decompresses
+    /// as it goes, or `None` if the object does not exist. For downloads paced by their clients
+    /// (see [`ChunkedObjectReader`]).
+    ///
+    /// # Errors
+    /// On NATS failure.
+    pub async fn unpacked_chunked_reader(
+        &self,
+        name: &str,
+    ) -> Result<Option<Unpacked<ChunkedObjectReader>>> {
+        let Some(reader) = self.chunked_object_reader(name).await? else {
+            return Ok(None);
+        };
+        Ok(Some(unpacked(name, reader)?))
     }
 
     /// The whole object `name`, or `None` if it does not exist.
@@ -309,20 +384,17 @@ impl Store {
             .collect())
     }
 
-    /// Deletes every object of one song (see [`dme_protocol::objects::prefixes`]). Objects that
-    /// cannot be listed are skipped.
+    /// Deletes every object of one song, of all its incarnations (see
+    /// [`dme_protocol::objects::of_song`]). Objects that cannot be listed are skipped.
     ///
     /// # Errors
     /// On NATS failure.
     pub async fn delete_song_objects(&self, music: MusicId) -> Result<()> {
-        let prefixes = dme_protocol::objects::prefixes(music);
         let list = self.files.list().await.map_err(nats("list objects"))?;
         let names: Vec<String> = list
             .filter_map(|i| async move { i.ok() })
             .filter(|i| {
-                futures::future::ready(
-                    !i.deleted && prefixes.iter().any(|p| i.name.starts_with(p.as_str())),
-                )
+                futures::future::ready(!i.deleted && dme_protocol::objects::of_song(music, &i.name))
             })
             .map(|i| i.name)
             .collect()

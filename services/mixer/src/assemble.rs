@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use dme_protocol::messages::{ProgressEvent, SegmentDone};
 use dme_protocol::records::{MusicRecord, MusicState};
-use dme_protocol::{now_ms, objects, MusicId, Segment, SegmentPlan};
+use dme_protocol::{now_ms, objects, Incarnation, MusicId, Segment, SegmentPlan};
 use dme_segment::Blender;
 use dme_storage::work::{Delivery, Handler};
 use dme_storage::{SpoolArgs, Store};
@@ -67,16 +67,21 @@ impl Assembler {
                 }
             })
             .await?;
-        let Some(record) = record else {
-            // Deleted (reset) while its segments were in flight: drop their leftovers.
-            let _ = self.store.delete_song_objects(done.music_id).await;
+        let stale = match &record {
+            None => true,
+            Some(r) if r.incarnation != done.incarnation => {
+                tracing::info!(music = %done.music_id, "separated segment from before a reset; dropped");
+                true
+            }
+            Some(_) => false,
+        };
+        let Some(record) = record.filter(|_| !stale) else {
+            // Deleted, or reset and uploaded again, while the segment was in flight: drop its
+            // leftovers. Their names carry the old incarnation; the new song's are not touched.
+            self.delete_segment(done.music_id, done.incarnation, done.index)
+                .await;
             return Ok(());
         };
-        if record.incarnation != done.incarnation {
-            // Reset and uploaded again since: the objects' names belong to the new song.
-            tracing::info!(music = %done.music_id, "separated segment from before a reset; dropped");
-            return Ok(());
-        }
         if changed {
             self.store
                 .publish_progress(&ProgressEvent::of(&record))
@@ -96,23 +101,27 @@ impl Assembler {
         let plan = record.plan.ok_or(MixError::NoPlan)?;
         let spool = self.spool.tempdir().map_err(MixError::Spool)?;
         let paths = self.blend_to_files(&record, plan, spool.path()).await?;
-        for (track, path) in record.tracks.iter().zip(&paths) {
-            self.store
-                .put_object_file(&objects::track(music, &track.name), path)
-                .await?;
+        let names: Vec<String> = record
+            .tracks
+            .iter()
+            .map(|t| objects::track(music, incarnation, &t.name))
+            .collect();
+        for (name, path) in names.iter().zip(&paths) {
+            self.store.put_compressed_file(name, path).await?;
         }
         let updated = self.mark_tracks_ready(&record).await?;
-        let Some(record) = updated else {
-            // Reset meanwhile: nothing of the song may stay behind.
-            let _ = self.store.delete_song_objects(music).await;
+        let current = updated.filter(|r| r.incarnation == incarnation);
+        let Some(record) = current else {
+            // Deleted, or reset and uploaded again, meanwhile: what this life of the song left
+            // goes (only it: the names carry its incarnation).
+            for name in &names {
+                let _ = self.store.delete_object(name).await;
+            }
+            self.delete_segments(music, incarnation, plan).await;
             return Ok(());
         };
-        if record.incarnation != incarnation {
-            // Reset and uploaded again meanwhile: the segments are the new song's now.
-            return Ok(());
-        }
         tracing::info!(%music, stems = paths.len(), frames = plan.frames, "stems assembled");
-        self.delete_segments(music, plan).await;
+        self.delete_segments(music, incarnation, plan).await;
         self.store
             .publish_progress(&ProgressEvent::of(&record))
             .await;
@@ -138,7 +147,9 @@ impl Assembler {
             .map_err(MixError::Wav)?;
         let mut blender = Blender::new(plan, lanes);
         for seg in plan.segments() {
-            let stems = self.load_stems(record.music_id, &seg, lanes).await?;
+            let stems = self
+                .load_stems(record.music_id, record.incarnation, &seg, lanes)
+                .await?;
             let views: Vec<&[f32]> = stems.iter().map(|l| l.as_slice()).collect();
             let (finished, _) = blender.push(seg.index, &views);
             write_stereo(&mut writers, &finished).map_err(MixError::Wav)?;
@@ -153,10 +164,11 @@ impl Assembler {
     async fn load_stems(
         &self,
         music: MusicId,
+        incarnation: Incarnation,
         seg: &Segment,
         lanes: usize,
     ) -> Result<Vec<Vec<f32>>, MixError> {
-        let name = objects::segment_stems(music, seg.index);
+        let name = objects::segment_stems(music, incarnation, seg.index);
         let bytes = self
             .store
             .get_object(&name)
@@ -206,15 +218,21 @@ impl Assembler {
         Ok(updated)
     }
 
-    /// Deletes the segment inputs and stems: the tracks hold everything now.
-    async fn delete_segments(&self, music: MusicId, plan: SegmentPlan) {
+    /// Deletes the segment inputs and stems of one life of a song: the tracks hold everything
+    /// now (or the song is gone).
+    async fn delete_segments(&self, music: MusicId, incarnation: Incarnation, plan: SegmentPlan) {
         for seg in plan.segments() {
-            for name in [
-                objects::segment_input(music, seg.index),
-                objects::segment_stems(music, seg.index),
-            ] {
-                let _ = self.store.delete_object(&name).await;
-            }
+            self.delete_segment(music, incarnation, seg.index).await;
+        }
+    }
+
+    /// Deletes segment `index`'s input and stems of one life of a song.
+    async fn delete_segment(&self, music: MusicId, incarnation: Incarnation, index: u32) {
+        for name in [
+            objects::segment_input(music, incarnation, index),
+            objects::segment_stems(music, incarnation, index),
+        ] {
+            let _ = self.store.delete_object(&name).await;
         }
     }
 }

@@ -41,24 +41,28 @@ impl Mixdown {
     /// Mixes every selection of the song that has no mix yet, marking each ready.
     pub(crate) async fn make_pending(&self, record: &MusicRecord) -> Result<(), MixError> {
         for mix in record.mixes.iter().filter(|m| !m.ready) {
-            self.render(record, mix).await?;
+            let object = self.render(record, mix).await?;
             let updated = self.mark_ready(record, &mix.key).await?;
+            let Some(r) = updated.filter(|r| r.incarnation == record.incarnation) else {
+                // Deleted, or reset and uploaded again, meanwhile: the mix is nobody's. Its
+                // name carries this life's incarnation, so only it goes.
+                let _ = self.store.delete_object(&object).await;
+                return Ok(());
+            };
             tracing::info!(music = %record.music_id, key = %mix.key, "mix ready");
-            if let Some(r) = updated {
-                self.store.publish_progress(&ProgressEvent::of(&r)).await;
-            }
+            self.store.publish_progress(&ProgressEvent::of(&r)).await;
         }
         Ok(())
     }
 
-    /// Sums the selection's tracks into its mix object.
-    async fn render(&self, record: &MusicRecord, mix: &MixRecord) -> Result<(), MixError> {
+    /// Sums the selection's tracks into its mix object; returns the object's name.
+    async fn render(&self, record: &MusicRecord, mix: &MixRecord) -> Result<String, MixError> {
         let spool = self.spool.tempdir().map_err(MixError::Spool)?;
         let mut inputs = Vec::with_capacity(mix.tracks.len());
         let stems = mix.tracks.iter().filter_map(|t| record.stem_index(*t));
         let names = stems.filter_map(|i| record.tracks.get(i)).map(|t| &t.name);
         for (n, stem) in names.enumerate() {
-            let name = objects::track(record.music_id, stem);
+            let name = objects::track(record.music_id, record.incarnation, stem);
             let path = spool.path().join(format!("in{n}.wav"));
             self.download(&name, &path).await?;
             inputs.push(path);
@@ -69,16 +73,16 @@ impl Mixdown {
             .await
             .map_err(MixError::Task)?
             .map_err(MixError::Wav)?;
-        let object = objects::mix(record.music_id, &mix.key);
-        self.store.put_object_file(&object, &out).await?;
-        Ok(())
+        let object = objects::mix(record.music_id, record.incarnation, &mix.key);
+        self.store.put_compressed_file(&object, &out).await?;
+        Ok(object)
     }
 
-    /// Copies object `name` (a track) to the local file `path`.
+    /// Copies object `name` (a track) to the local file `path`, decompressed.
     async fn download(&self, name: &str, path: &Path) -> Result<(), MixError> {
         let mut reader = self
             .store
-            .object_reader(name)
+            .unpacked_object_reader(name)
             .await?
             .ok_or_else(|| MixError::TrackMissing(name.to_string()))?;
         let mut file = tokio::fs::File::create(path)

@@ -38,12 +38,14 @@ pub enum SeparateError {
     /// The segment's input is not in the object store (permanent).
     #[error("input {0} is missing")]
     InputMissing(String),
-    /// The segment's input has the wrong size for its window (permanent).
-    #[error("input {name} holds {bytes} bytes, expected {expected} (2 × {window} f32)")]
+    /// The segment's input is not packed audio of its window's size (permanent).
+    #[error(
+        "input {name} ({bytes} bytes packed) is not {expected} bytes of packed audio (2 × {window} f32)"
+    )]
     InputSize {
         /// Object name.
         name: String,
-        /// Its size.
+        /// Its size as stored (packed).
         bytes: usize,
         /// The size of a window of `window` stereo f32 samples.
         expected: usize,
@@ -58,7 +60,9 @@ pub enum SeparateError {
     Model(#[source] dme_model::ModelError),
     /// The model's output does not cover the segment's window (permanent: the plan does not fit
     /// the model that runs it).
-    #[error("the model gave {samples} samples, not whole lanes of the {window}-sample window around the segment")]
+    #[error(
+        "the model gave {samples} samples, not whole lanes of the {window}-sample window around the segment"
+    )]
     OutputShape {
         /// Samples the model gave.
         samples: usize,

@@ -189,12 +189,21 @@ impl Worker {
         let started = Instant::now();
         let output = self.run_model(input).await?;
         let time_ms = started.elapsed().as_millis() as u64;
-        let stems = crop_to_segment(&output, &seg)?;
+        // Packing (zstd) an hour's worth of segments is CPU work: off the executor too.
+        let stems = tokio::task::spawn_blocking(move || crop_to_segment(&output, &seg))
+            .await
+            .map_err(SeparateError::Task)??;
         if !matches!(self.status(work).await?, Status::ToDo) {
             return Ok(()); // reset, failed or done by another worker while we worked
         }
-        let name = objects::segment_stems(work.music_id, work.index);
+        let name = objects::segment_stems(work.music_id, work.incarnation, work.index);
         self.store.put_object(&name, &stems).await?;
+        if matches!(self.status(work).await?, Status::Dropped) {
+            // Reset, deleted or failed while the stems were stored: nobody will assemble them.
+            // The name carries this work's incarnation, so only what it wrote goes.
+            let _ = self.store.delete_object(&name).await;
+            return Ok(());
+        }
         self.update_job(work, |job| job.finish(&self.worker_id, attempt, time_ms))
             .await;
         self.publish_done(work).await?;
@@ -263,37 +272,42 @@ impl Worker {
         })
     }
 
-    /// The segment's model input window, checked against the window's length.
+    /// The segment's model input window, unpacked (off the executor) and checked against the
+    /// window's length: `[2, window]` samples.
     async fn load_input(
         &self,
         work: &SegmentWork,
         seg: &Segment,
-    ) -> Result<Vec<u8>, SeparateError> {
-        let name = objects::segment_input(work.music_id, work.index);
-        let bytes = self.store.get_object(&name).await?;
-        let bytes = bytes.ok_or_else(|| SeparateError::InputMissing(name.clone()))?;
+    ) -> Result<Vec<f32>, SeparateError> {
+        let name = objects::segment_input(work.music_id, work.incarnation, work.index);
+        let packed = self.store.get_object(&name).await?;
+        let packed = packed.ok_or_else(|| SeparateError::InputMissing(name.clone()))?;
+        let bytes = packed.len();
+        let input = tokio::task::spawn_blocking(move || objects::unpack_planar(&packed, 1))
+            .await
+            .map_err(SeparateError::Task)?;
         let window = seg.window_len as usize;
-        let expected = window.saturating_mul(2 * 4);
-        if bytes.len() != expected {
+        let expected = window.saturating_mul(2);
+        let input: Vec<f32> = match input {
+            Ok(lanes) => lanes.into_iter().flatten().collect(),
+            // Stored bytes that are not packed audio never will be: permanent, like a bad size.
+            Err(_) => Vec::new(),
+        };
+        if input.len() != expected {
             return Err(SeparateError::InputSize {
                 name,
-                bytes: bytes.len(),
-                expected,
+                bytes,
+                expected: expected * 4,
                 window,
             });
         }
-        Ok(bytes)
+        Ok(input)
     }
 
     /// Runs the model on a planar f32 window, off the executor: `[S, 2, window]` samples.
-    async fn run_model(&self, input: Vec<u8>) -> Result<Vec<f32>, SeparateError> {
+    async fn run_model(&self, input: Vec<f32>) -> Result<Vec<f32>, SeparateError> {
         let model = self.model.clone();
         tokio::task::spawn_blocking(move || {
-            let input: Vec<f32> = objects::unpack_planar(&input, 1)
-                .map_err(SeparateError::Input)?
-                .into_iter()
-                .flatten()
-                .collect();
             let mut model = model.lock().map_err(|_| SeparateError::ModelPoisoned)?;
             model.separate(&input).map_err(SeparateError::Model)
         })

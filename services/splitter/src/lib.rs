@@ -200,22 +200,30 @@ impl Cutter {
         let track_ids: Vec<_> = tracks.iter().map(|t| t.track_id).collect();
         for seg in cut.plan.segments() {
             let song = decoded.clone();
-            let window = tokio::task::spawn_blocking(move || song.window(&seg))
-                .await
-                .map_err(|e| SplitError::Task("window", e))?
-                .map_err(SplitError::ReadDecoded)?;
+            // Read and packed (zstd) off the executor; the job records the unpacked size.
+            let (size, packed) = tokio::task::spawn_blocking(move || {
+                song.window(&seg)
+                    .map(|w| (w.len() as u64, objects::pack(&w)))
+            })
+            .await
+            .map_err(|e| SplitError::Task("window", e))?
+            .map_err(SplitError::ReadDecoded)?;
             self.store
-                .put_object(&objects::segment_input(music, seg.index), &window)
+                .put_object(
+                    &objects::segment_input(music, cut.incarnation, seg.index),
+                    &packed,
+                )
                 .await?;
-            let job = queued_job(cut, &seg, window.len() as u64, track_ids.clone());
+            let job = queued_job(cut, &seg, size, track_ids.clone());
             self.store.create_job(&job).await?;
         }
         Ok(())
     }
 
     /// Records the plan on the song (now `separating`), announces it and queues the first
-    /// window. A song deleted meanwhile (a reset) gets what this cut wrote removed instead; a
-    /// song uploaded again since (another incarnation) owns those names now and is left alone.
+    /// window. A song deleted meanwhile (a reset), or reset and uploaded again (another
+    /// incarnation), gets the segment inputs this cut wrote removed instead: their names carry
+    /// this cut's incarnation, so nothing of the new song is touched.
     async fn store_plan(
         &self,
         cut: &Cut,
@@ -242,17 +250,15 @@ impl Cutter {
             })
             .await?;
         let Some(record) = updated else {
+            self.delete_inputs(cut).await;
             for seg in plan.segments() {
-                let _ = self
-                    .store
-                    .delete_object(&objects::segment_input(music, seg.index))
-                    .await;
                 let _ = self.store.delete_job(JobId::of(music, seg.index)).await;
             }
             return Ok(());
         };
         if record.incarnation != cut.incarnation {
             tracing::info!(%music, "song reset and uploaded again while it was cut; cut dropped");
+            self.delete_inputs(cut).await;
             return Ok(());
         }
         self.store
@@ -260,6 +266,15 @@ impl Cutter {
             .await;
         let plan = record.plan.unwrap_or(plan);
         self.release_first_window(&record, plan).await
+    }
+
+    /// Deletes the segment inputs of an abandoned cut (only its own: their names carry its
+    /// incarnation).
+    async fn delete_inputs(&self, cut: &Cut) {
+        for seg in cut.plan.segments() {
+            let name = objects::segment_input(cut.music, cut.incarnation, seg.index);
+            let _ = self.store.delete_object(&name).await;
+        }
     }
 
     /// Queues the song's first `segment_window` segments (deduplicated by message id).

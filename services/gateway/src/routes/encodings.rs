@@ -1,6 +1,7 @@
-//! The cache of encoded downloads: a track or mix (stored as float WAV) is encoded to another
-//! format on its first request, as a stream, into the object store beside its source
-//! ([`dme_protocol::objects::encoded`]), and served from there ever after.
+//! The cache of encoded downloads: a track or mix (stored as a zstd-compressed float WAV) is
+//! encoded to another format on its first request, as a stream, into the object store beside its
+//! source ([`dme_protocol::objects::encoded`]), and served from there ever after. The float WAV
+//! itself is served by decompressing the source on the fly, so it is never stored whole.
 //!
 //! Memory stays bounded however long the track: the source is read through a
 //! [`SyncIoBridge`] by [`dme_audio::encode_wav_stream`] in a blocking thread, and its output goes
@@ -18,7 +19,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use actix_web::web::{Bytes, BytesMut};
 use dme_audio::{AudioError, Format};
-use dme_storage::{ChunkedObjectReader, Store, StoreError};
+use dme_storage::{ChunkedObjectReader, Store, StoreError, Unpacked};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
@@ -65,6 +67,59 @@ pub enum EncodeError {
     },
 }
 
+/// A file to download: its size, its content digest as NATS stores it (`SHA-256=<base64url>`, of
+/// the stored bytes, which determine the file's bytes), and a reader of it from its first byte.
+pub struct Download {
+    /// Bytes the reader yields.
+    pub size: u64,
+    /// See [`ChunkedObjectReader::digest`].
+    pub digest: Option<String>,
+    /// The file, read from the store a chunk at a time.
+    pub body: Box<dyn AsyncRead + Unpin>,
+}
+
+impl Download {
+    /// A stored object served as it is.
+    fn stored(reader: ChunkedObjectReader) -> Download {
+        Download {
+            size: reader.size(),
+            digest: reader.digest().map(str::to_string),
+            body: Box::new(reader),
+        }
+    }
+
+    /// A compressed WAV served decompressed: its size is the RIFF header's (the first 8 bytes,
+    /// read here and put back in front of the rest).
+    async fn unpacked_wav(
+        object: &str,
+        mut reader: Unpacked<ChunkedObjectReader>,
+    ) -> Result<Download, EncodeError> {
+        let mut head = [0u8; 8];
+        let read = reader.read_exact(&mut head).await;
+        let riff = read.and_then(|_| {
+            let (tag, size) = head.split_at(4);
+            let size = u32::from_le_bytes(size.try_into().expect("4 bytes"));
+            if tag == b"RIFF" {
+                Ok(u64::from(size) + 8)
+            } else {
+                Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the stored track is not a compressed WAV",
+                ))
+            }
+        });
+        let size = riff.map_err(|source| StoreError::Read {
+            name: object.to_string(),
+            source,
+        })?;
+        Ok(Download {
+            size,
+            digest: reader.get_ref().digest().map(str::to_string),
+            body: Box::new(io::Cursor::new(head).chain(reader)),
+        })
+    }
+}
+
 /// The encodings this gateway is making: one lock per cached object's name, and a bound on
 /// how many run at once.
 pub struct Encodings {
@@ -82,7 +137,7 @@ impl Default for Encodings {
 }
 
 impl Encodings {
-    /// A reader of `source` (a float WAV object) in `format`: the source itself for
+    /// `source` (a compressed float WAV object) in `format`: the source decompressed for
     /// [`Format::Wav32f`], else its cached encoding, made and stored first if there is none.
     /// `None` when `source` does not exist.
     ///
@@ -98,13 +153,16 @@ impl Encodings {
         store: &Store,
         source: &str,
         format: Format,
-    ) -> Result<Option<ChunkedObjectReader>, EncodeError> {
+    ) -> Result<Option<Download>, EncodeError> {
         if format == Format::Wav32f {
-            return Ok(store.chunked_object_reader(source).await?);
+            return match store.unpacked_chunked_reader(source).await? {
+                Some(reader) => Ok(Some(Download::unpacked_wav(source, reader).await?)),
+                None => Ok(None),
+            };
         }
         let cached = dme_protocol::objects::encoded(source, format.as_str());
         if let Some(reader) = store.chunked_object_reader(&cached).await? {
-            return Ok(Some(reader));
+            return Ok(Some(Download::stored(reader)));
         }
         let lock = lock_of(&self.running, &cached);
         let (running, slots) = (self.running.clone(), self.slots.clone());
@@ -137,7 +195,8 @@ impl Encodings {
         if !made {
             return Ok(None);
         }
-        Ok(store.chunked_object_reader(&cached).await?)
+        let reader = store.chunked_object_reader(&cached).await?;
+        Ok(reader.map(Download::stored))
     }
 }
 
@@ -164,7 +223,8 @@ fn release(
 }
 
 /// Encodes object `source` to `format` and stores the result as object `target`, streaming:
-/// the encoder runs in a blocking thread, reading the source through a [`SyncIoBridge`] (twice
+/// the encoder runs in a blocking thread, reading the source (decompressed as it comes) through a
+/// [`SyncIoBridge`] (twice
 /// for FLAC and MP3) and writing into a bounded channel that the put reads.
 ///
 /// # Errors
@@ -182,7 +242,7 @@ async fn encode_into_store(
     let encoder = tokio::task::spawn_blocking(move || {
         let open = || {
             let reader = runtime
-                .block_on(reading.chunked_object_reader(&object))
+                .block_on(reading.unpacked_chunked_reader(&object))
                 .map_err(io::Error::other)?
                 .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the source is gone"))?;
             Ok(SyncIoBridge::new_with_handle(reader, runtime.clone()))

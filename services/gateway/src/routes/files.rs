@@ -1,5 +1,6 @@
-//! Downloads of stem tracks and mixes: float WAV as stored, or 16-bit WAV (the default), FLAC or
-//! MP3, encoded on first request and kept beside the original (see `encodings`).
+//! Downloads of stem tracks and mixes: float WAV as stored (decompressed on the fly), or 16-bit
+//! WAV (the default), FLAC or MP3, encoded on first request and kept beside the original (see
+//! `encodings`).
 //!
 //! Every download streams from the object store, so memory does not grow with the file. HTTP
 //! as RFC 9110 says: `GET` and `HEAD`; an `ETag` from the content's SHA-256 (the same bytes in
@@ -20,12 +21,12 @@ use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder, ResponseError};
 use dme_audio::Format;
 use dme_protocol::{objects, TrackId};
-use dme_storage::ChunkedObjectReader;
 use futures::{Stream, StreamExt, TryStreamExt};
 use serde::Deserialize;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::io::ReaderStream;
 
+use super::encodings::Download;
 use super::{load_music, parse_id};
 use crate::{ApiError, AppState};
 
@@ -75,7 +76,7 @@ pub async fn track(
             "track {track_id} is not separated yet"
         )));
     }
-    let object = objects::track(record.music_id, &track.name);
+    let object = objects::track(record.music_id, record.incarnation, &track.name);
     let disposition = attachment(&record.name, &[track.name.as_str()], format);
     serve(&req, &state, &object, format, disposition).await
 }
@@ -108,7 +109,7 @@ pub async fn mix(
         .filter_map(|t| record.tracks.iter().find(|x| x.track_id == *t))
         .map(|t| t.name.as_str())
         .collect();
-    let object = objects::mix(record.music_id, &mix.key);
+    let object = objects::mix(record.music_id, record.incarnation, &mix.key);
     let disposition = attachment(&record.name, &names, format);
     serve(&req, &state, &object, format, disposition).await
 }
@@ -121,13 +122,13 @@ async fn serve(
     format: Format,
     disposition: ContentDisposition,
 ) -> Result<HttpResponse, ApiError> {
-    let reader = state
+    let download = state
         .encodings
         .reader(&state.store, object, format)
         .await
         .map_err(|e| ApiError::Internal(e.into()))?
         .ok_or_else(|| ApiError::NotFound(format!("{object} is gone")))?;
-    Ok(respond(req, reader, format.content_type(), disposition))
+    Ok(respond(req, download, format.content_type(), disposition))
 }
 
 /// What the request asks of the file, once its conditions are weighed.
@@ -141,16 +142,16 @@ enum Wanted {
     Unsatisfiable,
 }
 
-/// The answer to `req` from `reader`: 304, 200, 206 or 416 with the headers RFC 9110 asks
+/// The answer to `req` from `download`: 304, 200, 206 or 416 with the headers RFC 9110 asks
 /// for; the body streams from the object store (none for `HEAD`).
 fn respond(
     req: &HttpRequest,
-    reader: ChunkedObjectReader,
+    download: Download,
     content_type: &str,
     disposition: ContentDisposition,
 ) -> HttpResponse {
-    let total = reader.size();
-    let tag = reader.digest().and_then(entity_tag);
+    let total = download.size;
+    let tag = download.digest.as_deref().and_then(entity_tag);
     if let Some(tag) = &tag {
         if none_match(req, tag) {
             return HttpResponse::NotModified()
@@ -191,7 +192,7 @@ fn respond(
         // The length a GET would send; the reader is dropped unread.
         return body(answer, len, futures::stream::empty());
     }
-    body(answer, len, object_bytes(reader, start, len))
+    body(answer, len, object_bytes(download.body, start, len))
 }
 
 /// `answer` with a body of exactly `len` bytes from `stream`.
@@ -222,7 +223,7 @@ fn unsatisfiable(total: u64) -> HttpResponse {
 /// `len` bytes of `reader` from byte `start`: the bytes before it are read and dropped (the
 /// object store reads forward only), lazily, once the headers are sent.
 fn object_bytes(
-    mut reader: ChunkedObjectReader,
+    mut reader: Box<dyn AsyncRead + Unpin>,
     start: u64,
     len: u64,
 ) -> impl Stream<Item = io::Result<Bytes>> {
