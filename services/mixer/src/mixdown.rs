@@ -1,14 +1,16 @@
 //! Mixing: sums the tracks a user selected into one float WAV, streaming through spooled files
 //! so memory stays bounded whatever the song's length.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use dme_protocol::messages::{MixRequest, ProgressEvent};
 use dme_protocol::records::{MixRecord, MusicRecord, MusicState};
-use dme_protocol::{now_ms, objects};
+use dme_protocol::{now_ms, objects, MusicId};
 use dme_storage::work::{Delivery, Handler};
-use dme_storage::{SpoolArgs, Store};
+use dme_storage::{Spool, Store};
 
 use crate::{float_wav_spec, MixError};
 
@@ -17,7 +19,7 @@ use crate::{float_wav_spec, MixError};
 #[derive(Clone)]
 pub(crate) struct Mixdown {
     pub(crate) store: Store,
-    pub(crate) spool: SpoolArgs,
+    pub(crate) spool: Spool,
 }
 
 impl Handler for Mixdown {
@@ -39,7 +41,17 @@ impl Handler for Mixdown {
 
 impl Mixdown {
     /// Mixes every selection of the song that has no mix yet, marking each ready.
+    ///
+    /// One song's selections are mixed one request at a time, each reading the record afresh
+    /// when its turn comes: two requests at once (clients posting the same selection, a request
+    /// beside the assembler) would otherwise both find a selection unmixed and render it twice.
     pub(crate) async fn make_pending(&self, record: &MusicRecord) -> Result<(), MixError> {
+        let _turn = MixTurn::wait(record.music_id).await;
+        let current = self.store.music(record.music_id).await?;
+        let Some(record) = current.filter(|r| r.incarnation == record.incarnation) else {
+            return Ok(()); // deleted, or reset and uploaded again, meanwhile
+        };
+        let record = &record;
         for mix in record.mixes.iter().filter(|m| !m.ready) {
             let object = self.render(record, mix).await?;
             let updated = self.mark_ready(record, &mix.key).await?;
@@ -127,6 +139,46 @@ impl Mixdown {
             })
             .await?;
         Ok(updated)
+    }
+}
+
+/// Songs whose selections this process is mixing, each with the lock its requests queue on.
+static MIXING: LazyLock<Mutex<HashMap<MusicId, Arc<tokio::sync::Mutex<()>>>>> =
+    LazyLock::new(Mutex::default);
+
+/// A song's turn to mix ([`Mixdown::make_pending`]); the song leaves [`MIXING`] with the last.
+struct MixTurn {
+    music: MusicId,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl MixTurn {
+    async fn wait(music: MusicId) -> MixTurn {
+        let lock = MIXING
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(music)
+            .or_default()
+            .clone();
+        MixTurn {
+            music,
+            _turn: lock.lock_owned().await,
+        }
+    }
+}
+
+impl Drop for MixTurn {
+    fn drop(&mut self) {
+        let mut mixing = MIXING
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Held by the map and by this turn only: nobody is queued behind it.
+        if mixing
+            .get(&self.music)
+            .is_some_and(|lock| Arc::strong_count(lock) == 2)
+        {
+            mixing.remove(&self.music);
+        }
     }
 }
 
