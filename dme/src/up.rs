@@ -179,10 +179,12 @@ fn die_with_parent(command: &mut Command) {
 }
 
 async fn stop(name: &str, child: &mut Child) {
-    if let Some(pid) = child.id() {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
+    if let Some(pid) = child.id().and_then(|p| libc::pid_t::try_from(p).ok()) {
+        // SAFETY: kill(2) only sends a signal; the pid is our own child, not yet reaped (`id`
+        // is `None` once it is), so it cannot belong to another process.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
         if tokio::time::timeout(STOP_GRACE, child.wait())
             .await
             .is_err()

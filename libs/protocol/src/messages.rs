@@ -39,6 +39,12 @@ impl MusicUploaded {
     }
 }
 
+/// Segments of one song in the separators' queue at once, unless configured otherwise
+/// (`DME_SEGMENT_WINDOW`). With several songs in flight each gets this many places, so a short
+/// song waits behind at most this many segments of a long one; 16 keeps up to 16 separators busy
+/// on a single song.
+pub const DEFAULT_SEGMENT_WINDOW: u32 = 16;
+
 /// [`crate::subjects::WORK_SEGMENT`]: separate one segment.
 ///
 /// The input window is in the object store at [`crate::objects::segment_input`]. Segments of one

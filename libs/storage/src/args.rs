@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::spool::Spool;
+
 /// Default NATS server: the one `dme up` and `make run` start locally.
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 
@@ -44,31 +46,31 @@ impl NatsArgs {
 /// summed), so memory stays bounded whatever a song's length.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct SpoolArgs {
-    /// Folder for temporary files (the system's temporary folder when absent).
+    /// Folder for temporary files, which replicas of the service may share; each process works
+    /// in a locked folder of its own in it, and folders left by killed processes are removed at
+    /// start-up. `<system temporary folder>/dme/<service>` when absent.
     #[arg(long, env = "DME_SPOOL_DIR")]
     pub spool_dir: Option<PathBuf>,
 }
 
 impl SpoolArgs {
-    /// A new temporary folder in the spool folder, removed when the returned value is dropped.
-    ///
-    /// # Errors
-    /// When the folder cannot be created (missing spool folder, no space, no permission).
-    pub fn tempdir(&self) -> std::io::Result<tempfile::TempDir> {
+    /// The spool folder of `service`: `--spool-dir`, else `<temp>/dme/<service>`.
+    pub fn root(&self, service: &str) -> PathBuf {
         match &self.spool_dir {
-            Some(dir) => tempfile::tempdir_in(dir),
-            None => tempfile::tempdir(),
+            Some(dir) => dir.clone(),
+            None => std::env::temp_dir().join("dme").join(service),
         }
     }
 
-    /// A new temporary file in the spool folder, removed when the returned value is dropped.
+    /// Opens `service`'s spool folder on a blocking thread: sweeps what killed processes left
+    /// there and creates this process's own folder ([`Spool::open`]).
     ///
     /// # Errors
-    /// As [`SpoolArgs::tempdir`].
-    pub fn named_tempfile(&self) -> std::io::Result<tempfile::NamedTempFile> {
-        match &self.spool_dir {
-            Some(dir) => tempfile::NamedTempFile::new_in(dir),
-            None => tempfile::NamedTempFile::new(),
-        }
+    /// When the folder cannot be created, swept or locked; the error names the path.
+    pub async fn open(&self, service: &str) -> std::io::Result<Spool> {
+        let root = self.root(service);
+        tokio::task::spawn_blocking(move || Spool::open(&root))
+            .await
+            .map_err(std::io::Error::other)?
     }
 }

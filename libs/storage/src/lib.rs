@@ -10,6 +10,8 @@
 //!
 //! # Layout
 //! - `args`: [`NatsArgs`] and [`SpoolArgs`], the settings every service shares.
+//! - `spool`: [`Spool`], a process's locked folder for temporary files; what killed processes
+//!   left is swept at start-up.
 //! - `connect`: connecting and declaring every stream and bucket ([`Store::connect`]).
 //! - `kv`: typed get / create / compare-and-swap update of records (private).
 //! - `music`, `jobs`, `model`: music records, job records, the registered model.
@@ -32,6 +34,7 @@ mod music;
 mod objects;
 mod reset;
 pub mod song;
+mod spool;
 pub mod work;
 
 use async_nats::jetstream::{self, kv::Store as KvStore, object_store::ObjectStore};
@@ -40,6 +43,7 @@ use dme_protocol::DecodeError;
 pub use args::{NatsArgs, SpoolArgs, DEFAULT_STORE_MAX_BYTES};
 pub use capacity::StoreUsage;
 pub use objects::{ChunkedObjectReader, ObjectReader, Unpacked, OBJECT_READ_IDLE};
+pub use spool::{Spool, SpoolDir, Swept, PROCESS_LOCK};
 
 /// Something went wrong talking to NATS or reading what it holds.
 #[derive(Debug, thiserror::Error)]

@@ -53,8 +53,8 @@ pub async fn publish_uploaded(store: &Store, record: &MusicRecord) -> Result<()>
         .await
 }
 
-/// Deletes one song: its record first (from then on every worker drops the song's work, queued
-/// or in hand), then its job records and its objects. Other songs are not touched. False when
+/// Deletes one song: its record first (from then on every worker drops the song's work in hand),
+/// its queued work, its job records and its objects. Other songs are not touched. False when
 /// there was no such song.
 ///
 /// # Errors
@@ -64,6 +64,7 @@ pub async fn delete(store: &Store, music: MusicId) -> Result<bool> {
         return Ok(false);
     };
     store.delete_music(music).await?;
+    store.drop_work(music).await?;
     forget_work(store, &record).await?;
     delete_objects(store, music, Keep::Nothing).await?;
     tracing::warn!(%music, name = %record.name, "song deleted");

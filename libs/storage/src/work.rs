@@ -11,8 +11,9 @@ use async_nats::jetstream::{self, consumer, consumer::PullConsumer, AckKind, Mes
 use bytes::Bytes;
 use dme_protocol::messages::WorkItem;
 use dme_protocol::streams::{self, Redelivery};
-use dme_protocol::DecodeError;
-use futures::StreamExt;
+use dme_protocol::subjects;
+use dme_protocol::{DecodeError, MusicId};
+use futures::{StreamExt, TryStreamExt};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -30,18 +31,23 @@ const PULL_RETRY: Duration = Duration::from_millis(500);
 const MIN_PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 
 impl Store {
-    /// Publishes a work message and waits for JetStream to store it. With `msg_id`, a second
-    /// publish of the same id within [`streams::DUPLICATE_WINDOW`] is dropped by the server.
+    /// Publishes a work message of `kind` (a `WORK_*` subject) and waits for JetStream to store
+    /// it, on its song's subject ([`subjects::work`]). With `msg_id`, a second publish of the
+    /// same id within [`streams::DUPLICATE_WINDOW`] is dropped by the server.
     ///
     /// # Errors
     /// On NATS failure (the message may or may not be stored; publishing again is safe with a
     /// `msg_id`).
-    pub async fn publish<T: Serialize>(
+    pub async fn publish<T: Serialize + WorkItem>(
         &self,
-        subject: &'static str,
+        kind: &'static str,
         message: &T,
         msg_id: Option<&str>,
     ) -> Result<()> {
+        let subject = match message.music_id() {
+            Some(music) => subjects::work(kind, music),
+            None => kind.to_string(),
+        };
         let mut publish = jetstream::message::PublishMessage::build()
             .payload(Bytes::from(dme_protocol::encode(message)));
         if let Some(id) = msg_id {
@@ -56,18 +62,18 @@ impl Store {
         Ok(())
     }
 
-    /// The durable work consumer `name` on `subject`, created if missing, with `redelivery`'s
-    /// settings (see [`Store::durable_consumer`]).
+    /// The durable work consumer `name` of work `kind` (a `WORK_*` subject) for every song,
+    /// created if missing, with `redelivery`'s settings (see [`Store::durable_consumer`]).
     ///
     /// # Errors
     /// On NATS failure.
     pub async fn work_consumer(
         &self,
         name: &str,
-        subject: &str,
+        kind: &str,
         redelivery: Redelivery,
     ) -> Result<PullConsumer> {
-        let config = streams::work_consumer(name, subject, redelivery);
+        let config = streams::work_consumer(name, &subjects::work_filter(kind), redelivery);
         self.durable_consumer(streams::WORK_STREAM, config).await
     }
 
@@ -140,6 +146,49 @@ impl Store {
             }
             Err(e) => Err(nats("get work message")(e)),
         }
+    }
+
+    /// How many work messages of `music` are in the queue, waiting or in a worker's hands.
+    ///
+    /// # Errors
+    /// On NATS failure.
+    pub async fn queued_work(&self, music: MusicId) -> Result<u64> {
+        let stream = self
+            .js
+            .get_stream(streams::WORK_STREAM)
+            .await
+            .map_err(nats("get work stream"))?;
+        let mut counts = stream
+            .info_with_subjects(subjects::song_work(music))
+            .await
+            .map_err(nats("work stream subjects"))?;
+        let mut total = 0;
+        while let Some((_, count)) = counts
+            .try_next()
+            .await
+            .map_err(nats("work stream subjects"))?
+        {
+            total += u64::try_from(count).unwrap_or(0);
+        }
+        Ok(total)
+    }
+
+    /// Removes every work message of `music` from the queue (the song was deleted).
+    ///
+    /// # Errors
+    /// On NATS failure.
+    pub async fn drop_work(&self, music: MusicId) -> Result<()> {
+        let stream = self
+            .js
+            .get_stream(streams::WORK_STREAM)
+            .await
+            .map_err(nats("get work stream"))?;
+        stream
+            .purge()
+            .filter(subjects::song_work(music))
+            .await
+            .map_err(nats("purge a song's work"))?;
+        Ok(())
     }
 
     /// Removes the work message at `sequence` from the queue; one that is gone already is no

@@ -43,7 +43,7 @@ use std::time::Duration;
 
 use actix_web::{middleware, web, App, HttpServer};
 pub use config::GatewayConfig;
-use dme_storage::Store;
+use dme_storage::{Spool, Store};
 use dme_telemetry::Service;
 pub use error::{ApiError, GatewayError};
 use tokio_util::sync::CancellationToken;
@@ -66,6 +66,8 @@ pub struct AppState {
     pub store: Store,
     /// Settings.
     pub config: GatewayConfig,
+    /// This process's spool folder, where uploads are received.
+    pub spool: Spool,
     /// Downloads being encoded, so concurrent first requests encode once.
     pub(crate) encodings: routes::Encodings,
 }
@@ -84,6 +86,11 @@ impl Service for Gateway {
     /// Connects to NATS and binds the HTTP address.
     async fn build(config: GatewayConfig) -> Result<Gateway, GatewayError> {
         let store = Store::connect_with(&config.nats, "dme-gateway").await?;
+        let spool = config
+            .spool
+            .open(Self::NAME)
+            .await
+            .map_err(GatewayError::Spool)?;
         let listener =
             TcpListener::bind(&config.http_addr).map_err(|source| GatewayError::Bind {
                 addr: config.http_addr.clone(),
@@ -101,6 +108,7 @@ impl Service for Gateway {
         let state = web::Data::new(AppState {
             store,
             config,
+            spool,
             encodings: routes::Encodings::default(),
         });
         let server = HttpServer::new(move || {

@@ -120,7 +120,6 @@ where
     S: Stream<Item = Result<web::Bytes, ApiError>> + Unpin,
 {
     let temp = state
-        .config
         .spool
         .named_tempfile()
         .map_err(|e| ApiError::Internal(e.into()))?;

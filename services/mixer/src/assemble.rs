@@ -9,7 +9,7 @@ use dme_protocol::records::{MusicRecord, MusicState};
 use dme_protocol::{now_ms, objects, Incarnation, MusicId, Segment, SegmentPlan};
 use dme_segment::Blender;
 use dme_storage::work::{Delivery, Handler};
-use dme_storage::{SpoolArgs, Store};
+use dme_storage::{Spool, Store};
 
 use crate::mixdown::Mixdown;
 use crate::{float_wav_spec, MixError};
@@ -20,7 +20,7 @@ type TrackWriters = Vec<hound::WavWriter<std::io::BufWriter<std::fs::File>>>;
 /// The handler of [`dme_protocol::subjects::WORK_SEPARATED`].
 pub(crate) struct Assembler {
     pub(crate) store: Store,
-    pub(crate) spool: SpoolArgs,
+    pub(crate) spool: Spool,
     /// Mixes the selections that waited for the tracks.
     pub(crate) mixdown: Mixdown,
 }
@@ -31,8 +31,8 @@ impl Handler for Assembler {
     /// Transient failures are NATS hiccups: soon is fine.
     const RETRY_DELAY: Duration = Duration::from_secs(1);
 
-    async fn handle(&self, done: &SegmentDone, _: Delivery) -> Result<(), MixError> {
-        self.segment_done(done).await
+    async fn handle(&self, done: &SegmentDone, delivery: Delivery) -> Result<(), MixError> {
+        self.segment_done(done, delivery.attempt > 1).await
     }
 
     async fn give_up(&self, done: &SegmentDone, _: Delivery, reason: &str) {
@@ -45,8 +45,10 @@ impl Handler for Assembler {
 }
 
 impl Assembler {
-    /// Marks the segment separated (once) and assembles the song when it was the last one.
-    async fn segment_done(&self, done: &SegmentDone) -> Result<(), MixError> {
+    /// Marks the segment separated (once) and assembles the song when it was the last one. A
+    /// `redelivered` event of a song whose stems are assembled mixes its pending selections: the
+    /// delivery before may have assembled them and failed (NATS going down) before the mixes.
+    async fn segment_done(&self, done: &SegmentDone, redelivered: bool) -> Result<(), MixError> {
         let index = done.index as usize;
         let mut changed = false;
         let record = self
@@ -90,6 +92,12 @@ impl Assembler {
         let all_in = !record.separated.is_empty() && record.separated.iter().all(|d| *d);
         if all_in && !record.tracks_ready && record.state != MusicState::Failed {
             self.assemble(record).await?;
+        } else if redelivered
+            && record.tracks_ready
+            && record.state != MusicState::Failed
+            && record.mixes.iter().any(|m| !m.ready)
+        {
+            self.mixdown.make_pending(&record).await?;
         }
         Ok(())
     }
@@ -129,7 +137,10 @@ impl Assembler {
         Ok(())
     }
 
-    /// Blends the song's segments in offset order into one float WAV per stem in `dir`.
+    /// Blends the song's segments in offset order into one float WAV per stem in `dir`. The
+    /// blending and writing run on a blocking thread, a segment at a time, while the next
+    /// segment's stems are fetched: an hour-long song is minutes of arithmetic and gigabytes
+    /// of writes, and the executor must stay free for the in-progress acks meanwhile.
     async fn blend_to_files(
         &self,
         record: &MusicRecord,
@@ -140,54 +151,39 @@ impl Assembler {
         let paths: Vec<PathBuf> = (0..record.tracks.len())
             .map(|s| dir.join(format!("{s}.wav")))
             .collect();
-        let mut writers = paths
-            .iter()
-            .map(|p| hound::WavWriter::create(p, float_wav_spec()))
-            .collect::<Result<TrackWriters, _>>()
-            .map_err(MixError::Wav)?;
-        let mut blender = Blender::new(plan, lanes);
-        for seg in plan.segments() {
-            let stems = self
-                .load_stems(record.music_id, record.incarnation, &seg, lanes)
-                .await?;
-            let views: Vec<&[f32]> = stems.iter().map(|l| l.as_slice()).collect();
-            let (finished, _) = blender.push(seg.index, &views);
-            write_stereo(&mut writers, &finished).map_err(MixError::Wav)?;
+        let create = paths.clone();
+        let mut tracks = blocking(move || TrackBlend::create(&create, plan, lanes)).await?;
+        let mut segments = plan.segments();
+        let mut next = match segments.next() {
+            Some(seg) => Some(self.load_stems(record, seg).await?),
+            None => None,
+        };
+        while let Some(stems) = next.take() {
+            let blending = blocking(move || {
+                tracks.push(&stems)?;
+                Ok(tracks)
+            });
+            let fetching = async {
+                match segments.next() {
+                    Some(seg) => self.load_stems(record, seg).await.map(Some),
+                    None => Ok(None),
+                }
+            };
+            let (blended, fetched) = tokio::join!(blending, fetching);
+            tracks = blended?;
+            next = fetched?;
         }
-        for w in writers {
-            w.finalize().map_err(MixError::Wav)?;
-        }
+        blocking(move || tracks.finish()).await?;
         Ok(paths)
     }
 
-    /// Segment `seg`'s stems: `lanes` planar lanes of the segment's length.
-    async fn load_stems(
-        &self,
-        music: MusicId,
-        incarnation: Incarnation,
-        seg: &Segment,
-        lanes: usize,
-    ) -> Result<Vec<Vec<f32>>, MixError> {
-        let name = objects::segment_stems(music, incarnation, seg.index);
-        let bytes = self
-            .store
-            .get_object(&name)
-            .await?
-            .ok_or_else(|| MixError::StemsMissing(name.clone()))?;
-        let stems =
-            objects::unpack_planar(&bytes, lanes).map_err(|source| MixError::StemsCorrupt {
-                name: name.clone(),
-                source,
-            })?;
-        let got = stems.first().map_or(0, Vec::len);
-        if got != seg.len as usize {
-            return Err(MixError::StemsLength {
-                name,
-                got,
-                expected: seg.len,
-            });
+    /// Segment `seg`'s stems object, as stored (unpacked and checked by [`TrackBlend::push`]).
+    async fn load_stems(&self, record: &MusicRecord, seg: Segment) -> Result<Stems, MixError> {
+        let name = objects::segment_stems(record.music_id, record.incarnation, seg.index);
+        match self.store.get_object(&name).await? {
+            Some(bytes) => Ok(Stems { seg, name, bytes }),
+            None => Err(MixError::StemsMissing(name)),
         }
-        Ok(stems)
     }
 
     /// Marks the song's tracks ready: done, or mixing while selections wait for a mix. The
@@ -234,6 +230,83 @@ impl Assembler {
         ] {
             let _ = self.store.delete_object(&name).await;
         }
+    }
+}
+
+/// Runs `work` on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, MixError> + Send + 'static,
+) -> Result<T, MixError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(MixError::Task)?
+}
+
+/// A song's tracks being blended: the blender and one spooled float WAV writer per stem. Its
+/// methods block (arithmetic and file writes): call them through [`blocking`].
+struct TrackBlend {
+    blender: Blender,
+    writers: TrackWriters,
+    lanes: usize,
+}
+
+impl TrackBlend {
+    /// Creates the track files `paths` (one per stem, `lanes / 2` of them).
+    fn create(paths: &[PathBuf], plan: SegmentPlan, lanes: usize) -> Result<Self, MixError> {
+        let writers = paths
+            .iter()
+            .map(|p| hound::WavWriter::create(p, float_wav_spec()))
+            .collect::<Result<TrackWriters, _>>()
+            .map_err(MixError::Wav)?;
+        Ok(TrackBlend {
+            blender: Blender::new(plan, lanes),
+            writers,
+            lanes,
+        })
+    }
+
+    /// Blends the next segment's stems and appends what is finished to the tracks.
+    fn push(&mut self, stems: &Stems) -> Result<(), MixError> {
+        let lanes = stems.unpack(self.lanes)?;
+        let views: Vec<&[f32]> = lanes.iter().map(|l| l.as_slice()).collect();
+        let (finished, _) = self.blender.push(stems.seg.index, &views);
+        write_stereo(&mut self.writers, &finished).map_err(MixError::Wav)
+    }
+
+    /// Completes the track files.
+    fn finish(self) -> Result<(), MixError> {
+        for w in self.writers {
+            w.finalize().map_err(MixError::Wav)?;
+        }
+        Ok(())
+    }
+}
+
+/// A segment's stems object, as fetched.
+struct Stems {
+    seg: Segment,
+    name: String,
+    bytes: Vec<u8>,
+}
+
+impl Stems {
+    /// The stems as `lanes` planar lanes of the segment's length.
+    fn unpack(&self, lanes: usize) -> Result<Vec<Vec<f32>>, MixError> {
+        let stems = objects::unpack_planar(&self.bytes, lanes).map_err(|source| {
+            MixError::StemsCorrupt {
+                name: self.name.clone(),
+                source,
+            }
+        })?;
+        let got = stems.first().map_or(0, Vec::len);
+        if got != self.seg.len as usize {
+            return Err(MixError::StemsLength {
+                name: self.name.clone(),
+                got,
+                expected: self.seg.len,
+            });
+        }
+        Ok(stems)
     }
 }
 

@@ -1,6 +1,13 @@
 //! Mixer settings: flags with `DME_*` environment equivalents.
 
+use std::time::Duration;
+
+use dme_protocol::streams::Redelivery;
 use dme_storage::{NatsArgs, SpoolArgs};
+
+/// Shortest ack wait accepted: in-progress acks go every third of it, and below a second the
+/// mixer and the server would mostly be exchanging acks.
+const MIN_ACK_WAIT: Duration = Duration::from_secs(1);
 
 /// Separated-segment events handled at once by default: most are a small record update, and an
 /// assembly holds its slot while it runs, so four let other songs progress during one assembly.
@@ -19,4 +26,34 @@ pub struct MixerConfig {
     /// holds its slot while it runs).
     #[arg(long, env = "DME_MIXER_SLOTS", default_value_t = DEFAULT_ASSEMBLER_SLOTS)]
     pub slots: usize,
+    /// Milliseconds a separated-segment event, mix request or advisory may go without an ack
+    /// before it is delivered again (the mixer's consumers are updated to this at start-up);
+    /// while one is handled, an in-progress ack goes every third of it.
+    #[arg(long, env = "DME_MIXER_ACK_WAIT_MS", default_value_t = Redelivery::PIPELINE.ack_wait.as_millis() as u64)]
+    pub ack_wait_ms: u64,
+    /// Seconds a song in work may go without a change, and with nothing queued for it, before
+    /// its next step is driven again (see the reconciler).
+    #[arg(long, env = "DME_RECONCILE_AFTER_S", default_value_t = DEFAULT_RECONCILE_AFTER_S)]
+    pub reconcile_after_s: u64,
+}
+
+/// Default of [`MixerConfig::reconcile_after_s`]: a song in work always has a message in the
+/// queue unless one was lost, so a minute with neither a change nor a message is far beyond any
+/// gap between a step's end and the next step's message, and well before the gateway reports the
+/// song stalled (five minutes).
+pub const DEFAULT_RECONCILE_AFTER_S: u64 = 60;
+
+impl MixerConfig {
+    /// How long a song in work goes without a change, nothing queued, before it is driven again.
+    pub fn reconcile_after(&self) -> Duration {
+        Duration::from_secs(self.reconcile_after_s.max(1))
+    }
+
+    /// The redelivery settings of the mixer's consumers.
+    pub fn redelivery(&self) -> Redelivery {
+        Redelivery {
+            ack_wait: Duration::from_millis(self.ack_wait_ms).max(MIN_ACK_WAIT),
+            ..Redelivery::PIPELINE
+        }
+    }
 }

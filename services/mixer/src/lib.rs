@@ -27,6 +27,7 @@ mod assemble;
 mod config;
 mod error;
 mod mixdown;
+mod reconcile;
 mod watchdog;
 
 use std::sync::Arc;
@@ -44,6 +45,7 @@ use dme_telemetry::Service;
 pub use error::{MixError, MixerError};
 use mixdown::Mixdown;
 use tokio_util::sync::CancellationToken;
+use reconcile::Reconciler;
 use watchdog::Watchdog;
 
 /// Mix requests handled at once: each streams a sum of a few tracks, and two keep one long mix
@@ -58,7 +60,9 @@ pub struct Mixer {
     assembler: Arc<Assembler>,
     mixdown: Arc<Mixdown>,
     watchdog: Arc<Watchdog>,
+    reconciler: Reconciler,
     slots: usize,
+    redelivery: streams::Redelivery,
 }
 
 /// Advisories handled at once: each is a few record updates.
@@ -71,7 +75,12 @@ impl Service for Mixer {
 
     async fn build(config: MixerConfig) -> Result<Mixer, MixerError> {
         let store = Store::connect_with(&config.nats, "dme-mixer").await?;
-        let redelivery = streams::Redelivery::PIPELINE;
+        let spool = config
+            .spool
+            .open(Self::NAME)
+            .await
+            .map_err(MixerError::Spool)?;
+        let redelivery = config.redelivery();
         let separated = store
             .work_consumer(
                 streams::MIXER_ASSEMBLE_CONSUMER,
@@ -88,11 +97,11 @@ impl Service for Mixer {
         });
         let mixdown = Mixdown {
             store: store.clone(),
-            spool: config.spool.clone(),
+            spool: spool.clone(),
         };
         let assembler = Arc::new(Assembler {
             store: store.clone(),
-            spool: config.spool,
+            spool,
             mixdown: mixdown.clone(),
         });
         Ok(Mixer {
@@ -102,13 +111,18 @@ impl Service for Mixer {
             assembler,
             mixdown: Arc::new(mixdown),
             watchdog,
+            reconciler: Reconciler {
+                store: store.clone(),
+                after: config.reconcile_after(),
+            },
             slots: config.slots,
+            redelivery,
         })
     }
 
     async fn run(self, shutdown: CancellationToken) -> Result<(), MixerError> {
         tracing::info!("mixer ready");
-        let redelivery = streams::Redelivery::PIPELINE;
+        let redelivery = self.redelivery;
         tokio::join!(
             work::consume(
                 self.separated,
@@ -131,6 +145,7 @@ impl Service for Mixer {
                 shutdown.clone(),
                 self.watchdog,
             ),
+            self.reconciler.run(shutdown.clone()),
         );
         tracing::info!("mixer stopped");
         Ok(())

@@ -2,10 +2,7 @@
 
 use dme_storage::{NatsArgs, SpoolArgs};
 
-/// Segments of one song in the separators' queue at once. With several songs in flight each gets
-/// this many places, so a short song waits behind at most this many segments of a long one; 16
-/// keeps up to 16 separators busy on a single song.
-pub const DEFAULT_SEGMENT_WINDOW: u32 = 16;
+pub use dme_protocol::messages::DEFAULT_SEGMENT_WINDOW;
 
 /// The splitter: decodes uploads and cuts them into segments.
 #[derive(Debug, Clone, clap::Args)]

@@ -10,6 +10,9 @@ pub enum SplitterError {
     /// NATS could not be reached or refused a declaration.
     #[error("setting up NATS at start-up")]
     Store(#[from] StoreError),
+    /// The spool folder could not be opened (created, swept or locked).
+    #[error("opening the spool folder")]
+    Spool(#[source] std::io::Error),
 }
 
 /// Why one song could not be cut.

@@ -33,7 +33,7 @@ use dme_protocol::{
     now_ms, objects, streams, subjects, Incarnation, JobId, MusicId, Segment, SegmentPlan,
 };
 use dme_storage::work::{self, Delivery, Handler};
-use dme_storage::Store;
+use dme_storage::{Spool, Store};
 use dme_telemetry::Service;
 pub use error::{SplitError, SplitterError};
 use tokio_util::sync::CancellationToken;
@@ -67,7 +67,16 @@ impl Service for Splitter {
                 streams::Redelivery::PIPELINE,
             )
             .await?;
-        let cutter = Arc::new(Cutter { store, config });
+        let spool = config
+            .spool
+            .open(Self::NAME)
+            .await
+            .map_err(SplitterError::Spool)?;
+        let cutter = Arc::new(Cutter {
+            store,
+            config,
+            spool,
+        });
         Ok(Splitter { consumer, cutter })
     }
 
@@ -84,6 +93,8 @@ impl Service for Splitter {
 struct Cutter {
     store: Store,
     config: SplitterConfig,
+    /// This process's spool folder: each cut decodes into a folder of its own in it.
+    spool: Spool,
 }
 
 impl Handler for Cutter {
@@ -133,7 +144,7 @@ impl Cutter {
             return Err(SplitError::ModelSegment(model.segment));
         }
         let _heartbeat = self.heartbeat(music, record.incarnation);
-        let spool = self.config.spool.tempdir().map_err(SplitError::Spool)?;
+        let spool = self.spool.tempdir().map_err(SplitError::Spool)?;
         let decoded = self.decode(&record, spool.path()).await?;
         let plan = SegmentPlan::new(decoded.frames(), model.segment, model.fixed);
         tracing::info!(%music, frames = decoded.frames(), segments = plan.count(), "decoded; cutting");

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use dme_protocol::messages::{MixRequest, MusicUploaded, ProgressEvent};
+use dme_protocol::messages::{MixRequest, ProgressEvent};
 use dme_protocol::records::{MixRecord, MusicRecord, MusicState, TrackRecord};
 use dme_protocol::{now_ms, objects, subjects, Incarnation, MusicId, TrackId};
 use futures::StreamExt;
@@ -189,7 +189,7 @@ pub async fn upload(
         })?;
         return existing_upload(&state, existing, &hash).await;
     }
-    publish_uploaded(&state, &record).await?;
+    dme_storage::song::publish_uploaded(&state.store, &record).await?;
     tracing::info!(%music_id, name = %record.name, size = record.size, codec = %record.codec, "song uploaded");
     Ok(HttpResponse::Ok().json(Music::from(&record)))
 }
@@ -250,21 +250,9 @@ async fn existing_upload(
     }
     if existing.state == MusicState::Queued {
         // The first upload's event may have been lost between the record and the publish.
-        publish_uploaded(state, &existing).await?;
+        dme_storage::song::publish_uploaded(&state.store, &existing).await?;
     }
     Ok(HttpResponse::Ok().json(Music::from(&existing)))
-}
-
-async fn publish_uploaded(state: &AppState, record: &MusicRecord) -> Result<(), ApiError> {
-    let uploaded = MusicUploaded {
-        music_id: record.music_id,
-        incarnation: record.incarnation,
-    };
-    state
-        .store
-        .publish(subjects::WORK_UPLOADED, &uploaded, Some(&uploaded.msg_id()))
-        .await?;
-    Ok(())
 }
 
 /// `GET /music`: every song, oldest first.
