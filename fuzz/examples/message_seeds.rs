@@ -5,7 +5,9 @@
 
 use std::path::PathBuf;
 
-use dme_protocol::messages::{MixRequest, MusicUploaded, ProgressEvent, SegmentDone, SegmentWork};
+use dme_protocol::messages::{
+    EventKind, MixRequest, MusicUploaded, ProgressEvent, SegmentDone, SegmentWork,
+};
 use dme_protocol::records::{
     JobRecord, JobState, MixRecord, ModelInfo, MusicRecord, MusicState, TrackRecord,
 };
@@ -67,6 +69,15 @@ fn main() {
             segments_done: 2,
             segments: 5,
             error: Some("the model failed".into()),
+            incarnation,
+            tracks_ready: true,
+            tracks: tracks.clone(),
+            mixes: vec![MixRecord {
+                key: "0-1".into(),
+                tracks: tracks.iter().map(|t| t.track_id).take(2).collect(),
+                ready: true,
+            }],
+            kind: EventKind::Failed,
         }),
     );
     write("music-state", encode(&MusicState::Mixing));

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::records::{MusicRecord, MusicState};
+use crate::records::{MixRecord, MusicRecord, MusicState, TrackRecord};
 use crate::{DecodeError, Incarnation, JobId, MusicId, SegmentPlan, TrackId};
 
 /// What every message a work consumer takes says about itself, for logs.
@@ -194,7 +194,10 @@ impl WorkItem for MaxDeliveries {
     }
 }
 
-/// `dme.event.<music_id>`: a song's state or progress changed.
+/// `dme.event.<music_id>`: a song's state or progress changed. Each event carries the song's
+/// whole visible state (a page needs nothing else to draw it) and, in `kind`, what changed since
+/// the song's previous event. Fields added after the first version have serde defaults, so
+/// events kept from before still decode.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProgressEvent {
     /// The song.
@@ -209,10 +212,56 @@ pub struct ProgressEvent {
     pub segments: u32,
     /// Why it failed, when it did.
     pub error: Option<String>,
+    /// The life of the song's record this event is of: an event of another life (the song was
+    /// deleted or retried since) says nothing about what changed in this one.
+    #[serde(default)]
+    pub incarnation: Incarnation,
+    /// True once every stem track is assembled (downloadable).
+    #[serde(default)]
+    pub tracks_ready: bool,
+    /// The song's stem tracks.
+    #[serde(default)]
+    pub tracks: Vec<TrackRecord>,
+    /// The selections asked for, latest last, each with whether its mix is ready.
+    #[serde(default)]
+    pub mixes: Vec<MixRecord>,
+    /// What this event tells that the song's previous one did not; set when the event is
+    /// published (`dme_storage`'s `publish_progress` compares it with the song's last event).
+    #[serde(default)]
+    pub kind: EventKind,
+}
+
+/// What a [`ProgressEvent`] tells that the song's previous event did not, most telling first:
+/// a failure, then a mix, then stems; anything else is progress.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// Segments separated, a state change, a selection asked for.
+    #[default]
+    Progress,
+    /// The stem tracks became ready.
+    Stem,
+    /// A selection's mix became ready, or the latest selection is one whose mix was ready.
+    Mix,
+    /// The song failed; `error` says why.
+    Failed,
+}
+
+impl EventKind {
+    /// Lower-case name, as in the HTTP API's event streams.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Progress => "progress",
+            EventKind::Stem => "stem",
+            EventKind::Mix => "mix",
+            EventKind::Failed => "failed",
+        }
+    }
 }
 
 impl ProgressEvent {
-    /// The event that tells where `record`'s song is now.
+    /// The event that tells where `record`'s song is now (`kind` is [`EventKind::Progress`]
+    /// until compared with the previous event: [`ProgressEvent::kind_after`]).
     pub fn of(record: &MusicRecord) -> ProgressEvent {
         ProgressEvent {
             music_id: record.music_id,
@@ -221,7 +270,42 @@ impl ProgressEvent {
             segments_done: record.segments_done(),
             segments: record.separated.len() as u32,
             error: record.error.clone(),
+            incarnation: record.incarnation,
+            tracks_ready: record.tracks_ready,
+            tracks: record.tracks.clone(),
+            mixes: record.mixes.clone(),
+            kind: EventKind::Progress,
         }
+    }
+
+    /// The latest selection's mix, when it is ready (the HTTP API's `final`).
+    pub fn final_mix(&self) -> Option<&MixRecord> {
+        self.mixes.last().filter(|m| m.ready)
+    }
+
+    /// What this event tells that `previous` (the song's last event before it; `None` when
+    /// there is none, or for a reader that knows nothing yet) did not.
+    pub fn kind_after(&self, previous: Option<&ProgressEvent>) -> EventKind {
+        // An event of another life of the song tells nothing about this one.
+        let previous = previous.filter(|p| p.incarnation == self.incarnation);
+        if self.state == MusicState::Failed
+            && previous.is_none_or(|p| p.state != MusicState::Failed)
+        {
+            return EventKind::Failed;
+        }
+        let was_ready =
+            |key: &str| previous.is_some_and(|p| p.mixes.iter().any(|m| m.key == key && m.ready));
+        let newly_mixed = self.mixes.iter().any(|m| m.ready && !was_ready(&m.key));
+        let final_key = |e: &ProgressEvent| e.final_mix().map(|m| m.key.clone());
+        let new_final =
+            self.final_mix().is_some() && previous.is_none_or(|p| final_key(p) != final_key(self));
+        if newly_mixed || new_final {
+            return EventKind::Mix;
+        }
+        if self.tracks_ready && previous.is_none_or(|p| !p.tracks_ready) {
+            return EventKind::Stem;
+        }
+        EventKind::Progress
     }
 }
 
@@ -257,6 +341,120 @@ mod tests {
         let bytes = crate::encode(&first);
         assert_eq!(crate::decode::<SegmentWork>(&bytes).unwrap(), first);
         assert!(crate::decode::<SegmentWork>(b"\xff\x00garbage").is_err());
+    }
+
+    /// A song's record at the start of its life, with two stems.
+    fn fresh_song() -> MusicRecord {
+        let music = MusicId(7);
+        MusicRecord {
+            music_id: music,
+            content_hash: "ab".into(),
+            name: "song".into(),
+            band: String::new(),
+            file_name: "song.wav".into(),
+            size: 10,
+            codec: "pcm_s16le".into(),
+            sample_rate: 44_100,
+            channels: 2,
+            duration_s: 1.0,
+            tracks: TrackRecord::for_sources(music, &["drums".into(), "bass".into()]),
+            model: "m".into(),
+            created_ms: 1,
+            updated_ms: 1,
+            state: MusicState::Queued,
+            error: None,
+            plan: None,
+            separated: Vec::new(),
+            tracks_ready: false,
+            mixes: Vec::new(),
+            incarnation: Incarnation(1),
+            client: None,
+        }
+    }
+
+    #[test]
+    fn an_events_kind_is_what_changed_since_the_songs_previous_event() {
+        let mut song = fresh_song();
+        let mix = |key: &str, ready| MixRecord {
+            key: key.into(),
+            tracks: Vec::new(),
+            ready,
+        };
+        let mut kinds = Vec::new();
+        let mut previous: Option<ProgressEvent> = None;
+        let mut step = |song: &MusicRecord| {
+            let event = ProgressEvent::of(song);
+            kinds.push(event.kind_after(previous.as_ref()));
+            previous = Some(event);
+        };
+        song.state = MusicState::Separating;
+        song.separated = vec![true, false];
+        step(&song);
+        song.mixes.push(mix("0", false));
+        step(&song);
+        song.separated = vec![true, true];
+        song.tracks_ready = true;
+        song.state = MusicState::Mixing;
+        step(&song);
+        song.mixes.push(mix("0-1", false));
+        step(&song);
+        // The first selection's mix: the latest is not ready yet, but a mix is.
+        song.mixes[0].ready = true;
+        step(&song);
+        song.mixes[1].ready = true;
+        song.state = MusicState::Done;
+        step(&song);
+        // Asking again for a selection mixed before makes it the latest: its mix is the final.
+        let again = song.mixes.remove(0);
+        song.mixes.push(again);
+        step(&song);
+        // Nothing new.
+        step(&song);
+        song.fail("the model failed");
+        step(&song);
+        use EventKind::*;
+        assert_eq!(
+            kinds,
+            [Progress, Progress, Stem, Progress, Mix, Mix, Mix, Progress, Failed]
+        );
+
+        // A reader that knows nothing hears the most telling news of the state it is shown.
+        let failed = ProgressEvent::of(&song);
+        assert_eq!(failed.kind_after(None), Failed);
+        song.state = MusicState::Done;
+        song.error = None;
+        let done = ProgressEvent::of(&song);
+        assert_eq!(done.kind_after(None), Mix);
+        // An event of the song's previous life tells nothing about this one.
+        let mut retried = song.clone();
+        retried.incarnation = Incarnation(2);
+        let retried = ProgressEvent::of(&retried);
+        assert_eq!(retried.kind_after(Some(&done)), Mix);
+        song.mixes.clear();
+        assert_eq!(ProgressEvent::of(&song).kind_after(None), Stem);
+    }
+
+    #[test]
+    fn an_event_from_before_the_added_fields_decodes_with_their_defaults() {
+        let event = ProgressEvent::of(&fresh_song());
+        let mut value = ciborium::Value::serialized(&event).unwrap();
+        let ciborium::Value::Map(fields) = &mut value else {
+            panic!("an event is a CBOR map");
+        };
+        let first_version = [
+            "music_id",
+            "state",
+            "progress",
+            "segments_done",
+            "segments",
+            "error",
+        ];
+        fields.retain(|(k, _)| k.as_text().is_some_and(|k| first_version.contains(&k)));
+        let old: ProgressEvent = crate::decode(&crate::encode(&value)).unwrap();
+        assert_eq!(old.kind, EventKind::Progress);
+        assert_eq!(old.incarnation, Incarnation::default());
+        assert!(!old.tracks_ready && old.tracks.is_empty() && old.mixes.is_empty());
+        assert_eq!((old.music_id, old.state), (event.music_id, event.state));
     }
 
     #[test]

@@ -1,20 +1,209 @@
 //! Progress events ([`dme_protocol::streams::EVENT_STREAM`]): one subject per song, for live
-//! views. Records are the truth; events are a convenience.
+//! views. Records are the truth; events are a convenience. Each event carries its song's whole
+//! visible state and what changed since the song's previous event
+//! ([`dme_protocol::messages::EventKind`]), so a reader can join at any event.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use async_nats::jetstream::consumer::pull::OrderedConfig;
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use bytes::Bytes;
 use dme_protocol::messages::ProgressEvent;
-use dme_protocol::subjects;
+use dme_protocol::{streams, subjects, MusicId};
+use futures::Stream;
 
-use crate::Store;
+use crate::{nats, Result, Store, StoreError};
+
+/// One progress event as the event stream keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredProgress {
+    /// Its sequence in the event stream: increasing over all songs, never reused (a purge keeps
+    /// the counter), so a reader can resume after it.
+    pub seq: u64,
+    /// The event.
+    pub event: ProgressEvent,
+}
+
+/// Which events the event stream holds now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventBounds {
+    /// The oldest sequence still kept (`last + 1` when the stream is empty).
+    pub first: u64,
+    /// The latest sequence ever given to an event (0 before the first).
+    pub last: u64,
+}
+
+impl EventBounds {
+    /// Whether every event published after sequence `seq` is still kept: nothing after it was
+    /// removed by age or a purge (both remove from the front), and it is not a sequence the
+    /// stream never gave. (A song with more than `EVENTS_PER_SONG` events after `seq` keeps only
+    /// its latest ones; each carries the song's whole state.)
+    pub fn keeps_all_after(&self, seq: u64) -> bool {
+        seq <= self.last && seq.saturating_add(1) >= self.first
+    }
+}
 
 impl Store {
-    /// Publishes `event` on its song's subject. Events are a convenience for live views (records
-    /// are the truth), so a failure is logged, not returned.
+    /// Publishes `event` on its song's subject, with its `kind` set from the song's previous
+    /// event (what changed since). Events are a convenience for live views (records are the
+    /// truth), so a failure is logged, not returned. Publishers that race on one song may both
+    /// compare with the same previous event: a change can then be told twice, never not at all.
     pub async fn publish_progress(&self, event: &ProgressEvent) {
         let subject = subjects::event(event.music_id);
-        let payload = Bytes::from(dme_protocol::encode(event));
-        if let Err(e) = self.js.publish(subject, payload).await {
+        let previous = match self.last_progress(&subject).await {
+            Ok(previous) => previous,
+            Err(e) => {
+                tracing::warn!(error = %e, music_id = %event.music_id, "previous progress event not read");
+                None
+            }
+        };
+        let mut event = event.clone();
+        event.kind = event.kind_after(previous.as_ref());
+        let payload = Bytes::from(dme_protocol::encode(&event));
+        // Waiting for the stream's ack orders this process's events: the next publish reads
+        // this one as its previous.
+        let stored = match self.js.publish(subject, payload).await {
+            Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = stored {
             tracing::warn!(error = %e, music_id = %event.music_id, "progress event not published");
         }
+    }
+
+    /// The latest event on `subject`, if any (an undecodable one counts as none).
+    async fn last_progress(&self, subject: &str) -> Result<Option<ProgressEvent>> {
+        let stream = self
+            .js
+            .get_stream_no_info(streams::EVENT_STREAM)
+            .await
+            .map_err(nats("get event stream"))?;
+        match stream.get_last_raw_message_by_subject(subject).await {
+            Ok(message) => Ok(dme_protocol::decode(&message.payload).ok()),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(nats("get last progress event")(e)),
+        }
+    }
+
+    /// Which events the event stream holds now.
+    ///
+    /// # Errors
+    /// On NATS failure.
+    pub async fn event_bounds(&self) -> Result<EventBounds> {
+        let stream = self
+            .js
+            .get_stream(streams::EVENT_STREAM)
+            .await
+            .map_err(nats("get event stream"))?;
+        let state = &stream.cached_info().state;
+        Ok(EventBounds {
+            first: state.first_sequence,
+            last: state.last_sequence,
+        })
+    }
+
+    /// Follows the events of `music` (every song's when `None`) published after sequence
+    /// `after`: those still kept, then each new one as it is published, in order, each once.
+    /// An ordered consumer (ephemeral, in the server's memory, no acks) delivers them; it is
+    /// removed when the returned feed is dropped (the server forgets it 30 s later).
+    ///
+    /// # Errors
+    /// On NATS failure. The feed yields [`StoreError::Decode`] for an event it cannot read
+    /// (skip it) and [`StoreError::Nats`] when it can go no further.
+    pub async fn follow_progress(
+        &self,
+        music: Option<MusicId>,
+        after: u64,
+    ) -> Result<ProgressFeed> {
+        let stream = self
+            .js
+            .get_stream_no_info(streams::EVENT_STREAM)
+            .await
+            .map_err(nats("get event stream"))?;
+        let filter_subject = match music {
+            Some(music) => subjects::event(music),
+            None => subjects::EVENT_ALL.to_string(),
+        };
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                description: Some("dme: a reader of progress events".into()),
+                filter_subject,
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: after.saturating_add(1),
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(nats("create event reader"))?;
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(nats("read progress events"))?;
+        Ok(ProgressFeed {
+            messages,
+            last: after,
+        })
+    }
+}
+
+/// Progress events in stream order, from [`Store::follow_progress`].
+pub struct ProgressFeed {
+    messages: async_nats::jetstream::consumer::pull::Ordered,
+    /// The latest sequence yielded: the ordered consumer restarts from the beginning when it is
+    /// recreated before its first message (async-nats 0.46), so anything at or below it is a
+    /// repeat and skipped.
+    last: u64,
+}
+
+impl Stream for ProgressFeed {
+    type Item = Result<StoredProgress>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            let message = match Pin::new(&mut self.messages).poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Ready(Some(Err(e))) => {
+                    return Poll::Ready(Some(Err(nats("read progress events")(e))))
+                }
+                Poll::Ready(Some(Ok(message))) => message,
+            };
+            let seq = match message.info() {
+                Ok(info) => info.stream_sequence,
+                Err(e) => {
+                    return Poll::Ready(Some(Err(StoreError::Nats {
+                        op: "read a progress event's sequence",
+                        source: e,
+                    })))
+                }
+            };
+            if seq <= self.last {
+                continue;
+            }
+            self.last = seq;
+            let event = dme_protocol::decode(&message.payload).map_err(StoreError::Decode);
+            return Poll::Ready(Some(event.map(|event| StoredProgress { seq, event })));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EventBounds;
+
+    #[test]
+    fn a_reader_resumes_only_where_nothing_after_it_is_gone() {
+        let kept = EventBounds { first: 5, last: 9 };
+        assert!(kept.keeps_all_after(4), "the one before the oldest kept");
+        assert!(kept.keeps_all_after(9), "the latest");
+        assert!(!kept.keeps_all_after(3), "event 4 is gone");
+        assert!(!kept.keeps_all_after(10), "never given");
+        let purged = EventBounds { first: 10, last: 9 };
+        assert!(purged.keeps_all_after(9));
+        assert!(!purged.keeps_all_after(8));
+        let empty = EventBounds { first: 1, last: 0 };
+        assert!(empty.keeps_all_after(0));
     }
 }

@@ -17,7 +17,8 @@
 //! - `music`, `jobs`, `model`: music records, job records, the registered model.
 //! - `objects`: files in the object store, streamed ([`ObjectReader`]).
 //! - `capacity`: the object store's maximum (`DME_STORE_MAX_BYTES`) and use ([`StoreUsage`]).
-//! - `events`: progress events.
+//! - `events`: progress events: publishing each with what changed, and following them
+//!   ([`ProgressFeed`]).
 //! - [`work`]: publishing work, work consumers, and the one consume loop with its verdicts.
 //! - `reset`: deleting everything.
 //! - [`song`]: song-level changes several services make (failing a song).
@@ -42,6 +43,7 @@ use dme_protocol::DecodeError;
 
 pub use args::{NatsArgs, SpoolArgs, DEFAULT_STORE_MAX_BYTES};
 pub use capacity::StoreUsage;
+pub use events::{EventBounds, ProgressFeed, StoredProgress};
 pub use objects::{ChunkedObjectReader, ObjectReader, Unpacked, OBJECT_READ_IDLE};
 pub use spool::{Spool, SpoolDir, Swept, PROCESS_LOCK};
 

@@ -116,7 +116,23 @@ pub struct GatewayConfig {
     /// Seconds an idle keep-alive connection stays open.
     #[arg(long, env = "DME_KEEP_ALIVE_S", default_value_t = DEFAULT_KEEP_ALIVE_S)]
     pub keep_alive_s: u64,
+    /// Seconds between the heartbeat comments of an event stream (`/events`,
+    /// `/music/{id}/events`), which keep proxies from closing a quiet stream.
+    #[arg(long, env = "DME_SSE_HEARTBEAT_S", default_value_t = DEFAULT_SSE_HEARTBEAT_S, value_parser = clap::value_parser!(u64).range(1..))]
+    pub sse_heartbeat_s: u64,
+    /// Event streams this gateway serves at once; more get 503.
+    #[arg(long, env = "DME_MAX_EVENT_STREAMS", default_value_t = DEFAULT_MAX_EVENT_STREAMS)]
+    pub max_event_streams: usize,
 }
+
+/// Seconds between heartbeats on an event stream by default: common proxies close a response
+/// that is silent for 60 s (nginx's `proxy_read_timeout`), and a comment every 15 s costs
+/// nothing.
+pub const DEFAULT_SSE_HEARTBEAT_S: u64 = 15;
+
+/// Event streams served at once by default: each holds a connection and an ordered consumer on
+/// the NATS server; 1 000 stays within the default connection limit (two workers of 1 024).
+pub const DEFAULT_MAX_EVENT_STREAMS: usize = 1_000;
 
 /// A share of the store: a number in (0, 1].
 fn parse_share(raw: &str) -> Result<f64, String> {

@@ -14,7 +14,8 @@
 //! - this file: the [`Gateway`] service.
 //! - `routes/music.rs`: upload, list, progress, selection. `routes/files.rs`: downloads,
 //!   `routes/encodings.rs`: their encodings, made once and cached in the object store.
-//!   `routes/jobs.rs`: job records. `routes/system.rs`: reset and health.
+//!   `routes/jobs.rs`: job records. `routes/system.rs`: reset and health. `routes/events.rs`:
+//!   live events as Server-Sent Events.
 //! - `upload`: spooling, hashing and probing an upload.
 //! - `admission`: whether a new song is let in: the client's work in flight (429) and the
 //!   store's room (507), counted from NATS so every gateway agrees.

@@ -1,6 +1,7 @@
 //! Routes, one file per resource.
 
 mod encodings;
+mod events;
 mod files;
 mod jobs;
 mod lifecycle;
@@ -33,6 +34,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::delete().to(lifecycle::delete)),
     )
     .service(resource("/music/{music_id}/retry").route(web::post().to(lifecycle::retry)))
+    .service(resource("/music/{music_id}/events").route(web::get().to(events::song)))
+    .service(resource("/events").route(web::get().to(events::all)))
     .service(
         resource("/music/{music_id}/track/{track_id}")
             .route(web::get().to(files::track))
