@@ -6,6 +6,7 @@
 //! clients at once is mixed once; different selections racing each other and the assembly each
 //! get their own correct mix, and `final` names the latest.
 
+mod common;
 mod watch;
 
 use std::path::{Path, PathBuf};
@@ -15,7 +16,7 @@ use dme_model::{Model, ModelOptions, ModelSource};
 use dme_protocol::{streams, MusicId};
 use dme_storage::Store;
 use dme_testkit::model as model_path;
-use dme_testkit::reference::{self, assert_same, Segmenting};
+use dme_testkit::reference::{self, assert_same};
 use dme_testkit::system::{decode_bytes, env, synth_wav, Options, System, SONG_DEADLINE};
 use dme_testkit::wait_for;
 use serde_json::Value;
@@ -132,22 +133,6 @@ fn long_segment_model(dir: &Path) -> (PathBuf, usize) {
     (path, frames)
 }
 
-/// The single-process result of the model at `path` on `wav`, `S × 2` lanes.
-fn reference_of(path: &Path, wav: &[u8]) -> Vec<Vec<f32>> {
-    let input = decode_bytes(wav, "wav");
-    let mut model = Model::load(&ModelSource::File(path.into()), &ModelOptions::default())
-        .expect("the model loads");
-    let info = model.info().clone();
-    let plan = Segmenting {
-        segment: info.segment as usize,
-        fixed: info.fixed,
-        sources: info.sources.len(),
-    };
-    reference::separate(plan, &input.left, &input.right, |x| {
-        model.separate(x).expect("the model runs")
-    })
-}
-
 /// The shared separator consumer's (deliveries so far, messages pending that were redelivered).
 async fn separator_deliveries(store: &Store) -> (u64, usize) {
     let stream = store
@@ -225,7 +210,7 @@ async fn a_segment_of_several_ack_waits_on_a_live_worker_is_not_redelivered() {
     );
     assert_same(
         &sys.stem_lanes(&done).await,
-        &reference_of(&model, &wav),
+        &common::separate(&model, &decode_bytes(&wav, "wav")),
         "a long segment",
     );
 }
@@ -276,7 +261,7 @@ async fn a_frozen_worker_is_replaced_after_the_ack_wait_and_its_late_result_chan
         frozen.as_str(),
         "another worker finished it: {job}"
     );
-    let reference = reference_of(&model, &wav);
+    let reference = common::separate(&model, &decode_bytes(&wav, "wav"));
     assert_same(&sys.stem_lanes(&done).await, &reference, "replaced");
     let mix = sys.download(done["final"].as_str().expect("a mix")).await;
 

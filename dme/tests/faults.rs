@@ -1,35 +1,19 @@
 //! Failure handling, proven by killing real processes: separators, the nats-server, the gateway,
 //! splitter and mixer; poison segments; reset under load; many clients at once.
 
+mod common;
+
 use dme_testkit::reference::assert_same;
 use dme_testkit::system::{env, quick_redelivery};
 use std::time::Duration;
 
-use dme_model::{Model, ModelOptions, ModelSource};
 use dme_protocol::records::JobState;
 use dme_testkit::model as model_path;
-use dme_testkit::reference::{self, Segmenting};
-use dme_testkit::system::{decode_bytes, synth_wav, JobView, Options, System, SONG_DEADLINE};
+use dme_testkit::system::{synth_wav, JobView, Options, System, SONG_DEADLINE};
 use dme_testkit::wait_for;
 use serde_json::Value;
 
 const DME: &str = env!("CARGO_BIN_EXE_dme");
-
-/// The single-process result of `model` on `wav` (dme's segmenting), `S × 2` lanes.
-fn reference(model: &str, wav: &[u8]) -> Vec<Vec<f32>> {
-    let input = decode_bytes(wav, "wav");
-    let source = ModelSource::File(model_path(model));
-    let mut model = Model::load(&source, &ModelOptions::default()).unwrap();
-    let info = model.info().clone();
-    let plan = Segmenting {
-        segment: info.segment as usize,
-        fixed: info.fixed,
-        sources: info.sources.len(),
-    };
-    reference::separate(plan, &input.left, &input.right, |x| {
-        model.separate(x).unwrap()
-    })
-}
 
 async fn stems(sys: &System, done: &Value) -> Vec<Vec<f32>> {
     sys.stem_lanes(done).await
@@ -77,7 +61,7 @@ async fn a_separator_killed_mid_segment_is_replaced_by_redelivery() {
     let done = sys.finished(id).await;
     assert_same(
         &stems(&sys, &done).await,
-        &reference("test/slow_dynamic.onnx", &wav),
+        &common::reference("test/slow_dynamic.onnx", &wav),
         "after a kill",
     );
     let job = sys.get(&format!("/job/{job_id}")).await.body;
@@ -153,7 +137,7 @@ async fn twenty_random_kills_during_five_songs_change_nothing() {
         let done = sys.finished(*id).await;
         assert_same(
             &stems(&sys, &done).await,
-            &reference("test/slow_dynamic.onnx", wav),
+            &common::reference("test/slow_dynamic.onnx", wav),
             "after 20 kills",
         );
     }
@@ -251,18 +235,7 @@ async fn a_worker_crash_loop_is_caught_by_the_max_deliveries_advisory() {
         .upload_and_select_all(synth_wav(44_100 / 2, 44_100, 3.0), "crash.wav")
         .await;
     // Kill every worker that picks the song's only segment up, twice: its deliveries run out.
-    for round in 0..2 {
-        wait_for("the segment to be running", SONG_DEADLINE, || async {
-            let jobs = jobs_of(&sys, id).await;
-            jobs.iter()
-                .any(|j| j.state == "running" && j.attempts == round + 1)
-                .then_some(())
-        })
-        .await;
-        sys.separators[0].kill();
-        sys.separators.clear();
-        sys.add_separator();
-    }
+    sys.crash_loop(id, 2).await;
     let failed = sys.failed(id).await;
     let error = failed["error"].as_str().unwrap();
     assert!(error.contains("delivered 2 times"), "{error}");
@@ -301,7 +274,7 @@ async fn a_nats_server_restart_mid_job_loses_nothing() {
     let done = sys.finished(id).await;
     assert_same(
         &stems(&sys, &done).await,
-        &reference("test/slow_dynamic.onnx", &wav),
+        &common::reference("test/slow_dynamic.onnx", &wav),
         "after a nats restart",
     );
     let list = sys.get("/music").await.body;
@@ -357,7 +330,7 @@ async fn gateway_splitter_and_mixer_killed_and_restarted_mid_job() {
     let done = sys.finished(id).await;
     assert_same(
         &stems(&sys, &done).await,
-        &reference("test/slow_dynamic.onnx", &wav),
+        &common::reference("test/slow_dynamic.onnx", &wav),
         "after restarts",
     );
 }

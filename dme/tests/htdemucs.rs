@@ -6,11 +6,11 @@
 //! `models/htdemucs-random.onnx`, or the file named by `DME_HTDEMUCS`, and passes (with a
 //! printed note) when that file is absent.
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use dme_model::{Model, ModelOptions, ModelSource};
-use dme_testkit::reference::{self, Segmenting};
 use dme_testkit::song::test_song_mp3;
 use dme_testkit::system::{decode_bytes, Options, System};
 use dme_testkit::wait_for;
@@ -63,19 +63,7 @@ async fn htdemucs_on_two_separators_equals_a_single_process_run() {
     // each optimising the 25 000-node graph for a minute or more while the gateway waits.
     let input = decode_bytes(test_song_mp3(), "mp3");
     let started = Instant::now();
-    let expected = {
-        let source = ModelSource::File(model.clone());
-        let mut model = Model::load(&source, &ModelOptions::default()).unwrap();
-        let info = model.info().clone();
-        let plan = Segmenting {
-            segment: info.segment as usize,
-            fixed: info.fixed,
-            sources: info.sources.len(),
-        };
-        reference::separate(plan, &input.left, &input.right, |x| {
-            model.separate(x).unwrap()
-        })
-    };
+    let expected = common::separate(&model, &input);
     let reference_time = started.elapsed();
 
     let sys = System::start(

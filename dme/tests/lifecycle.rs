@@ -152,18 +152,7 @@ async fn a_failed_song_is_retried_from_its_original_while_others_separate() {
     // A song whose only segment's deliveries run out: every worker that takes it is killed.
     let wav = synth_wav(44_100 / 2, 44_100, 3.0);
     let id = sys.upload_and_select_all(wav.clone(), "retry.wav").await;
-    for round in 0..2 {
-        wait_for("the segment to be running", SONG_DEADLINE, || async {
-            let jobs = sys.jobs_of(id).await;
-            jobs.iter()
-                .any(|j| j.state == "running" && j.attempts == round + 1)
-                .then_some(())
-        })
-        .await;
-        sys.separators[0].kill();
-        sys.separators.clear();
-        sys.add_separator();
-    }
+    sys.crash_loop(id, 2).await;
     let failed = sys.failed(id).await;
     assert!(failed["error"]
         .as_str()

@@ -3,20 +3,20 @@
 //! a crash loop is caught even when no mixer runs at the time, and a durable consumer takes the
 //! settings of the service that starts last.
 
+mod common;
+
 use dme_testkit::reference::assert_same;
 use dme_testkit::system::quick_redelivery;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dme_model::{Model, ModelOptions, ModelSource};
 use dme_protocol::messages::{MusicUploaded, SegmentWork};
 use dme_protocol::records::{MusicRecord, MusicState};
 use dme_protocol::{now_ms, streams, subjects, Incarnation, MusicId, SegmentPlan};
 use dme_storage::work::{self, Delivery, Handler, HandlerError};
 use dme_storage::{Store, StoreError};
 use dme_testkit::model as model_path;
-use dme_testkit::reference::{self, Segmenting};
-use dme_testkit::system::{decode_bytes, synth_wav, Options, System, SONG_DEADLINE};
+use dme_testkit::system::{synth_wav, Options, System, SONG_DEADLINE};
 use dme_testkit::{wait_for, NatsServer};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -28,22 +28,6 @@ const CONNECT: Duration = Duration::from_secs(5);
 
 /// How long a pull request of this test waits for the server's answer (it expires after 1 s).
 const PULL_ANSWER: Duration = Duration::from_secs(5);
-
-/// The single-process result of `model` on `wav` (dme's segmenting), `S × 2` lanes.
-fn reference(model: &str, wav: &[u8]) -> Vec<Vec<f32>> {
-    let input = decode_bytes(wav, "wav");
-    let source = ModelSource::File(model_path(model));
-    let mut model = Model::load(&source, &ModelOptions::default()).unwrap();
-    let info = model.info().clone();
-    let plan = Segmenting {
-        segment: info.segment as usize,
-        fixed: info.fixed,
-        sources: info.sources.len(),
-    };
-    reference::separate(plan, &input.left, &input.right, |x| {
-        model.separate(x).unwrap()
-    })
-}
 
 /// `POST /reset`, then waits until the gateway lists no song.
 async fn reset(sys: &System) {
@@ -120,7 +104,7 @@ async fn the_same_file_uploaded_again_right_after_a_reset_mid_separation_is_a_ne
     assert_eq!(done["segments_done"], done["segments"]);
     assert_same(
         &sys.stem_lanes(&done).await,
-        &reference("test/slow_dynamic.onnx", &wav),
+        &common::reference("test/slow_dynamic.onnx", &wav),
         "the song uploaded again",
     );
     let jobs = sys.jobs_of(id).await;

@@ -408,6 +408,28 @@ impl System {
         .await
     }
 
+    /// A crash loop: kills the separator that is running song `id`'s only segment, and starts
+    /// a new one, `rounds` times (each time once the job shows that delivery running), so with
+    /// `rounds` deliveries allowed the segment's deliveries run out without a verdict.
+    ///
+    /// # Panics
+    /// When a delivery does not start within [`SONG_DEADLINE`].
+    pub async fn crash_loop(&mut self, id: u64, rounds: u64) {
+        for round in 0..rounds {
+            wait_for("the segment to be running", SONG_DEADLINE, || async {
+                let jobs = self.jobs_of(id).await;
+                jobs.iter()
+                    .any(|j| j.state == "running" && j.attempts == round + 1)
+                    .then_some(())
+            })
+            .await;
+            for mut separator in self.separators.drain(..) {
+                separator.kill();
+            }
+            self.add_separator();
+        }
+    }
+
     /// Waits until the song is `failed`, and returns its answer.
     ///
     /// # Panics
