@@ -89,6 +89,12 @@ impl Assembler {
                 .publish_progress(&ProgressEvent::of(&record))
                 .await;
         }
+        // Separated on the record: a redelivered work item now finds it done and never reads
+        // its input again, so the input goes at once (a segment's largest object after its stems).
+        if record.separated.get(index) == Some(&true) {
+            let input = objects::segment_input(done.music_id, done.incarnation, done.index);
+            let _ = self.store.delete_object(&input).await;
+        }
         let all_in = !record.separated.is_empty() && record.separated.iter().all(|d| *d);
         if all_in && !record.tracks_ready && record.state != MusicState::Failed {
             self.assemble(record).await?;
