@@ -17,7 +17,9 @@ run: setup build
 	@$(ENV); echo "dme: starting; the web API will be at http://$${DME_HTTP_ADDR:-127.0.0.1:8080}/"; \
 	exec target/release/dme up
 
+# The browser test (dme/tests/browser.rs) needs Debian's chromium and chromium-driver.
 test: setup
+	@scripts/setup.sh --browser >/dev/null
 	@$(ENV); cargo test --workspace --no-fail-fast 2>&1
 
 lint:

@@ -6,6 +6,7 @@ mod files;
 mod jobs;
 mod lifecycle;
 mod music;
+mod page;
 mod system;
 
 use actix_web::{web, HttpRequest};
@@ -50,6 +51,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(resource("/job/{job_id}").route(web::get().to(jobs::show)))
     .service(resource("/reset").route(web::post().to(system::reset)))
     .service(resource("/healthz").route(web::get().to(system::health)))
+    .service(resource("/").route(web::get().to(page::index)))
+    .service(resource("/ui/{file}").route(web::get().to(page::asset)))
     .default_service(web::to(|| async {
         Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such endpoint".into()))
     }));
