@@ -225,6 +225,7 @@ impl Song {
             mixes: vec![MixRecord {
                 key: mix_key.clone(),
                 tracks: vec![tracks[0].track_id, tracks[1].track_id],
+                gains: Vec::new(),
                 ready: true,
             }],
             incarnation: Incarnation::default(),

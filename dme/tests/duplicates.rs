@@ -144,6 +144,7 @@ async fn a_second_copy_of_every_work_message_changes_nothing() {
         music_id: music,
         tracks: r.tracks.iter().map(|t| t.track_id).collect(),
         incarnation: r.incarnation,
+        gains: Vec::new(),
     };
     publish_copy!(store, subjects::WORK_MIX, &mix_request);
     settled(&store, id).await;

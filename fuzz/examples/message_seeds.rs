@@ -58,6 +58,7 @@ fn main() {
             music_id: music,
             tracks: tracks.iter().map(|t| t.track_id).take(2).collect(),
             incarnation,
+            gains: Vec::new(),
         }),
     );
     write(
@@ -75,6 +76,7 @@ fn main() {
             mixes: vec![MixRecord {
                 key: "0-1".into(),
                 tracks: tracks.iter().map(|t| t.track_id).take(2).collect(),
+                gains: Vec::new(),
                 ready: true,
             }],
             kind: EventKind::Failed,
@@ -85,6 +87,7 @@ fn main() {
     let mix = MixRecord {
         key: "0-3".into(),
         tracks: vec![tracks[0].track_id, tracks[3].track_id],
+        gains: Vec::new(),
         ready: true,
     };
     write("mix-record", encode(&mix));

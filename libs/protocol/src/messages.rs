@@ -150,6 +150,11 @@ pub struct MixRequest {
     /// The life of the song's record the selection was made on.
     #[serde(default)]
     pub incarnation: Incarnation,
+    /// Each track's gain, aligned with `tracks`; empty when every gain is 0 dB. The mixer mixes
+    /// what the song's record holds (the selection's [`MixRecord`], found by its key); this says
+    /// which one a reader of the message is looking at.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gains: Vec<crate::records::Gain>,
 }
 
 impl WorkItem for MixRequest {
@@ -378,6 +383,7 @@ mod tests {
         let mix = |key: &str, ready| MixRecord {
             key: key.into(),
             tracks: Vec::new(),
+            gains: Vec::new(),
             ready,
         };
         let mut kinds = Vec::new();

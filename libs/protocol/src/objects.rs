@@ -11,6 +11,7 @@
 //! neither overwrite nor delete what the song uploaded again makes. Only the original is per song:
 //! it is the uploaded bytes themselves, the same in every life.
 
+use crate::records::Gain;
 use crate::{DecodeError, Incarnation, MusicId};
 
 /// The uploaded file as it came.
@@ -33,7 +34,7 @@ pub fn track(music: MusicId, incarnation: Incarnation, stem: &str) -> String {
     format!("track/{music}/{incarnation}/{stem}")
 }
 
-/// The mix of a selection (see [`selection_key`]), float WAV.
+/// The mix of a selection (see [`mix_key`]), float WAV.
 pub fn mix(music: MusicId, incarnation: Incarnation, key: &str) -> String {
     format!("mix/{music}/{incarnation}/{key}")
 }
@@ -73,16 +74,48 @@ pub fn incarnation_prefixes(music: MusicId, incarnation: Incarnation) -> [String
     ]
 }
 
-/// A stable key for a selection of stems, given as their indices in the song's track list:
-/// `"0-2-3"`, sorted and without duplicates.
+/// A stable key for a selection of stems at 0 dB, given as their indices in the song's track
+/// list: `"0-2-3"`, sorted and without duplicates ([`mix_key`] with every gain at 0 dB).
 pub fn selection_key(stem_indices: &[usize]) -> String {
-    let mut v = stem_indices.to_vec();
-    v.sort_unstable();
-    v.dedup();
+    let stems: Vec<(usize, Gain)> = stem_indices.iter().map(|i| (*i, Gain::UNITY)).collect();
+    mix_key(&stems)
+}
+
+/// A stable key for a selection of stems and their gains, given as (index in the song's track
+/// list, gain) pairs: sorted by index, without duplicates (callers refuse one stem at two gains;
+/// the first is kept), each index followed by `~<dB>` when its gain is not 0 dB. Without gains it
+/// is [`selection_key`], the key mixes always had (`"0-2-3"`), so their names and links stay;
+/// with them, e.g. `"0-2~-3.5-3~6"` (stem 2 at −3.5 dB, stem 3 at +6 dB). Only digits, `-`, `.`
+/// and `~`: characters a URL path carries unescaped (`encodeURIComponent` leaves them alone),
+/// safe in object names.
+pub fn mix_key(stems: &[(usize, Gain)]) -> String {
+    let mut v = stems.to_vec();
+    v.sort_by_key(|(i, _)| *i);
+    v.dedup_by_key(|(i, _)| *i);
     v.iter()
-        .map(|i| i.to_string())
+        .map(|(i, gain)| match *gain {
+            Gain::UNITY => i.to_string(),
+            gain => format!("{i}~{}", tenths(gain.0)),
+        })
         .collect::<Vec<_>>()
         .join("-")
+}
+
+/// Tenths as a decimal without a trailing `.0`: `-35` → `-3.5`, `60` → `6`, `-5` → `-0.5`.
+fn tenths(t: i16) -> String {
+    let sign = if t < 0 { "-" } else { "" };
+    let (whole, tenth) = (t.unsigned_abs() / 10, t.unsigned_abs() % 10);
+    if tenth == 0 {
+        format!("{sign}{whole}")
+    } else {
+        format!("{sign}{whole}.{tenth}")
+    }
+}
+
+/// A track's waveform peaks (JSON, see the gateway's `routes/peaks.rs`), computed on the first
+/// request and kept beside the track, so it goes with the track's life of the song.
+pub fn peaks(music: MusicId, incarnation: Incarnation, stem: &str) -> String {
+    format!("{}.peaks", track(music, incarnation, stem))
 }
 
 /// The zstd level of packed audio: silence compresses to almost nothing at any level, and
@@ -203,7 +236,9 @@ mod tests {
             segment_stems(m, a, 3),
             track(m, a, "bass"),
             mix(m, a, "0-1"),
+            mix(m, a, "0-1~-3.5"),
             encoded(&track(m, a, "bass"), "flac"),
+            peaks(m, a, "bass"),
         ];
         for name in &names {
             assert!(of_song(m, name), "{name}");
@@ -223,6 +258,32 @@ mod tests {
 
     #[test]
     fn selection_keys_are_canonical() {
+        // Without gains: the keys of mixes made before gains existed.
         assert_eq!(selection_key(&[3, 0, 3, 2]), "0-2-3");
+        assert_eq!(selection_key(&[1]), "1");
+        let unity = [(3, Gain::UNITY), (0, Gain::UNITY), (2, Gain::UNITY)];
+        assert_eq!(mix_key(&unity), "0-2-3");
+        let g = |db: f64| Gain::from_db(db).unwrap();
+        let key = mix_key(&[(3, g(6.0)), (0, g(0.0)), (2, g(-3.5))]);
+        assert_eq!(key, "0-2~-3.5-3~6");
+        // Any order, repeats, and gains within the same tenth of a dB spell the same key.
+        assert_eq!(
+            mix_key(&[(2, g(-3.46)), (3, g(5.96)), (0, g(0.04)), (3, g(6.0))]),
+            key
+        );
+        assert_eq!(mix_key(&[(0, g(-0.5))]), "0~-0.5");
+        assert_eq!(mix_key(&[(0, g(0.5))]), "0~0.5");
+        assert_eq!(mix_key(&[(0, g(12.0)), (1, g(-60.0))]), "0~12-1~-60");
+        assert_eq!(mix_key(&[(0, g(-0.04))]), "0");
+        // Different gains, different keys; keys stay one unescaped path segment.
+        assert_ne!(mix_key(&[(0, g(1.0))]), mix_key(&[(0, g(1.1))]));
+        assert_ne!(mix_key(&[(1, g(-1.0))]), mix_key(&[(1, g(1.0))]));
+        for key in [key, mix_key(&[(10, g(-59.9)), (11, g(11.9))])] {
+            assert!(
+                key.bytes()
+                    .all(|b| b.is_ascii_digit() || b"-.~".contains(&b)),
+                "{key}"
+            );
+        }
     }
 }

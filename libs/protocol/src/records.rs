@@ -55,15 +55,72 @@ impl TrackRecord {
     }
 }
 
+/// A track's gain in a mix, in tenths of a decibel: the API's `gain_db` rounded to 0.1 dB, so
+/// that gains a listener cannot tell apart are one mix, compare equal and spell one key.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Gain(pub i16);
+
+impl Gain {
+    /// Quietest gain a selection may ask for: −60 dB is inaudible under the other stems (a track
+    /// left out of the selection is the way to mute it).
+    pub const MIN_DB: f64 = -60.0;
+    /// Loudest gain a selection may ask for: +12 dB lifts a quiet stem well above the others;
+    /// more would only make the mix's peak normalisation turn everything else down.
+    pub const MAX_DB: f64 = 12.0;
+    /// 0 dB: the track as separated.
+    pub const UNITY: Gain = Gain(0);
+
+    /// `db` rounded to 0.1 dB; `None` when it is not a finite number within
+    /// [[`Gain::MIN_DB`], [`Gain::MAX_DB`]].
+    pub fn from_db(db: f64) -> Option<Gain> {
+        (db.is_finite() && (Self::MIN_DB..=Self::MAX_DB).contains(&db))
+            .then(|| Gain((db * 10.0).round() as i16))
+    }
+
+    /// The gain in decibels (a multiple of 0.1).
+    pub fn db(self) -> f64 {
+        f64::from(self.0) / 10.0
+    }
+
+    /// The factor samples are multiplied by: exactly 1.0 at 0 dB, so a mix without gains is the
+    /// plain sum of its tracks, bit for bit.
+    pub fn linear(self) -> f32 {
+        if self == Gain::UNITY {
+            1.0
+        } else {
+            10f64.powf(self.db() / 20.0) as f32
+        }
+    }
+}
+
 /// A selection of tracks and its mix.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MixRecord {
-    /// [`crate::objects::selection_key`] of the selection.
+    /// [`crate::objects::mix_key`] of the selection and its gains.
     pub key: String,
     /// The tracks, as chosen.
     pub tracks: Vec<TrackId>,
+    /// Each track's gain, aligned with `tracks`; empty when every gain is 0 dB (and in records
+    /// written before gains existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gains: Vec<Gain>,
     /// True once the mix object is written.
     pub ready: bool,
+}
+
+impl MixRecord {
+    /// The gain of the `i`-th track of [`MixRecord::tracks`] (0 dB when none is recorded).
+    pub fn gain(&self, i: usize) -> Gain {
+        self.gains.get(i).copied().unwrap_or_default()
+    }
+
+    /// Every track's gain in decibels, aligned with [`MixRecord::tracks`].
+    pub fn gains_db(&self) -> Vec<f64> {
+        (0..self.tracks.len()).map(|i| self.gain(i).db()).collect()
+    }
 }
 
 /// A song: what the gateway answers for `GET /music/{id}`, and the progress of its processing.
@@ -275,6 +332,48 @@ pub struct ModelInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gains_round_to_a_tenth_of_a_decibel_within_their_range() {
+        assert_eq!(Gain::from_db(-3.54), Some(Gain(-35)));
+        assert_eq!(Gain::from_db(-3.55), Some(Gain(-36)));
+        assert_eq!(Gain::from_db(-0.04), Some(Gain::UNITY));
+        assert_eq!(Gain::from_db(12.0), Some(Gain(120)));
+        assert_eq!(Gain::from_db(-60.0), Some(Gain(-600)));
+        for bad in [12.01, -60.01, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            assert_eq!(Gain::from_db(bad), None, "{bad}");
+        }
+        assert_eq!(Gain::UNITY.linear(), 1.0);
+        assert!((Gain(60).linear() - 1.995_262_3).abs() < 1e-6);
+        assert!((Gain(-200).linear() - 0.1).abs() < 1e-7);
+    }
+
+    /// A mix record as written before gains: it decodes with every gain at 0 dB, and a record
+    /// without gains is written exactly as before.
+    #[test]
+    fn a_mix_record_from_before_gains_decodes_at_unity() {
+        let mix = MixRecord {
+            key: "0-2".into(),
+            tracks: vec![TrackId(5), TrackId(9)],
+            gains: Vec::new(),
+            ready: true,
+        };
+        let mut value = ciborium::Value::serialized(&mix).unwrap();
+        let ciborium::Value::Map(fields) = &mut value else {
+            panic!("a mix record is a CBOR map");
+        };
+        assert!(fields.iter().all(|(k, _)| k.as_text() != Some("gains")));
+        fields.retain(|(k, _)| k.as_text() != Some("gains"));
+        let old: MixRecord = crate::decode(&crate::encode(&value)).unwrap();
+        assert_eq!(old, mix);
+        assert_eq!(old.gains_db(), [0.0, 0.0]);
+        let loud = MixRecord {
+            gains: vec![Gain(-35), Gain(60)],
+            ..mix
+        };
+        let back: MixRecord = crate::decode(&crate::encode(&loud)).unwrap();
+        assert_eq!(back.gains_db(), [-3.5, 6.0]);
+    }
 
     /// A record as an older gateway wrote it: every field but `client`.
     #[test]

@@ -71,20 +71,25 @@ impl Mixdown {
     async fn render(&self, record: &MusicRecord, mix: &MixRecord) -> Result<String, MixError> {
         let spool = self.spool.tempdir().map_err(MixError::Spool)?;
         let mut inputs = Vec::with_capacity(mix.tracks.len());
-        let stems = mix.tracks.iter().filter_map(|t| record.stem_index(*t));
-        let names = stems.filter_map(|i| record.tracks.get(i)).map(|t| &t.name);
-        for (n, stem) in names.enumerate() {
+        let stems = mix.tracks.iter().enumerate().filter_map(|(n, t)| {
+            let stem = record.tracks.get(record.stem_index(*t)?)?;
+            Some((&stem.name, mix.gain(n)))
+        });
+        for (n, (stem, gain)) in stems.enumerate() {
             let name = objects::track(record.music_id, record.incarnation, stem);
             let path = spool.path().join(format!("in{n}.wav"));
             self.download(&name, &path).await?;
-            inputs.push(path);
+            inputs.push((path, gain.linear()));
         }
         let out = spool.path().join("mix.wav");
         let out_path = out.clone();
-        tokio::task::spawn_blocking(move || sum_wavs(&inputs, &out_path))
+        let scale = tokio::task::spawn_blocking(move || sum_wavs(&inputs, &out_path))
             .await
             .map_err(MixError::Task)?
             .map_err(MixError::Wav)?;
+        if scale != 1.0 {
+            tracing::info!(music = %record.music_id, key = %mix.key, scale, "mix scaled down so it does not clip");
+        }
         let object = objects::mix(record.music_id, record.incarnation, &mix.key);
         self.store.put_compressed_file(&object, &out).await?;
         Ok(object)
@@ -182,27 +187,140 @@ impl Drop for MixTurn {
     }
 }
 
-/// Writes the sample-by-sample sum of float WAV files `inputs` (equal lengths) to `out`.
-fn sum_wavs(inputs: &[PathBuf], out: &Path) -> Result<(), hound::Error> {
+/// Peak a mix is scaled down to when its sum would clip: −0.09 dBFS, a little headroom below
+/// full scale so that converting it to 16-bit WAV or FLAC never clips either.
+pub(crate) const MIX_PEAK_CEILING: f32 = 0.99;
+
+/// Writes the sample-by-sample sum of float WAV files `inputs` (equal lengths), each multiplied
+/// by its linear gain, to `out`; returns the factor the whole sum was scaled by.
+///
+/// The mix never clips: a first pass over the inputs finds the sum's peak (the largest absolute
+/// sample); when it exceeds full scale (1.0), every sample of the mix is multiplied by one
+/// factor that brings the peak to [`MIX_PEAK_CEILING`] (peak normalisation: the balance
+/// between the stems and the dynamics stay as chosen, only the level drops). A sum within full
+/// scale is written as it is, factor 1. Both passes stream the spooled files a sample at a time,
+/// so memory stays bounded whatever the song's length.
+fn sum_wavs(inputs: &[(PathBuf, f32)], out: &Path) -> Result<f32, hound::Error> {
+    let mut peak = 0.0f32;
+    for_each_sum(inputs, |sum| {
+        peak = peak.max(sum.abs());
+        Ok(())
+    })?;
+    let scale = if peak > 1.0 {
+        MIX_PEAK_CEILING / peak
+    } else {
+        1.0
+    };
+    let mut writer = hound::WavWriter::create(out, float_wav_spec())?;
+    for_each_sum(inputs, |sum| writer.write_sample(sum * scale))?;
+    writer.finalize()?;
+    Ok(scale)
+}
+
+/// Calls `each` with every sample of the weighted sum of `inputs`, in order; a shorter input
+/// counts as silence past its end.
+fn for_each_sum(
+    inputs: &[(PathBuf, f32)],
+    mut each: impl FnMut(f32) -> Result<(), hound::Error>,
+) -> Result<(), hound::Error> {
     let mut readers = inputs
         .iter()
-        .map(hound::WavReader::open)
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut writer = hound::WavWriter::create(out, float_wav_spec())?;
-    let mut samples: Vec<_> = readers.iter_mut().map(|r| r.samples::<f32>()).collect();
+        .map(|(path, gain)| Ok((hound::WavReader::open(path)?, *gain)))
+        .collect::<Result<Vec<_>, hound::Error>>()?;
+    let mut samples: Vec<_> = readers
+        .iter_mut()
+        .map(|(r, gain)| (r.samples::<f32>(), *gain))
+        .collect();
     loop {
         let mut sum = 0.0f32;
         let mut ended = 0;
-        for s in samples.iter_mut() {
+        for (s, gain) in samples.iter_mut() {
             match s.next() {
-                Some(v) => sum += v?,
+                Some(v) => sum += v? * *gain,
                 None => ended += 1,
             }
         }
         if ended == samples.len() {
-            break;
+            return Ok(());
         }
-        writer.write_sample(sum)?;
+        each(sum)?;
     }
-    writer.finalize()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A folder of its own for one test, removed when dropped (the mixer has no tempfile).
+    struct TestDir(PathBuf);
+
+    impl TestDir {
+        fn new(test: &str) -> TestDir {
+            let dir =
+                std::env::temp_dir().join(format!("dme-mixdown-{test}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            TestDir(dir)
+        }
+
+        fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TestDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn wav(dir: &Path, name: &str, samples: &[f32]) -> PathBuf {
+        let path = dir.join(name);
+        let mut w = hound::WavWriter::create(&path, float_wav_spec()).unwrap();
+        for s in samples {
+            w.write_sample(*s).unwrap();
+        }
+        w.finalize().unwrap();
+        path
+    }
+
+    fn read(path: &Path) -> Vec<f32> {
+        hound::WavReader::open(path)
+            .unwrap()
+            .samples::<f32>()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    #[test]
+    fn a_sum_within_full_scale_is_written_as_it_is() {
+        let dir = TestDir::new("within");
+        let a = wav(dir.path(), "a.wav", &[0.5, -0.25, 0.1, 0.3]);
+        let b = wav(dir.path(), "b.wav", &[0.5, -0.75, 0.2, -0.3]);
+        let out = dir.path().join("mix.wav");
+        let scale = sum_wavs(&[(a.clone(), 1.0), (b.clone(), 1.0)], &out).unwrap();
+        assert_eq!(scale, 1.0);
+        // Exactly 1.0 is full scale, not a clip.
+        assert_eq!(read(&out), [1.0, -1.0, 0.1 + 0.2, 0.0]);
+        let half = sum_wavs(&[(a, 0.5), (b, 1.0)], &out).unwrap();
+        assert_eq!(half, 1.0);
+        assert_eq!(read(&out), [0.75, -0.875, 0.05 + 0.2, 0.15 - 0.3]);
+    }
+
+    #[test]
+    fn a_sum_that_would_clip_is_scaled_to_the_ceiling_as_a_whole() {
+        let dir = TestDir::new("clip");
+        let a = wav(dir.path(), "a.wav", &[0.5, -0.9, 0.1, 0.3]);
+        let b = wav(dir.path(), "b.wav", &[0.5, -0.6, 0.2, -0.3]);
+        let out = dir.path().join("mix.wav");
+        let gain = 2.0f32;
+        let scale = sum_wavs(&[(a, gain), (b, gain)], &out).unwrap();
+        let sum = [2.0f32, -3.0, 0.6, 0.0];
+        assert!((scale - MIX_PEAK_CEILING / 3.0).abs() < 1e-7, "{scale}");
+        let mix = read(&out);
+        let peak = mix.iter().fold(0.0f32, |p, s| p.max(s.abs()));
+        assert!((peak - MIX_PEAK_CEILING).abs() < 1e-6, "{peak}");
+        for (m, s) in mix.iter().zip(sum) {
+            assert!((m - s * scale).abs() < 1e-6, "{m} vs {s}");
+        }
+    }
 }

@@ -176,6 +176,7 @@ impl Reconciler {
                     music_id: music,
                     tracks: mix.tracks.clone(),
                     incarnation,
+                    gains: mix.gains.clone(),
                 };
                 self.store.publish(subjects::WORK_MIX, &request, None).await
             }
@@ -260,11 +261,13 @@ mod tests {
             MixRecord {
                 key: "0".into(),
                 tracks: vec![TrackId(1)],
+                gains: Vec::new(),
                 ready: false,
             },
             MixRecord {
                 key: "0-1".into(),
                 tracks: vec![TrackId(1), TrackId(2)],
+                gains: Vec::new(),
                 ready: false,
             },
         ];

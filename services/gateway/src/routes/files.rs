@@ -257,7 +257,7 @@ fn entity_tag(digest: &str) -> Option<EntityTag> {
 
 /// Whether `If-None-Match` names `tag` (weak comparison) or is `*`: the client's copy is
 /// current (RFC 9110 §13.1.2). A malformed header is ignored.
-fn none_match(req: &HttpRequest, tag: &EntityTag) -> bool {
+pub(super) fn none_match(req: &HttpRequest, tag: &EntityTag) -> bool {
     match IfNoneMatch::parse(req) {
         Ok(IfNoneMatch::Any) => true,
         Ok(IfNoneMatch::Items(tags)) => tags.iter().any(|t| t.weak_eq(tag)),

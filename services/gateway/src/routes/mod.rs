@@ -7,6 +7,7 @@ mod jobs;
 mod lifecycle;
 mod music;
 mod page;
+mod peaks;
 mod system;
 
 use actix_web::{web, HttpRequest};
@@ -41,6 +42,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         resource("/music/{music_id}/track/{track_id}")
             .route(web::get().to(files::track))
             .route(web::head().to(files::track)),
+    )
+    .service(
+        resource("/music/{music_id}/track/{track_id}/peaks")
+            .route(web::get().to(peaks::track))
+            .route(web::head().to(peaks::track)),
     )
     .service(
         resource("/music/{music_id}/mix/{key}")

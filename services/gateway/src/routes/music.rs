@@ -5,7 +5,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use dme_protocol::messages::{MixRequest, ProgressEvent};
-use dme_protocol::records::{MixRecord, MusicRecord, MusicState, TrackRecord};
+use dme_protocol::records::{Gain, MixRecord, MusicRecord, MusicState, TrackRecord};
 use dme_protocol::{now_ms, objects, subjects, Incarnation, MusicId, TrackId};
 use futures::StreamExt;
 use serde::Serialize;
@@ -90,6 +90,9 @@ struct Progress {
     final_mix: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     selection: Option<Vec<TrackId>>,
+    /// The latest selection's gains, aligned with `selection`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gains_db: Option<Vec<f64>>,
     segments: u32,
     segments_done: u32,
     tracks: Vec<Track>,
@@ -310,6 +313,7 @@ pub async fn progress(
         instruments,
         final_mix,
         selection: latest.map(|m| m.tracks.clone()),
+        gains_db: latest.map(MixRecord::gains_db),
         segments: record.separated.len() as u32,
         segments_done: record.segments_done(),
         tracks: Music::from(&record).tracks,
@@ -318,8 +322,11 @@ pub async fn progress(
     Ok(HttpResponse::Ok().json(body))
 }
 
-/// `POST /music/{id}` with a JSON array of track ids: mix those tracks. Answers at once;
-/// separation started at upload, and a selection already mixed is not mixed again.
+/// `POST /music/{id}`: mix a selection of the song's tracks. The body is the original
+/// contract's JSON array of track ids (each at 0 dB), or `{"tracks": [{"track_id": <id>,
+/// "gain_db": <dB>}, ...]}` (see [`parse_selection`]); a track left out is not in the mix.
+/// Answers at once; separation started at upload, and a selection already mixed with the same
+/// gains (its key) is not mixed again.
 pub async fn select(
     path: web::Path<String>,
     payload: web::Payload,
@@ -327,36 +334,21 @@ pub async fn select(
 ) -> Result<HttpResponse, ApiError> {
     let record = load_music(&state, &path).await?;
     let body = read_selection(payload).await?;
-    let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::BadRequest(format!("body must be a JSON array of track ids: {e}"))
-    })?;
-    let items = value
-        .as_array()
-        .ok_or_else(|| ApiError::BadRequest("body must be a JSON array of track ids".into()))?;
-    if items.is_empty() {
-        return Err(ApiError::BadRequest("choose at least one track".into()));
-    }
-    let mut tracks = Vec::with_capacity(items.len());
-    for item in items {
-        let id = item.as_u64().ok_or_else(|| {
-            ApiError::BadRequest(format!("track id {item} is not a positive integer"))
-        })?;
-        tracks.push(TrackId(id));
-    }
-    let mut indices = Vec::with_capacity(tracks.len());
-    for t in &tracks {
+    let chosen = parse_selection(&body)?;
+    let mut stems = Vec::with_capacity(chosen.len());
+    for (t, gain) in &chosen {
         let i = record.stem_index(*t).ok_or_else(|| {
             ApiError::TrackNotFound(format!("song {} has no track {t}", record.music_id))
         })?;
-        indices.push(i);
+        stems.push((i, *gain));
     }
-    let key = objects::selection_key(&indices);
-    let mut unique: Vec<TrackId> = Vec::new();
-    for t in tracks {
-        if !unique.contains(&t) {
-            unique.push(t);
-        }
-    }
+    let key = objects::mix_key(&stems);
+    let unique: Vec<TrackId> = chosen.iter().map(|(t, _)| *t).collect();
+    let gains: Vec<Gain> = if chosen.iter().all(|(_, g)| *g == Gain::UNITY) {
+        Vec::new()
+    } else {
+        chosen.iter().map(|(_, g)| *g).collect()
+    };
     let updated = state
         .store
         .update_music(record.music_id, |m| {
@@ -366,6 +358,7 @@ pub async fn select(
                 None => MixRecord {
                     key: key.clone(),
                     tracks: unique.clone(),
+                    gains: gains.clone(),
                     ready: false,
                 },
             };
@@ -388,6 +381,7 @@ pub async fn select(
                     music_id: updated.music_id,
                     tracks: unique.clone(),
                     incarnation: updated.incarnation,
+                    gains: gains.clone(),
                 },
                 None,
             )
@@ -397,12 +391,107 @@ pub async fn select(
         .store
         .publish_progress(&ProgressEvent::of(&updated))
         .await;
+    let gains_db: Vec<f64> = chosen.iter().map(|(_, g)| g.db()).collect();
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "music_id": updated.music_id,
         "tracks": unique,
+        "gains_db": gains_db,
+        "key": key,
         "state": updated.state.as_str(),
         "progress": updated.progress(),
     })))
+}
+
+/// How a selection is written, for error messages.
+const SELECTION_FORMS: &str =
+    r#"a JSON array of track ids, or {"tracks": [{"track_id": <id>, "gain_db": <dB>}, ...]}"#;
+
+/// The tracks and gains of a selection's body, in the order given, each track once:
+/// - `[id, ...]`: each track at 0 dB (the original contract);
+/// - `{"tracks": [{"track_id": id, "gain_db": dB}, ...]}`: `gain_db` optional (0 dB), a finite
+///   number within [−60, +12], rounded to 0.1 dB ([`Gain::from_db`]).
+///
+/// A track given twice counts once; twice with different gains (after rounding) is refused.
+/// Fields other than these are refused too, so that a misspelt `gain_db` is an error rather
+/// than a silent 0 dB.
+///
+/// # Errors
+/// 400 with the reason for anything else, and for an empty selection.
+fn parse_selection(body: &[u8]) -> Result<Vec<(TrackId, Gain)>, ApiError> {
+    let bad = |reason: String| ApiError::BadRequest(reason);
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| bad(format!("body must be {SELECTION_FORMS}: {e}")))?;
+    let track_id = |item: &serde_json::Value| {
+        item.as_u64()
+            .map(TrackId)
+            .ok_or_else(|| bad(format!("track id {item} is not a positive integer")))
+    };
+    let mut given = Vec::new();
+    match &value {
+        serde_json::Value::Array(items) => {
+            for item in items {
+                given.push((track_id(item)?, Gain::UNITY));
+            }
+        }
+        serde_json::Value::Object(fields) => {
+            if let Some(other) = fields.keys().find(|k| *k != "tracks") {
+                return Err(bad(format!(
+                    "unknown field `{other}`: a selection is {SELECTION_FORMS}"
+                )));
+            }
+            let items = fields
+                .get("tracks")
+                .and_then(|t| t.as_array())
+                .ok_or_else(|| bad(format!("`tracks` must be a list: {SELECTION_FORMS}")))?;
+            for item in items {
+                let entry = item.as_object().ok_or_else(|| {
+                    bad(format!(
+                        "each of `tracks` must be {{\"track_id\": <id>, \"gain_db\": <dB>}}, not {item}"
+                    ))
+                })?;
+                if let Some(other) = entry.keys().find(|k| *k != "track_id" && *k != "gain_db") {
+                    return Err(bad(format!(
+                        "unknown field `{other}` in a track: use `track_id` and `gain_db`"
+                    )));
+                }
+                let id = track_id(
+                    entry
+                        .get("track_id")
+                        .ok_or_else(|| bad(format!("a track without `track_id`: {item}")))?,
+                )?;
+                let gain = match entry.get("gain_db") {
+                    None => Gain::UNITY,
+                    Some(db) => db.as_f64().and_then(Gain::from_db).ok_or_else(|| {
+                        bad(format!(
+                            "gain_db {db} of track {id} must be a number from {} to +{} dB",
+                            Gain::MIN_DB,
+                            Gain::MAX_DB
+                        ))
+                    })?,
+                };
+                given.push((id, gain));
+            }
+        }
+        _ => return Err(bad(format!("body must be {SELECTION_FORMS}"))),
+    }
+    if given.is_empty() {
+        return Err(bad("choose at least one track".into()));
+    }
+    let mut chosen: Vec<(TrackId, Gain)> = Vec::with_capacity(given.len());
+    for (id, gain) in given {
+        match chosen.iter().find(|(t, _)| *t == id) {
+            None => chosen.push((id, gain)),
+            Some((_, g)) if *g == gain => {}
+            Some((_, g)) => {
+                return Err(bad(format!(
+                    "track {id} is given twice, at {} dB and at {} dB",
+                    g.db(),
+                    gain.db()
+                )))
+            }
+        }
+    }
+    Ok(chosen)
 }
 
 /// The body of a selection, at most [`MAX_SELECTION_BYTES`].
@@ -419,4 +508,76 @@ async fn read_selection(mut payload: web::Payload) -> Result<web::BytesMut, ApiE
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str) -> Result<Vec<(TrackId, Gain)>, String> {
+        parse_selection(body.as_bytes()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn selections_are_arrays_of_ids_or_tracks_with_gains() {
+        let unity = |ids: &[u64]| -> Vec<(TrackId, Gain)> {
+            ids.iter().map(|i| (TrackId(*i), Gain::UNITY)).collect()
+        };
+        assert_eq!(parse("[7, 3, 7]").unwrap(), unity(&[7, 3]));
+        let tracks = r#"{"tracks": [{"track_id": 7, "gain_db": -3.54}, {"track_id": 3},
+            {"track_id": 9, "gain_db": 12}, {"track_id": 7, "gain_db": -3.5}]}"#;
+        assert_eq!(
+            parse(tracks).unwrap(),
+            [
+                (TrackId(7), Gain(-35)),
+                (TrackId(3), Gain::UNITY),
+                (TrackId(9), Gain(120))
+            ]
+        );
+        for (bad, why) in [
+            ("[]", "at least one"),
+            (r#"{"tracks": []}"#, "at least one"),
+            ("{}", "`tracks` must be a list"),
+            ("7", "body must be"),
+            ("[-1]", "not a positive integer"),
+            ("[1.5]", "not a positive integer"),
+            (r#"{"tracks": [3]}"#, "each of `tracks`"),
+            (r#"{"tracks": [{"gain_db": 1}]}"#, "without `track_id`"),
+            (
+                r#"{"tracks": [{"track_id": 1, "gain": 1}]}"#,
+                "unknown field `gain`",
+            ),
+            (
+                r#"{"tracks": [], "format": "mp3"}"#,
+                "unknown field `format`",
+            ),
+            (
+                r#"{"tracks": [{"track_id": 1, "gain_db": 12.01}]}"#,
+                "from -60 to +12 dB",
+            ),
+            (
+                r#"{"tracks": [{"track_id": 1, "gain_db": -61}]}"#,
+                "from -60 to +12 dB",
+            ),
+            (
+                r#"{"tracks": [{"track_id": 1, "gain_db": "6"}]}"#,
+                "must be a number",
+            ),
+            (
+                r#"{"tracks": [{"track_id": 1, "gain_db": null}]}"#,
+                "must be a number",
+            ),
+            (
+                r#"{"tracks": [{"track_id": 1, "gain_db": 1e999}]}"#,
+                "body must be",
+            ),
+            (
+                r#"{"tracks": [{"track_id": 1, "gain_db": 1}, {"track_id": 1, "gain_db": 2}]}"#,
+                "given twice, at 1 dB and at 2 dB",
+            ),
+        ] {
+            let e = parse(bad).expect_err(bad);
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
 }
