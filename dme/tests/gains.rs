@@ -291,6 +291,7 @@ async fn gains_weight_the_mix_name_it_and_never_clip() {
         "peak {got_peak}, not {CEILING}"
     );
     let scale = CEILING / unclipped_peak;
+    println!("every stem at +12 dB: unclipped peak {unclipped_peak}, scaled by {scale}");
     let err = max_abs_diff(&got, &unclipped, scale);
     assert!(
         err <= 1e-5,
@@ -342,6 +343,11 @@ async fn gains_weight_the_mix_name_it_and_never_clip() {
             (1000..=2000).contains(&peaks.len()),
             "{} peaks",
             peaks.len()
+        );
+        println!(
+            "stem {s}: {} peaks of {per} frames, {} bytes of JSON",
+            peaks.len(),
+            r.bytes.len()
         );
         assert_eq!(peaks.len(), left.len().div_ceil(per), "{per} frames a peak");
         for (b, p) in peaks.iter().enumerate() {
