@@ -90,8 +90,10 @@ impl Assembler {
                 .await;
         }
         // Separated on the record: a redelivered work item now finds it done and never reads
-        // its input again, so the input goes at once (a segment's largest object after its stems).
-        if record.separated.get(index) == Some(&true) {
+        // its input again, so the input goes at once (a segment's largest object after its
+        // stems). Only the event that marked it does this: a copy of the event changes nothing,
+        // and an input whose deletion failed goes with the other segments after assembly.
+        if changed {
             let input = objects::segment_input(done.music_id, done.incarnation, done.index);
             let _ = self.store.delete_object(&input).await;
         }
