@@ -50,3 +50,10 @@ test-htdemucs: setup
 .PHONY: test-long
 test-long: setup
 	@$(ENV); cargo test -p dme --test storage_cost -- --ignored --nocapture 2>&1
+
+# The chaos matrix (dme/tests/chaos.rs): every process SIGKILLed in every phase of a song,
+# DME_CHAOS_TRIALS (3) times per cell; DME_CHAOS_SEED replays a run, DME_CHAOS_CELLS picks cells.
+# `make test` runs a sample of six cells, rotating with the seed.
+.PHONY: test-chaos
+test-chaos: setup
+	@$(ENV); cargo test -p dme --test chaos -- --ignored --nocapture 2>&1
