@@ -4,7 +4,8 @@
 //! silence costs almost nothing.
 //!
 //! `an_hour_of_silence_costs_little_store` separates a whole hour (616 segments of the embedded
-//! model): minutes of CPU, so it runs under `make test-long`, not `make test`.
+//! model): minutes of CPU, so it runs under `make test-long`; `make test` runs the same for five
+//! minutes against a twelfth of the bound.
 //! `a_songs_store_cost` measures any file named by `DME_COST_SONG` (skipped without it), played
 //! `DME_COST_REPEAT` times over (default 1) and uploaded as FLAC when repeated, to measure a
 //! song of a given length from a short recording.
@@ -27,9 +28,9 @@ const HOUR_DEADLINE: Duration = Duration::from_secs(3600);
 /// Most store bytes an hour of silence may cost at its peak (issue 11): its original is 618 KB.
 const SILENT_HOUR_PEAK: u64 = 200_000_000;
 
-/// An hour of stereo 44.1 kHz digital silence as FLAC, encoded as a stream (bounded memory).
-fn silent_hour_flac() -> Vec<u8> {
-    let frames: u64 = 3600 * 44_100;
+/// `seconds` of stereo 44.1 kHz digital silence as FLAC, encoded as a stream (bounded memory).
+fn silent_flac(seconds: u64) -> Vec<u8> {
+    let frames: u64 = seconds * 44_100;
     let open = || {
         let mut head = dme_audio::encode(&[], &[], 44_100, Format::Wav16).expect("a header");
         let data = u32::try_from(frames * 4).expect("under 4 GiB");
@@ -83,7 +84,7 @@ async fn store_cost(
 #[tokio::test]
 #[ignore = "separates a whole hour: minutes of CPU; run by make test-long"]
 async fn an_hour_of_silence_costs_little_store() {
-    let flac = silent_hour_flac();
+    let flac = silent_flac(3600);
     let size = flac.len();
     let sys = System::start(dme(), Options::default()).await;
     let (peak, end, secs) = store_cost(&sys, flac, "silence.flac", HOUR_DEADLINE).await;
@@ -94,6 +95,24 @@ async fn an_hour_of_silence_costs_little_store() {
     assert!(
         peak < SILENT_HOUR_PEAK,
         "an hour of silence cost {peak} bytes of store at its peak"
+    );
+}
+
+/// The same as the hour in `make test`, in proportion: five minutes of silence (52 segments of
+/// the embedded model) may cost a twelfth of the hour's bound at its peak.
+#[tokio::test]
+async fn five_minutes_of_silence_cost_a_twelfth_of_the_hours_bound() {
+    let flac = silent_flac(300);
+    let size = flac.len();
+    let sys = System::start(dme(), Options::default()).await;
+    let (peak, end, secs) = store_cost(&sys, flac, "silence.flac", HOUR_DEADLINE).await;
+    eprintln!(
+        "five minutes of silence ({size} bytes of FLAC): store peak {peak} bytes, {end} bytes \
+         when done, {secs:.0} s end to end"
+    );
+    assert!(
+        peak < SILENT_HOUR_PEAK / 12,
+        "five minutes of silence cost {peak} bytes of store at its peak"
     );
 }
 
