@@ -199,3 +199,62 @@ async fn a_failed_song_is_retried_from_its_original_while_others_separate() {
         "the song separated meanwhile",
     );
 }
+
+#[tokio::test]
+async fn a_long_cut_shows_it_is_alive_and_is_never_reported_stalled() {
+    // The gateway calls a song stalled after 2 s without a change; the splitter touches the
+    // record every second while it cuts. Half an hour of silence takes longer than that to cut.
+    let stall_after_s = 2;
+    let sys = System::start(
+        DME,
+        Options {
+            env: dme_testkit::system::env(&[
+                ("DME_STALL_AFTER_S", &stall_after_s.to_string()),
+                ("DME_CUT_HEARTBEAT_S", "1"),
+            ]),
+            ..Options::default()
+        },
+    )
+    .await;
+    let store = dme_storage::Store::connect(&sys.nats.url(), "test", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let music = sys
+        .upload_ok(dme_testkit::song::silence_flac(30 * 60), "long.flac")
+        .await;
+    let id = music["music_id"].as_u64().unwrap();
+    let started = std::time::Instant::now();
+    let mut touches = std::collections::BTreeSet::new();
+    let mut states = Vec::new();
+    loop {
+        let record = store.music(MusicId(id)).await.unwrap().expect("the record");
+        let body = sys.get(&format!("/music/{id}")).await.body;
+        let state = body["state"].as_str().unwrap_or_default().to_string();
+        if states.last() != Some(&state) {
+            states.push(state.clone());
+        }
+        if record.plan.is_some() {
+            break;
+        }
+        touches.insert(record.updated_ms);
+        assert!(started.elapsed() < SONG_DEADLINE, "the cut never ended");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cut = started.elapsed();
+    eprintln!(
+        "the cut took {cut:?}; record times seen meanwhile: {}",
+        touches.len()
+    );
+    assert!(
+        cut > Duration::from_secs(2 * stall_after_s),
+        "the cut took {cut:?}: too short to show anything"
+    );
+    assert!(
+        !states.iter().any(|s| s == "stalled"),
+        "states while cut: {states:?}"
+    );
+    assert!(
+        touches.len() >= 2,
+        "the record was not touched during the cut"
+    );
+}

@@ -10,11 +10,11 @@
 //! `DME_COST_REPEAT` times over (default 1) and uploaded as FLAC when repeated, to measure a
 //! song of a given length from a short recording.
 
-use std::io::Read;
 use std::time::{Duration, Instant};
 
 use dme_audio::Format;
 use dme_protocol::streams;
+use dme_testkit::song::silence_flac;
 use dme_testkit::system::{decode_bytes, Options, System};
 
 /// The dme binary to measure: `DME_COST_BIN` (e.g. a build of an older commit), else this one.
@@ -27,23 +27,6 @@ const HOUR_DEADLINE: Duration = Duration::from_secs(3600);
 
 /// Most store bytes an hour of silence may cost at its peak (issue 11): its original is 618 KB.
 const SILENT_HOUR_PEAK: u64 = 200_000_000;
-
-/// `seconds` of stereo 44.1 kHz digital silence as FLAC, encoded as a stream (bounded memory).
-fn silent_flac(seconds: u64) -> Vec<u8> {
-    let frames: u64 = seconds * 44_100;
-    let open = || {
-        let mut head = dme_audio::encode(&[], &[], 44_100, Format::Wav16).expect("a header");
-        let data = u32::try_from(frames * 4).expect("under 4 GiB");
-        let end = head.len();
-        let riff = end as u32 - 8 + data;
-        head[4..8].copy_from_slice(&riff.to_le_bytes());
-        head[end - 4..].copy_from_slice(&data.to_le_bytes());
-        Ok(std::io::Cursor::new(head).chain(std::io::repeat(0).take(frames * 4)))
-    };
-    let mut flac = Vec::new();
-    dme_audio::encode_wav_stream(open, Format::Flac, &mut flac).expect("a FLAC");
-    flac
-}
 
 /// Uploads `bytes`, selects every stem and samples the file bucket's stream bytes until the song
 /// is done; returns (peak, bytes at the end, seconds taken).
@@ -84,7 +67,7 @@ async fn store_cost(
 #[tokio::test]
 #[ignore = "separates a whole hour: minutes of CPU; run by make test-long"]
 async fn an_hour_of_silence_costs_little_store() {
-    let flac = silent_flac(3600);
+    let flac = silence_flac(3600);
     let size = flac.len();
     let sys = System::start(dme(), Options::default()).await;
     let (peak, end, secs) = store_cost(&sys, flac, "silence.flac", HOUR_DEADLINE).await;
@@ -102,7 +85,7 @@ async fn an_hour_of_silence_costs_little_store() {
 /// the embedded model) may cost a twelfth of the hour's bound at its peak.
 #[tokio::test]
 async fn five_minutes_of_silence_cost_a_twelfth_of_the_hours_bound() {
-    let flac = silent_flac(300);
+    let flac = silence_flac(300);
     let size = flac.len();
     let sys = System::start(dme(), Options::default()).await;
     let (peak, end, secs) = store_cost(&sys, flac, "silence.flac", HOUR_DEADLINE).await;

@@ -120,6 +120,28 @@ pub fn test_song_mp3() -> &'static [u8] {
     })
 }
 
+/// `seconds` of stereo 44.1 kHz digital silence as FLAC, encoded as a stream (bounded memory,
+/// any length): long songs that cost little to make, upload and decode.
+///
+/// # Panics
+/// When the encoder fails, or the length does not fit a WAV header (over about 6.7 hours).
+pub fn silence_flac(seconds: u64) -> Vec<u8> {
+    use std::io::Read;
+    let frames: u64 = seconds * 44_100;
+    let open = || {
+        let mut head = dme_audio::encode(&[], &[], 44_100, Format::Wav16).expect("a header");
+        let data = u32::try_from(frames * 4).expect("under 4 GiB");
+        let end = head.len();
+        let riff = end as u32 - 8 + data;
+        head[4..8].copy_from_slice(&riff.to_le_bytes());
+        head[end - 4..].copy_from_slice(&data.to_le_bytes());
+        Ok(std::io::Cursor::new(head).chain(std::io::repeat(0).take(frames * 4)))
+    };
+    let mut flac = Vec::new();
+    dme_audio::encode_wav_stream(open, Format::Flac, &mut flac).expect("a FLAC");
+    flac
+}
+
 impl SongSpec {
     /// A spec of `seconds` at `sample_rate` Hz with `seed`.
     pub const fn new(seconds: f64, sample_rate: u32, seed: u64) -> SongSpec {

@@ -16,4 +16,12 @@ pub struct SplitterConfig {
     /// Where decoded audio is spooled.
     #[command(flatten)]
     pub spool: SpoolArgs,
+    /// Seconds between touches of a song's record while it is cut, so a long cut is never
+    /// reported stalled (keep it well below the gateway's `DME_STALL_AFTER_S`).
+    #[arg(long, env = "DME_CUT_HEARTBEAT_S", default_value_t = DEFAULT_CUT_HEARTBEAT_S, value_parser = clap::value_parser!(u64).range(1..))]
+    pub cut_heartbeat_s: u64,
 }
+
+/// Default of [`SplitterConfig::cut_heartbeat_s`]: a fifteenth of the gateway's default stall
+/// time (300 s), and one cheap record update per 20 s of a cut.
+pub const DEFAULT_CUT_HEARTBEAT_S: u64 = 20;

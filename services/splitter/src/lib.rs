@@ -39,8 +39,6 @@ pub use error::{SplitError, SplitterError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-/// How often a song being cut shows it is alive (well under the gateway's stall threshold).
-const HEARTBEAT: Duration = Duration::from_secs(20);
 
 /// Shortest model segment a plan can be made for (the stride, three quarters of it, must not be
 /// 0); the registered model is read from NATS, so it is checked rather than trusted.
@@ -158,13 +156,14 @@ impl Cutter {
         self.store_plan(&cut, &model, tracks).await
     }
 
-    /// Touches the song's record every [`HEARTBEAT`] until the returned handle is dropped:
+    /// Touches the song's record every `DME_CUT_HEARTBEAT_S` until the returned handle is dropped:
     /// cutting a long song takes minutes, and it must never be reported stalled meanwhile.
     fn heartbeat(&self, music: MusicId, incarnation: Incarnation) -> AbortOnDropHandle<()> {
         let store = self.store.clone();
+        let every = Duration::from_secs(self.config.cut_heartbeat_s.max(1));
         AbortOnDropHandle::new(tokio::spawn(async move {
             loop {
-                tokio::time::sleep(HEARTBEAT).await;
+                tokio::time::sleep(every).await;
                 let _ = store
                     .update_music(music, |m| {
                         m.updated_ms = now_ms();
