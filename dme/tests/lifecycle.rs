@@ -258,3 +258,53 @@ async fn a_long_cut_shows_it_is_alive_and_is_never_reported_stalled() {
         "the record was not touched during the cut"
     );
 }
+
+#[tokio::test]
+async fn a_song_keeps_at_most_sixteen_selections() {
+    let mut sys = System::start(DME, Options::default()).await;
+    let store = dme_storage::Store::connect(&sys.nats.url(), "test", Duration::from_secs(5))
+        .await
+        .unwrap();
+    // Nothing is mixed while no separator runs: selections wait.
+    sys.separators.clear();
+    let music = sys
+        .upload_ok(synth_wav(2 * 44_100, 44_100, 7.0), "many.wav")
+        .await;
+    let id = music["music_id"].as_u64().unwrap();
+    let drums = music["tracks"][0]["track_id"].as_u64().unwrap();
+    let select =
+        |gain: i32| format!(r#"{{"tracks": [{{"track_id": {drums}, "gain_db": {gain}}}]}}"#);
+    for gain in 0..16 {
+        let r = sys.post_json(&format!("/music/{id}"), &select(-gain)).await;
+        assert_eq!(r.status, 200, "selection {gain}: {}", r.body);
+    }
+    let crowded = sys.post_json(&format!("/music/{id}"), &select(-16)).await;
+    assert_eq!(crowded.status, 429, "{}", crowded.body);
+    assert!(crowded.body["error"]
+        .as_str()
+        .unwrap()
+        .contains("waiting to be mixed"));
+    // A selection the song has already is taken again (it becomes the latest).
+    let again = sys.post_json(&format!("/music/{id}"), &select(-3)).await;
+    assert_eq!(again.status, 200, "{}", again.body);
+
+    // Once they are mixed, new selections push the oldest mixed ones out, files and all.
+    sys.add_separator();
+    sys.finished(id).await;
+    let before = store.music(MusicId(id)).await.unwrap().unwrap();
+    assert_eq!(before.mixes.len(), 16);
+    let oldest = before.mixes[0].key.clone();
+    let oldest_object = objects::mix(MusicId(id), before.incarnation, &oldest);
+    assert!(store.object_size(&oldest_object).await.unwrap().is_some());
+    let r = sys.post_json(&format!("/music/{id}"), &select(-20)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let done = sys.finished(id).await;
+    let after = store.music(MusicId(id)).await.unwrap().unwrap();
+    assert_eq!(after.mixes.len(), 16);
+    assert!(after.mixes.iter().all(|m| m.key != oldest));
+    assert!(store.object_size(&oldest_object).await.unwrap().is_none());
+    assert!(done["final"]
+        .as_str()
+        .unwrap()
+        .ends_with(&after.mixes[15].key));
+}

@@ -66,7 +66,7 @@ pub async fn delete(store: &Store, music: MusicId) -> Result<bool> {
     store.delete_music(music).await?;
     store.drop_work(music).await?;
     forget_work(store, &record).await?;
-    delete_objects(store, music, Keep::Nothing).await?;
+    delete_objects(store, music, Scope::Song).await?;
     tracing::warn!(%music, name = %record.name, "song deleted");
     Ok(true)
 }
@@ -130,7 +130,7 @@ pub async fn retry(
     }
     // The failed life's job records and intermediate objects are of no use any more.
     forget_work(store, &old).await?;
-    delete_objects(store, music, Keep::Original).await?;
+    delete_objects(store, music, Scope::Life(old.incarnation)).await?;
     publish_uploaded(store, &record).await?;
     store.publish_progress(&ProgressEvent::of(&record)).await;
     tracing::warn!(%music, name = %record.name, "failed song retried");
@@ -155,29 +155,44 @@ async fn forget_work(store: &Store, record: &MusicRecord) -> Result<()> {
     Ok(())
 }
 
-/// What [`delete_objects`] keeps.
+/// Which objects of a song [`delete_objects`] removes.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Keep {
-    Nothing,
-    Original,
+enum Scope {
+    /// Everything of the song, its original too, unless the song exists again by the time the
+    /// objects are listed (the same file uploaded right after its deletion): then that life's
+    /// objects and the original stay.
+    Song,
+    /// What one life of the song made (segments, stems, tracks, mixes, their encodings).
+    Life(Incarnation),
 }
 
-/// Deletes the objects of `music` (see [`objects::prefixes`]), the original too unless kept. The
-/// original is matched by its exact name: its prefix is also the start of longer ids' originals.
-async fn delete_objects(store: &Store, music: MusicId, keep: Keep) -> Result<()> {
-    let original = objects::original(music);
-    for prefix in objects::prefixes(music) {
-        let names = if prefix == original {
-            match keep {
-                Keep::Original => Vec::new(),
-                Keep::Nothing => vec![original.clone()],
-            }
-        } else {
-            store.object_names(&prefix).await?
-        };
-        for name in names {
-            store.delete_object(&name).await?;
+/// Deletes the objects of `music` in `scope`, from one listing of the bucket.
+async fn delete_objects(store: &Store, music: MusicId, scope: Scope) -> Result<()> {
+    let names = store.object_names("").await?;
+    let doomed: Vec<String> = match scope {
+        Scope::Life(incarnation) => {
+            let prefixes = objects::incarnation_prefixes(music, incarnation);
+            names
+                .into_iter()
+                .filter(|n| prefixes.iter().any(|p| n.starts_with(p.as_str())))
+                .collect()
         }
+        Scope::Song => {
+            let again = store.music(music).await?;
+            let keep = again.map(|r| objects::incarnation_prefixes(music, r.incarnation));
+            let original = objects::original(music);
+            names
+                .into_iter()
+                .filter(|n| objects::of_song(music, n))
+                .filter(|n| match &keep {
+                    None => true,
+                    Some(kept) => *n != original && !kept.iter().any(|p| n.starts_with(p.as_str())),
+                })
+                .collect()
+        }
+    };
+    for name in doomed {
+        store.delete_object(&name).await?;
     }
     Ok(())
 }

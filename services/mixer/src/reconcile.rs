@@ -108,10 +108,22 @@ impl Reconciler {
             if driven.get(&key).is_some_and(|at| at.elapsed() < self.after) {
                 continue;
             }
-            if self.store.queued_work(record.music_id).await? > 0 {
+            // One song that cannot be looked at or driven (its record refused, NATS busy) does
+            // not hold up the others: it is tried again next pass.
+            let queued = match self.store.queued_work(record.music_id).await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(music = %record.music_id, error = %e, "queued work not counted");
+                    continue;
+                }
+            };
+            if queued > 0 {
                 continue;
             }
-            self.drive(&record).await?;
+            if let Err(e) = self.drive(&record).await {
+                tracing::warn!(music = %record.music_id, error = %e, "song not driven again");
+                continue;
+            }
             driven.insert(key, Instant::now());
         }
         Ok(())

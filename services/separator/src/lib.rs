@@ -133,6 +133,8 @@ enum Status {
     Dropped,
     /// Separated before (a redelivery after a lost ack).
     AlreadyDone,
+    /// Every segment is separated and the tracks are assembled: the segments' stems are gone.
+    Assembled,
     /// To separate.
     ToDo,
 }
@@ -185,7 +187,7 @@ impl Worker {
     /// reports it and releases the song's next segment.
     async fn separate(&self, work: &SegmentWork, attempt: u32) -> Result<(), SeparateError> {
         match self.status(work).await? {
-            Status::Dropped => return Ok(()),
+            Status::Dropped | Status::Assembled => return Ok(()),
             // Already done by a worker whose ack was lost: make sure the window moves on.
             Status::AlreadyDone => return self.release_successor(work).await,
             Status::ToDo => {}
@@ -210,8 +212,12 @@ impl Worker {
         }
         let name = objects::segment_stems(work.music_id, work.incarnation, work.index);
         self.store.put_object(&name, &stems).await?;
-        if matches!(self.status(work).await?, Status::Dropped) {
-            // Reset, deleted or failed while the stems were stored: nobody will assemble them.
+        if matches!(
+            self.status(work).await?,
+            Status::Dropped | Status::Assembled
+        ) {
+            // Reset, deleted or failed while the stems were stored, or another worker's stems
+            // of this segment were assembled meanwhile (and deleted): nobody will read these.
             // The name carries this work's incarnation, so only what it wrote goes.
             let _ = self.store.delete_object(&name).await;
             return Ok(());
@@ -238,6 +244,9 @@ impl Worker {
         }
         if record.state == MusicState::Failed {
             return Ok(Status::Dropped);
+        }
+        if record.tracks_ready {
+            return Ok(Status::Assembled);
         }
         if record.separated.get(work.index as usize) == Some(&true) {
             return Ok(Status::AlreadyDone);

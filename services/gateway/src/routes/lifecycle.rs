@@ -4,7 +4,7 @@ use actix_web::{web, HttpResponse};
 use dme_protocol::MusicId;
 use dme_storage::song::{self, RetryRefused};
 
-use super::music::Music;
+use super::music::{Music, UploadInFlight};
 use super::parse_id;
 use crate::{ApiError, AppState};
 
@@ -15,6 +15,9 @@ pub async fn delete(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let music: MusicId = parse_id(&path, "music id")?;
+    // Uploads of the same file through this gateway wait until the song is gone, so none of
+    // them finds the original about to be deleted.
+    let _turn = UploadInFlight::wait_for_turn(music).await;
     if !song::delete(&state.store, music).await? {
         return Err(ApiError::NotFound(format!("no music with id {music}")));
     }

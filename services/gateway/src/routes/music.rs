@@ -15,6 +15,10 @@ use crate::admission::{self, Cost};
 use crate::upload;
 use crate::{ApiError, AppState};
 
+/// Selections a song keeps: beyond it the oldest mixed ones (with their files) are dropped, and
+/// a new selection is refused (429) while this many still wait to be mixed.
+const MAX_MIXES: usize = 16;
+
 /// Largest body of a selection: room for thousands of track ids, while nobody can make the
 /// gateway buffer megabytes (and the answer stays a JSON error, not the framework's plain text).
 const MAX_SELECTION_BYTES: usize = 64 * 1024;
@@ -205,13 +209,13 @@ static IN_FLIGHT: LazyLock<Mutex<HashMap<MusicId, Arc<tokio::sync::Mutex<()>>>>>
 /// one after another, so the first stores the original and the record and the others find the
 /// record. (Gateways do not share this; across gateways the existing-original check and the
 /// atomic record creation keep one record and one original.)
-struct UploadInFlight {
+pub(super) struct UploadInFlight {
     music_id: MusicId,
     _turn: tokio::sync::OwnedMutexGuard<()>,
 }
 
 impl UploadInFlight {
-    async fn wait_for_turn(music_id: MusicId) -> UploadInFlight {
+    pub(super) async fn wait_for_turn(music_id: MusicId) -> UploadInFlight {
         let lock = IN_FLIGHT
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -349,10 +353,17 @@ pub async fn select(
     } else {
         chosen.iter().map(|(_, g)| *g).collect()
     };
+    let (mut evicted, mut crowded) = (Vec::new(), false);
     let updated = state
         .store
         .update_music(record.music_id, |m| {
+            evicted.clear();
             let existing = m.mixes.iter().position(|x| x.key == key);
+            crowded =
+                existing.is_none() && m.mixes.iter().filter(|x| !x.ready).count() >= MAX_MIXES;
+            if crowded {
+                return false;
+            }
             let mix = match existing {
                 Some(i) => m.mixes.remove(i),
                 None => MixRecord {
@@ -366,11 +377,39 @@ pub async fn select(
                 m.state = MusicState::Mixing;
             }
             m.mixes.push(mix);
+            // The oldest mixed selections make room: a record (and every event) stays small,
+            // and so does what one song keeps in the store, however many gains are tried.
+            while m.mixes.len() > MAX_MIXES {
+                let Some(i) = m.mixes[..m.mixes.len() - 1].iter().position(|x| x.ready) else {
+                    break;
+                };
+                evicted.push(m.mixes.remove(i).key);
+            }
             m.updated_ms = now_ms();
             true
         })
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no music with id {}", record.music_id)))?;
+    if crowded {
+        return Err(ApiError::TooManyRequests {
+            reason: format!(
+                "{MAX_MIXES} selections of song {} are still waiting to be mixed: try again \
+                 when they are done",
+                record.music_id
+            ),
+            retry_after_s: 10,
+        });
+    }
+    for key in &evicted {
+        let mix = objects::mix(updated.music_id, updated.incarnation, key);
+        for format in dme_audio::Format::ALL {
+            let _ = state
+                .store
+                .delete_object(&objects::encoded(&mix, format.as_str()))
+                .await;
+        }
+        let _ = state.store.delete_object(&mix).await;
+    }
     let ready = updated.latest_mix().is_some_and(|m| m.ready);
     if !ready {
         state
