@@ -26,7 +26,7 @@ use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::io::ReaderStream;
 
-use super::encodings::Download;
+use super::encodings::{Download, EncodeError};
 use super::{load_music, parse_id};
 use crate::{ApiError, AppState};
 
@@ -126,7 +126,11 @@ async fn serve(
         .encodings
         .reader(&state.store, object, format)
         .await
-        .map_err(|e| ApiError::Internal(e.into()))?
+        .map_err(|e| match e {
+            // A full store (507) or an unreachable one (503) says so; the rest is ours (500).
+            EncodeError::Store(store) => ApiError::from(store),
+            other => ApiError::Internal(other.into()),
+        })?
         .ok_or_else(|| ApiError::NotFound(format!("{object} is gone")))?;
     Ok(respond(req, download, format.content_type(), disposition))
 }
