@@ -44,8 +44,8 @@ use dme_storage::Store;
 use dme_telemetry::Service;
 pub use error::{MixError, MixerError};
 use mixdown::Mixdown;
-use tokio_util::sync::CancellationToken;
 use reconcile::Reconciler;
+use tokio_util::sync::CancellationToken;
 use watchdog::Watchdog;
 
 /// Mix requests handled at once: each streams a sum of a few tracks, and two keep one long mix

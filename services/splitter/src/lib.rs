@@ -39,7 +39,6 @@ pub use error::{SplitError, SplitterError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-
 /// Shortest model segment a plan can be made for (the stride, three quarters of it, must not be
 /// 0); the registered model is read from NATS, so it is checked rather than trusted.
 const MIN_MODEL_SEGMENT: u32 = 4;
