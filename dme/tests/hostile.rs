@@ -10,6 +10,8 @@
 //! The systems run `test/conv_dynamic.onnx` (a FIR per stem, 1 s segments), so separating a
 //! few seconds of synthetic audio takes a moment.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use dme_testkit::model as model_path;
@@ -287,10 +289,7 @@ impl Hostile {
     async fn spool_is_empty(&self) {
         let deadline = Instant::now() + CLEANUP_DEADLINE;
         loop {
-            let left: Vec<_> = std::fs::read_dir(self.spool.path())
-                .unwrap()
-                .map(|e| e.unwrap().path())
-                .collect();
+            let left = common::spooled(self.spool.path());
             if left.is_empty() {
                 return;
             }

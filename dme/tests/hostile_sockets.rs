@@ -7,6 +7,8 @@
 //! The gateways here run with short body timeouts (1 s of silence, 2 s in all), so a case that
 //! would hang shows within seconds.
 
+mod common;
+
 use dme_testkit::system::memory;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -83,10 +85,7 @@ impl Case {
     }
 
     fn spooled(&self) -> Vec<std::path::PathBuf> {
-        std::fs::read_dir(self.spool.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect()
+        common::spooled(self.spool.path())
     }
 
     /// Waits until the spool folder is empty and the gateway holds at most `fds` descriptors.

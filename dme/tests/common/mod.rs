@@ -37,3 +37,31 @@ pub fn separate(model: &Path, input: &Stereo) -> Vec<Vec<f32>> {
 pub fn reference(model: &str, wav: &[u8]) -> Vec<Vec<f32>> {
     separate(&model_path(model), &decode_bytes(wav, "wav"))
 }
+
+/// What is spooled under the spool folder `root` (`DME_SPOOL_DIR`): the files and folders of work
+/// in each process's folder, not the folders themselves nor their locks, which live as long as
+/// their process.
+///
+/// # Panics
+/// When `root` cannot be read.
+pub fn spooled(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(root).expect("the spool folder") {
+        let path = entry.expect("a spool entry").path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        if name.as_deref().is_some_and(|n| n.starts_with('.')) {
+            continue; // the folder's own sweep lock
+        }
+        if !path.is_dir() {
+            out.push(path);
+            continue;
+        }
+        for inner in std::fs::read_dir(&path).into_iter().flatten() {
+            let inner = inner.expect("a spool entry").path();
+            if inner.file_name().and_then(|n| n.to_str()) != Some(dme_storage::PROCESS_LOCK) {
+                out.push(inner);
+            }
+        }
+    }
+    out
+}
