@@ -20,6 +20,7 @@ use actix_web::http::Method;
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder, ResponseError};
 use dme_audio::Format;
+use dme_protocol::records::{MusicRecord, TrackRecord};
 use dme_protocol::{objects, TrackId};
 use futures::{Stream, StreamExt, TryStreamExt};
 use serde::Deserialize;
@@ -54,20 +55,22 @@ fn format_of(q: &FormatQuery) -> Result<Format, ApiError> {
     }
 }
 
-/// `GET|HEAD /music/{id}/track/{track_id}?format=`: one stem.
-pub async fn track(
-    req: HttpRequest,
-    path: web::Path<(String, String)>,
-    query: web::Query<FormatQuery>,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    let format = format_of(&query)?;
-    let record = load_music(&state, &path.0).await?;
+/// The song and its track named by the path (`{music_id}`, `{track_id}`), once the tracks are
+/// assembled.
+///
+/// # Errors
+/// 400 for a malformed id, 404 for an unknown song or track, or a track not separated yet.
+pub(super) async fn ready_track(
+    state: &AppState,
+    path: &(String, String),
+) -> Result<(MusicRecord, TrackRecord), ApiError> {
+    let record = load_music(state, &path.0).await?;
     let track_id: TrackId = parse_id(&path.1, "track id")?;
     let track = record
         .tracks
         .iter()
         .find(|t| t.track_id == track_id)
+        .cloned()
         .ok_or_else(|| {
             ApiError::NotFound(format!("song {} has no track {track_id}", record.music_id))
         })?;
@@ -76,6 +79,18 @@ pub async fn track(
             "track {track_id} is not separated yet"
         )));
     }
+    Ok((record, track))
+}
+
+/// `GET|HEAD /music/{id}/track/{track_id}?format=`: one stem.
+pub async fn track(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    query: web::Query<FormatQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let format = format_of(&query)?;
+    let (record, track) = ready_track(&state, &path).await?;
     let object = objects::track(record.music_id, record.incarnation, &track.name);
     let disposition = attachment(&record.name, &[track.name.as_str()], format);
     serve(&req, &state, &object, format, disposition).await

@@ -17,13 +17,13 @@ use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 use actix_web::http::header::{self, EntityTag};
 use actix_web::{web, HttpRequest, HttpResponse};
-use dme_protocol::{objects, TrackId};
+use dme_protocol::objects;
 use dme_storage::Store;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::Semaphore;
 
-use super::{files, load_music, parse_id};
+use super::files;
 use crate::{ApiError, AppState};
 
 /// Buckets when the request names none: enough for a lane as wide as a screen, about 14 KB.
@@ -103,25 +103,12 @@ pub async fn track(
             })?
             .clamp(MIN_BUCKETS as u64, MAX_BUCKETS as u64) as usize,
     };
-    let record = load_music(&state, &path.0).await?;
-    let track_id: TrackId = parse_id(&path.1, "track id")?;
-    let track = record
-        .tracks
-        .iter()
-        .find(|t| t.track_id == track_id)
-        .ok_or_else(|| {
-            ApiError::NotFound(format!("song {} has no track {track_id}", record.music_id))
-        })?;
-    if !record.tracks_ready {
-        return Err(ApiError::NotFound(format!(
-            "track {track_id} is not separated yet"
-        )));
-    }
+    let (record, track) = files::ready_track(&state, &path).await?;
     let source = objects::track(record.music_id, record.incarnation, &track.name);
     let cached = objects::peaks(record.music_id, record.incarnation, &track.name);
     let stored = stored_peaks(&state.store, &source, &cached)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("track {track_id} is gone")))?;
+        .ok_or_else(|| ApiError::NotFound(format!("track {} is gone", track.track_id)))?;
     let body =
         serde_json::to_vec(&stored.coarsened(buckets)).map_err(|e| ApiError::Internal(e.into()))?;
     let digest = blake3::hash(&body).to_hex();
