@@ -13,6 +13,7 @@ use dme_protocol::messages::WorkItem;
 use dme_protocol::streams::{self, Redelivery};
 use dme_protocol::subjects;
 use dme_protocol::{DecodeError, MusicId};
+use dme_telemetry::metrics::{FailureReason, FAILURES, REDELIVERIES};
 use futures::{StreamExt, TryStreamExt};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::Semaphore;
@@ -301,6 +302,24 @@ impl<E: HandlerError + 'static> HandlerError for Failure<E> {
     }
 }
 
+impl<E: HandlerError> Failure<E> {
+    /// The `reason` label of this failure in [`FAILURES`].
+    fn reason(&self) -> FailureReason {
+        match self {
+            Failure::Handler(e) if e.is_transient() => FailureReason::Transient,
+            Failure::Handler(_) => FailureReason::Permanent,
+            Failure::Panicked(_) => FailureReason::Panic,
+            Failure::Cancelled => FailureReason::Cancelled,
+        }
+    }
+}
+
+/// Counts one failed attempt of `consumer` in [`FAILURES`].
+fn count_failure(consumer: &str, reason: FailureReason) {
+    metrics::counter!(FAILURES, "consumer" => consumer.to_string(), "reason" => reason.as_str())
+        .increment(1);
+}
+
 impl<E> Failure<E> {
     /// The failure a handler task that did not finish stands for.
     fn of_join(error: tokio::task::JoinError) -> Failure<E> {
@@ -389,6 +408,7 @@ pub async fn consume<H: Handler>(
     handler: Arc<H>,
 ) {
     let permits = Arc::new(Semaphore::new(slots.max(1)));
+    let consumer_name = consumer.cached_info().name.clone();
     let tracker = tokio_util::task::TaskTracker::new();
     loop {
         let permit = tokio::select! {
@@ -415,6 +435,9 @@ pub async fn consume<H: Handler>(
                 stream_sequence: 0,
             },
         };
+        if delivery.attempt > 1 {
+            metrics::counter!(REDELIVERIES, "consumer" => consumer_name.clone()).increment(1);
+        }
         let span = tracing::info_span!(
             "message",
             subject = %message.subject,
@@ -424,10 +447,11 @@ pub async fn consume<H: Handler>(
             segment = tracing::field::Empty,
         );
         let handler = handler.clone();
+        let consumer_name = consumer_name.clone();
         tracker.spawn(
             async move {
                 let _permit = permit;
-                run_one(message, delivery, redelivery, handler).await;
+                run_one(message, delivery, redelivery, handler, &consumer_name).await;
             }
             .instrument(span),
         );
@@ -469,6 +493,7 @@ async fn run_one<H: Handler>(
     delivery: Delivery,
     redelivery: Redelivery,
     handler: Arc<H>,
+    consumer: &str,
 ) {
     let in_progress = keep_in_progress(message.clone(), redelivery.ack_wait);
     let verdict = match handler.decode(&message.payload) {
@@ -481,6 +506,9 @@ async fn run_one<H: Handler>(
                 span.record("segment", index);
             }
             let result = handle_in_task(&handler, &work, delivery).await;
+            if let Err(failure) = &result {
+                count_failure(consumer, failure.reason());
+            }
             let max_deliver = redelivery.max_deliver.try_into().unwrap_or(u32::MAX);
             let verdict = verdict(&result, delivery.attempt, max_deliver, H::RETRY_DELAY);
             if let Verdict::Term(reason) = &verdict {
@@ -488,7 +516,10 @@ async fn run_one<H: Handler>(
             }
             verdict
         }
-        Err(e) => Verdict::Term(e.to_string()),
+        Err(e) => {
+            count_failure(consumer, FailureReason::Undecodable);
+            Verdict::Term(e.to_string())
+        }
     };
     drop(in_progress);
     send(&message, &verdict).await;

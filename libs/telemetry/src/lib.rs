@@ -7,7 +7,14 @@
 //! signal. Guarantees: calling [`init`] twice (tests start several services in one process) is
 //! harmless; a shutdown while a service is still starting (NATS not reachable yet, a model
 //! loading) stops it cleanly.
+//!
+//! # Layout
+//! - this file: [`init`] (logging) and [`shutdown_token`].
+//! - `service`: [`Service`] and [`serve`], the life cycle every service shares.
+//! - [`metrics`]: the process's Prometheus recorder, every `dme_` metric's name, and the
+//!   `/metrics`, `/healthz`, `/readyz` listener of the workers.
 
+pub mod metrics;
 mod service;
 
 pub use service::{serve, Service};

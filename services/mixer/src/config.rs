@@ -19,6 +19,11 @@ pub struct MixerConfig {
     /// Where NATS is.
     #[command(flatten)]
     pub nats: NatsArgs,
+    /// Address of this process's metrics and health listener (`/metrics`, `/healthz`,
+    /// `/readyz`), e.g. `127.0.0.1:9101`; port 0 takes a free port (logged, and in the micro
+    /// service's metadata). None when absent.
+    #[arg(long, env = "DME_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
     /// Where tracks are spooled while they are assembled and summed.
     #[command(flatten)]
     pub spool: SpoolArgs,

@@ -22,6 +22,11 @@
 //! - `assemble`: the handler of separated segments; assembles a song's tracks.
 //! - `mixdown`: the handler of mix requests; sums selected tracks.
 //! - `watchdog`: the handler of max-deliveries advisories; fails the work item and its song.
+//!
+//! # Observability
+//! The mixer is an instance of the NATS micro service [`subjects::SERVICE_MIXER`] (messages
+//! handled, failures, in hand, over its three consumers); with `DME_METRICS_ADDR` it serves
+//! `/metrics`, `/healthz` and `/readyz` (NATS connected).
 
 mod assemble;
 mod config;
@@ -39,8 +44,10 @@ use dme_audio::MODEL_SAMPLE_RATE;
 #[cfg(doc)]
 use dme_protocol::objects;
 use dme_protocol::{streams, subjects};
+use dme_storage::presence::{self, Presence, Tallied, Tally};
 use dme_storage::work;
 use dme_storage::Store;
+use dme_telemetry::metrics::{MetricsServer, Readiness};
 use dme_telemetry::Service;
 pub use error::{MixError, MixerError};
 use mixdown::Mixdown;
@@ -57,12 +64,15 @@ pub struct Mixer {
     separated: PullConsumer,
     mix_requests: PullConsumer,
     advisories: PullConsumer,
-    assembler: Arc<Assembler>,
-    mixdown: Arc<Mixdown>,
-    watchdog: Arc<Watchdog>,
+    assembler: Arc<Tallied<Assembler>>,
+    mixdown: Arc<Tallied<Mixdown>>,
+    watchdog: Arc<Tallied<Watchdog>>,
     reconciler: Reconciler,
     slots: usize,
     redelivery: streams::Redelivery,
+    presence: Presence,
+    /// Serves `/metrics`, `/healthz`, `/readyz` while the mixer lives (when configured).
+    _metrics: Option<MetricsServer>,
 }
 
 /// Advisories handled at once: each is a few record updates.
@@ -74,7 +84,16 @@ impl Service for Mixer {
     const NAME: &'static str = "mixer";
 
     async fn build(config: MixerConfig) -> Result<Mixer, MixerError> {
+        let readiness = Readiness::pending(&["nats"]);
+        let addr = config.metrics_addr.as_deref();
+        let metrics = MetricsServer::start_if_set(addr, Self::NAME, readiness.clone())
+            .await
+            .map_err(|source| MixerError::Metrics {
+                addr: addr.unwrap_or_default().to_string(),
+                source,
+            })?;
         let store = Store::connect_with(&config.nats, "dme-mixer").await?;
+        readiness.set("nats", presence::connected(store.client()));
         let spool = config
             .spool
             .open(Self::NAME)
@@ -92,6 +111,15 @@ impl Service for Mixer {
             .work_consumer(streams::MIXER_MIX_CONSUMER, subjects::WORK_MIX, redelivery)
             .await?;
         let advisories = store.advisory_consumer(redelivery).await?;
+        let tally = Arc::new(Tally::default());
+        let presence = Presence::start(
+            store.client(),
+            subjects::SERVICE_MIXER,
+            "assembles separated segments into tracks and mixes selections",
+            presence::metadata(metrics.as_ref().map(MetricsServer::addr), &[]),
+            presence::tally_status(tally.clone()),
+        )
+        .await?;
         let watchdog = Arc::new(Watchdog {
             store: store.clone(),
         });
@@ -108,15 +136,17 @@ impl Service for Mixer {
             separated,
             mix_requests,
             advisories,
-            assembler,
-            mixdown: Arc::new(mixdown),
-            watchdog,
+            assembler: Arc::new(Tallied::new(assembler, tally.clone())),
+            mixdown: Arc::new(Tallied::new(Arc::new(mixdown), tally.clone())),
+            watchdog: Arc::new(Tallied::new(watchdog, tally)),
             reconciler: Reconciler {
                 store: store.clone(),
                 after: config.reconcile_after(),
             },
             slots: config.slots,
             redelivery,
+            presence,
+            _metrics: metrics,
         })
     }
 
@@ -147,6 +177,7 @@ impl Service for Mixer {
             ),
             self.reconciler.run(shutdown.clone()),
         );
+        self.presence.stop().await;
         tracing::info!("mixer stopped");
         Ok(())
     }

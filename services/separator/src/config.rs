@@ -29,6 +29,11 @@ pub struct SeparatorConfig {
     /// cannot be written only costs the cache.
     #[arg(long, env = "DME_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// Address of this process's metrics and health listener (`/metrics`, `/healthz`,
+    /// `/readyz`), e.g. `127.0.0.1:9101`; port 0 takes a free port (logged, and in the micro
+    /// service's metadata). None when absent.
+    #[arg(long, env = "DME_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
     /// Name shown in job records; defaults to `<host>-<pid>`.
     #[arg(long, env = "DME_WORKER_ID")]
     pub worker_id: Option<String>,

@@ -16,6 +16,15 @@ pub enum SeparatorError {
     /// The thread loading the model panicked.
     #[error("the model loading task stopped")]
     Task(#[source] tokio::task::JoinError),
+    /// The metrics address could not be bound.
+    #[error("binding the metrics address {addr}")]
+    Metrics {
+        /// The address.
+        addr: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Why one segment could not be separated.

@@ -17,6 +17,13 @@
 //! - `config`: [`SeparatorConfig`]. `error`: [`SeparatorError`] (start-up), [`SeparateError`]
 //!   (a segment).
 //! - this file: the [`Separator`] service and the [`Worker`] that separates one segment.
+//!
+//! # Observability
+//! Each separator is an instance of the NATS micro service [`subjects::SERVICE_SEPARATOR`]
+//! (its model, segments done, failures and mean inference time in its status and stats), and,
+//! with `DME_METRICS_ADDR`, serves `/metrics` (`dme_segments_separated_total`,
+//! `dme_inference_seconds`, the consume loop's redeliveries and failures), `/healthz` and
+//! `/readyz` (NATS connected, model loaded).
 
 mod config;
 mod error;
@@ -31,8 +38,10 @@ use dme_protocol::messages::SegmentWork;
 use dme_protocol::records::{JobRecord, ModelInfo, MusicState};
 use dme_protocol::streams::Redelivery;
 use dme_protocol::{objects, streams, subjects, Segment};
+use dme_storage::presence::{self, Presence, Tally};
 use dme_storage::work::{self, Delivery, Handler};
 use dme_storage::Store;
+use dme_telemetry::metrics::{MetricsServer, Readiness, INFERENCE_SECONDS, SEGMENTS_SEPARATED};
 use dme_telemetry::Service;
 pub use error::{SeparateError, SeparatorError};
 use tokio_util::sync::CancellationToken;
@@ -42,6 +51,9 @@ pub struct Separator {
     consumer: PullConsumer,
     redelivery: Redelivery,
     worker: Arc<Worker>,
+    presence: Presence,
+    /// Serves `/metrics`, `/healthz`, `/readyz` while the separator lives (when configured).
+    _metrics: Option<MetricsServer>,
 }
 
 impl Service for Separator {
@@ -52,9 +64,20 @@ impl Service for Separator {
     /// Loads and warms up the model, connects, registers the model and declares the consumer.
     async fn build(config: SeparatorConfig) -> Result<Separator, SeparatorError> {
         let worker_id = config.worker_id();
+        // Healthy (answering) while the model loads; ready once it is loaded and NATS is there.
+        let readiness = Readiness::pending(&["model", "nats"]);
+        let addr = config.metrics_addr.as_deref();
+        let metrics = MetricsServer::start_if_set(addr, Self::NAME, readiness.clone())
+            .await
+            .map_err(|source| SeparatorError::Metrics {
+                addr: addr.unwrap_or_default().to_string(),
+                source,
+            })?;
         let model = load_warm_model(&config).await?;
+        readiness.set("model", || true);
         let info = model.info().clone();
         let store = Store::connect_with(&config.nats, &worker_id).await?;
+        readiness.set("nats", presence::connected(store.client()));
         store.register_model(&info).await?;
         let redelivery = config.redelivery();
         let consumer = store
@@ -64,17 +87,37 @@ impl Service for Separator {
                 redelivery,
             )
             .await?;
+        let tally = Arc::new(Tally::default());
+        let metadata = presence::metadata(
+            metrics.as_ref().map(MetricsServer::addr),
+            &[
+                ("worker", &worker_id),
+                ("model", &info.name),
+                ("fingerprint", &info.fingerprint),
+            ],
+        );
+        let presence = Presence::start(
+            store.client(),
+            subjects::SERVICE_SEPARATOR,
+            "separates song segments into stems with its model",
+            metadata,
+            status_fn(&worker_id, &info, tally.clone()),
+        )
+        .await?;
         let worker = Arc::new(Worker {
             store,
             model: Arc::new(Mutex::new(model)),
             info,
             worker_id,
             last: Arc::default(),
+            tally,
         });
         Ok(Separator {
             consumer,
             redelivery,
             worker,
+            presence,
+            _metrics: metrics,
         })
     }
 
@@ -82,9 +125,29 @@ impl Service for Separator {
         let worker_id = self.worker.worker_id.clone();
         tracing::info!(worker = %worker_id, "separator ready");
         work::consume(self.consumer, self.redelivery, 1, shutdown, self.worker).await;
+        self.presence.stop().await;
         tracing::info!(worker = %worker_id, "separator stopped");
         Ok(())
     }
+}
+
+/// A separator's live status, as its micro service's `status` endpoint and stats answer it:
+/// its worker id, its model, segments whose stems it stored, failed attempts, segments in hand,
+/// and the mean time of its model runs.
+fn status_fn(worker_id: &str, info: &ModelInfo, tally: Arc<Tally>) -> presence::StatusFn {
+    let worker = worker_id.to_string();
+    let model = serde_json::json!({ "name": info.name, "fingerprint": info.fingerprint });
+    Arc::new(move || {
+        let counts = tally.counts();
+        serde_json::json!({
+            "worker": worker,
+            "model": model,
+            "segments_done": counts.done,
+            "failures": counts.failures,
+            "in_hand": counts.in_hand,
+            "mean_inference_ms": counts.mean_ms,
+        })
+    })
 }
 
 /// Loads the model named by `config` (or the embedded default).
@@ -147,6 +210,8 @@ struct Worker {
     worker_id: String,
     /// The last window this worker ran the model on and what the model made of it.
     last: Arc<Mutex<Option<Separated>>>,
+    /// Segments separated, failed attempts and inference times, for the status.
+    tally: Arc<Tally>,
 }
 
 /// A model input window, by its hash, and the model's output for it. The model is a pure
@@ -165,7 +230,12 @@ impl Handler for Worker {
     const RETRY_DELAY: Duration = Duration::from_secs(1);
 
     async fn handle(&self, work: &SegmentWork, delivery: Delivery) -> Result<(), SeparateError> {
-        self.separate(work, delivery.attempt).await
+        let _in_hand = self.tally.begin();
+        let result = self.separate(work, delivery.attempt).await;
+        if result.is_err() {
+            self.tally.failed();
+        }
+        result
     }
 
     async fn give_up(&self, work: &SegmentWork, delivery: Delivery, reason: &str) {
@@ -202,7 +272,10 @@ impl Worker {
         let input = self.load_input(work, &seg).await?;
         let started = Instant::now();
         let output = self.run_model(input).await?;
-        let time_ms = started.elapsed().as_millis() as u64;
+        let took = started.elapsed();
+        metrics::histogram!(INFERENCE_SECONDS).record(took.as_secs_f64());
+        self.tally.timed(took);
+        let time_ms = took.as_millis() as u64;
         // Packing (zstd) an hour's worth of segments is CPU work: off the executor too.
         let stems = tokio::task::spawn_blocking(move || crop_to_segment(&output, &seg))
             .await
@@ -225,6 +298,8 @@ impl Worker {
         self.update_job(work, |job| job.finish(&self.worker_id, attempt, time_ms))
             .await;
         self.publish_done(work).await?;
+        self.tally.done();
+        metrics::counter!(SEGMENTS_SEPARATED).increment(1);
         tracing::info!(
             music = %work.music_id, index = work.index, attempt, ms = time_ms,
             samples = seg.len, "segment separated"

@@ -13,6 +13,11 @@ pub struct SplitterConfig {
     /// Segments of one song queued at once (fair sharing of the separators between songs).
     #[arg(long, env = "DME_SEGMENT_WINDOW", default_value_t = DEFAULT_SEGMENT_WINDOW)]
     pub segment_window: u32,
+    /// Address of this process's metrics and health listener (`/metrics`, `/healthz`,
+    /// `/readyz`), e.g. `127.0.0.1:9101`; port 0 takes a free port (logged, and in the micro
+    /// service's metadata). None when absent.
+    #[arg(long, env = "DME_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
     /// Where decoded audio is spooled.
     #[command(flatten)]
     pub spool: SpoolArgs,

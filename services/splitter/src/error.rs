@@ -13,6 +13,15 @@ pub enum SplitterError {
     /// The spool folder could not be opened (created, swept or locked).
     #[error("opening the spool folder")]
     Spool(#[source] std::io::Error),
+    /// The metrics address could not be bound.
+    #[error("binding the metrics address {addr}")]
+    Metrics {
+        /// The address.
+        addr: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Why one song could not be cut.

@@ -16,6 +16,11 @@
 //! - `config`: [`SplitterConfig`]. `error`: [`SplitterError`] (start-up), [`SplitError`] (a song).
 //! - this file: the [`Splitter`] service and the handler that cuts one song.
 //! - `decoded`: a song decoded to spooled files, read back one window at a time.
+//!
+//! # Observability
+//! The splitter is an instance of the NATS micro service [`subjects::SERVICE_SPLITTER`]
+//! (messages handled, failures, in hand); with `DME_METRICS_ADDR` it serves `/metrics`,
+//! `/healthz` and `/readyz` (NATS connected).
 
 mod config;
 mod decoded;
@@ -32,8 +37,10 @@ use dme_protocol::records::{JobRecord, JobState, ModelInfo, MusicRecord, MusicSt
 use dme_protocol::{
     now_ms, objects, streams, subjects, Incarnation, JobId, MusicId, Segment, SegmentPlan,
 };
+use dme_storage::presence::{self, Presence, Tallied, Tally};
 use dme_storage::work::{self, Delivery, Handler};
 use dme_storage::{Spool, Store};
+use dme_telemetry::metrics::{MetricsServer, Readiness};
 use dme_telemetry::Service;
 pub use error::{SplitError, SplitterError};
 use tokio_util::sync::CancellationToken;
@@ -47,7 +54,10 @@ const MIN_MODEL_SEGMENT: u32 = 4;
 /// executor; run more splitters for more at once).
 pub struct Splitter {
     consumer: async_nats::jetstream::consumer::PullConsumer,
-    cutter: Arc<Cutter>,
+    cutter: Arc<Tallied<Cutter>>,
+    presence: Presence,
+    /// Serves `/metrics`, `/healthz`, `/readyz` while the splitter lives (when configured).
+    _metrics: Option<MetricsServer>,
 }
 
 impl Service for Splitter {
@@ -56,7 +66,16 @@ impl Service for Splitter {
     const NAME: &'static str = "splitter";
 
     async fn build(config: SplitterConfig) -> Result<Splitter, SplitterError> {
+        let readiness = Readiness::pending(&["nats"]);
+        let addr = config.metrics_addr.as_deref();
+        let metrics = MetricsServer::start_if_set(addr, Self::NAME, readiness.clone())
+            .await
+            .map_err(|source| SplitterError::Metrics {
+                addr: addr.unwrap_or_default().to_string(),
+                source,
+            })?;
         let store = Store::connect_with(&config.nats, "dme-splitter").await?;
+        readiness.set("nats", presence::connected(store.client()));
         let consumer = store
             .work_consumer(
                 streams::SPLITTER_CONSUMER,
@@ -69,18 +88,33 @@ impl Service for Splitter {
             .open(Self::NAME)
             .await
             .map_err(SplitterError::Spool)?;
+        let tally = Arc::new(Tally::default());
+        let presence = Presence::start(
+            store.client(),
+            subjects::SERVICE_SPLITTER,
+            "decodes uploaded songs and cuts them into segments",
+            presence::metadata(metrics.as_ref().map(MetricsServer::addr), &[]),
+            presence::tally_status(tally.clone()),
+        )
+        .await?;
         let cutter = Arc::new(Cutter {
             store,
             config,
             spool,
         });
-        Ok(Splitter { consumer, cutter })
+        Ok(Splitter {
+            consumer,
+            cutter: Arc::new(Tallied::new(cutter, tally)),
+            presence,
+            _metrics: metrics,
+        })
     }
 
     async fn run(self, shutdown: CancellationToken) -> Result<(), SplitterError> {
         tracing::info!("splitter ready");
         let redelivery = streams::Redelivery::PIPELINE;
         work::consume(self.consumer, redelivery, 1, shutdown, self.cutter).await;
+        self.presence.stop().await;
         tracing::info!("splitter stopped");
         Ok(())
     }
