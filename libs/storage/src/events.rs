@@ -73,6 +73,28 @@ impl Store {
         }
     }
 
+    /// Progress events to copy onto their JSON subjects, from the durable consumer every
+    /// gateway shares ([`streams::API_EVENT_CONSUMER`]): each event goes to one gateway, one at
+    /// a time, in order; the caller acks each once it is copied.
+    ///
+    /// # Errors
+    /// On NATS failure.
+    pub async fn progress_to_copy(&self) -> Result<async_nats::jetstream::consumer::pull::Stream> {
+        let stream = self
+            .js
+            .get_stream_no_info(streams::EVENT_STREAM)
+            .await
+            .map_err(nats("get event stream"))?;
+        let consumer = stream
+            .get_or_create_consumer(streams::API_EVENT_CONSUMER, streams::api_event_consumer())
+            .await
+            .map_err(nats("declare the JSON event copier"))?;
+        consumer
+            .messages()
+            .await
+            .map_err(nats("read progress events to copy"))
+    }
+
     /// The latest event on `subject`, if any (an undecodable one counts as none).
     async fn last_progress(&self, subject: &str) -> Result<Option<ProgressEvent>> {
         let stream = self

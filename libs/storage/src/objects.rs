@@ -32,7 +32,7 @@ pub struct ObjectReader {
 }
 
 impl ObjectReader {
-    fn new(inner: Object) -> Self {
+    pub(crate) fn new(inner: Object) -> Self {
         ObjectReader {
             inner,
             idle: Box::pin(tokio::time::sleep(OBJECT_READ_IDLE)),

@@ -115,7 +115,16 @@ fn too_large(limit: u64) -> ApiError {
     ApiError::TooLarge(format!("upload exceeds the limit of {limit} bytes"))
 }
 
-async fn spool<S>(mut body: S, file_name: String, state: &AppState) -> Result<Spooled, ApiError>
+/// Spools `body` to a temporary file of this process's spool folder, hashing it, within the
+/// upload limit.
+///
+/// # Errors
+/// 413 beyond the limit, 400 for an empty body, what the stream yields, 500 when the disk fails.
+pub(crate) async fn spool<S>(
+    mut body: S,
+    file_name: String,
+    state: &AppState,
+) -> Result<Spooled, ApiError>
 where
     S: Stream<Item = Result<web::Bytes, ApiError>> + Unpin,
 {
@@ -189,17 +198,44 @@ const MAX_FILE_NAME_CHARS: usize = 200;
 /// extensions.
 const MAX_EXTENSION_CHARS: usize = 5;
 
-/// The last path component of a client-supplied name, without control characters, at most
-/// [`MAX_FILE_NAME_CHARS`] characters: never a path.
+/// The last path component of a client-supplied name, cleaned as [`sanitise_text`] cleans
+/// text, without leading dots: never a path, never a hidden file.
 pub fn sanitise_file_name(name: &str) -> String {
     let base = name.rsplit(['/', '\\']).next().unwrap_or("");
-    let clean: String = base
+    sanitise_text(base)
+        .trim_start_matches('.')
+        .trim()
+        .to_string()
+}
+
+/// Text a client chose (a file name, a title or artist tag), fit to show and to log: without
+/// control characters (NUL, CR, LF, ESC, ...), line and paragraph separators, or the invisible
+/// marks that reorder or hide text (bidirectional overrides and isolates such as U+202E, which
+/// make `evil\u{202E}3pm.exe` read `evilexe.mp3`; zero-width spaces and joiners of words), at
+/// most [`MAX_FILE_NAME_CHARS`] characters, trimmed. The zero-width (non-)joiners that emoji
+/// sequences and some scripts need are kept.
+pub fn sanitise_text(text: &str) -> String {
+    let clean: String = text
         .chars()
-        .filter(|c| !c.is_control())
+        .filter(|c| !c.is_control() && !is_bidi_control(*c) && !is_invisible(*c))
         .take(MAX_FILE_NAME_CHARS)
         .collect();
-    let clean = clean.trim().trim_start_matches('.').to_string();
-    clean
+    clean.trim().to_string()
+}
+
+/// Characters that take no room or break lines where a name is shown: the zero-width space,
+/// the word joiner, the byte-order mark, and the line and paragraph separators.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{200B}' | '\u{2060}' | '\u{FEFF}' | '\u{2028}' | '\u{2029}'
+    )
+}
+
+/// Unicode's bidirectional formatting characters (UAX #9): marks, embeddings, overrides and
+/// isolates.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 /// The extension of a file name, lower-case, as a decoder hint.
@@ -251,6 +287,19 @@ mod tests {
         assert_eq!(sanitise_file_name("../../etc/passwd"), "passwd");
         assert_eq!(sanitise_file_name("C:\\x\\song.mp3"), "song.mp3");
         assert_eq!(sanitise_file_name("..hidden\u{0}.mp3"), "hidden.mp3");
+        assert_eq!(sanitise_file_name("evil\u{202E}3pm.exe"), "evil3pm.exe");
+        assert_eq!(
+            sanitise_file_name("a\r\nSet-Cookie: x=1.mp3"),
+            "aSet-Cookie: x=1.mp3"
+        );
+        assert_eq!(
+            sanitise_file_name(&"é".repeat(500)).chars().count(),
+            MAX_FILE_NAME_CHARS
+        );
+        assert_eq!(sanitise_text(" \u{2066}Title\u{2069}\u{0}\n "), "Title");
+        assert_eq!(sanitise_text("Björk – Jóga 🎵"), "Björk – Jóga 🎵");
+        assert_eq!(sanitise_text("a\u{200B}b\u{2028}c\u{FEFF}"), "abc");
+        assert_eq!(sanitise_text("👩\u{200D}🎤"), "👩\u{200D}🎤");
         assert_eq!(extension("a.MP3").as_deref(), Some("mp3"));
     }
 }

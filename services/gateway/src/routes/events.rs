@@ -23,11 +23,37 @@ use dme_protocol::{now_ms, MusicId, TrackId};
 use dme_storage::{ProgressFeed, StoreError};
 use futures::StreamExt;
 use serde::Serialize;
+use utoipa::ToSchema;
 
+use super::openapi::{ErrorBody, EventKind, SongState};
 use super::{base_url, parse_id};
 use crate::{ApiError, AppState};
 
-/// `GET /music/{id}/events`: one song's events.
+/// `GET /music/{id}/events`: one song's events. Without `Last-Event-ID` the song's current
+/// state comes first, then live events; with it, every event after it still kept (else the
+/// current state first).
+#[utoipa::path(
+    get,
+    path = "/music/{music_id}/events",
+    tag = "music",
+    operation_id = "songEvents",
+    params(
+        ("music_id" = u64, Path, description = "The song's id"),
+        ("Last-Event-ID" = Option<u64>, Header,
+            description = "The `id` of the last event the client got: resume after it"),
+    ),
+    responses(
+        (status = 200, description = "Server-Sent Events, until the client leaves: each \
+            `id: <sequence>`, `event: <kind>` (`progress`, `stem`, `mix`, `failed`) and \
+            `data:` one line of JSON, an `Event`; `: keep-alive` comments between them",
+            content_type = "text/event-stream", body = String,
+            example = "id: 42\nevent: progress\ndata: {\"music_id\":123345678,\"kind\":\"progress\",...}\n\n"),
+        (status = 400, description = "A malformed id or `Last-Event-ID`", body = ErrorBody),
+        (status = 404, description = "Music not found", body = ErrorBody),
+        (status = 503, description = "Too many event streams open, or NATS is away",
+            body = ErrorBody),
+    ),
+)]
 pub async fn song(
     req: HttpRequest,
     path: web::Path<String>,
@@ -56,7 +82,28 @@ pub async fn song(
     Ok(respond(initial, feed, base, &state, slot))
 }
 
-/// `GET /events`: every song's events.
+/// `GET /events`: every song's events. Without `Last-Event-ID` each song's current state comes
+/// first, then live events.
+#[utoipa::path(
+    get,
+    path = "/events",
+    tag = "music",
+    operation_id = "allEvents",
+    params(
+        ("Last-Event-ID" = Option<u64>, Header,
+            description = "The `id` of the last event the client got: resume after it"),
+    ),
+    responses(
+        (status = 200, description = "Server-Sent Events, until the client leaves: each \
+            `id: <sequence>`, `event: <kind>` (`progress`, `stem`, `mix`, `failed`) and \
+            `data:` one line of JSON, an `Event`; `: keep-alive` comments between them",
+            content_type = "text/event-stream", body = String,
+            example = "id: 42\nevent: progress\ndata: {\"music_id\":123345678,\"kind\":\"progress\",...}\n\n"),
+        (status = 400, description = "A malformed id or `Last-Event-ID`", body = ErrorBody),
+        (status = 503, description = "Too many event streams open, or NATS is away",
+            body = ErrorBody),
+    ),
+)]
 pub async fn all(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let resume = last_event_id(&req)?;
     let slot = StreamSlot::take(state.config.max_event_streams)?;
@@ -202,48 +249,107 @@ fn frame(id: Option<u64>, now: &Snapshot, base: &str) -> Bytes {
     Bytes::from(out)
 }
 
+/// An event as one line of JSON: the `data` of its SSE frame, with `id`, its sequence in the
+/// event stream (what the JSON copy on NATS publishes).
+pub(crate) fn event_json(seq: u64, event: ProgressEvent, base: &str) -> String {
+    #[derive(Serialize)]
+    struct WithId<'a> {
+        id: u64,
+        #[serde(flatten)]
+        data: EventData<'a>,
+    }
+    let now = Snapshot {
+        event,
+        stalled_after_s: None,
+    };
+    let data = WithId {
+        id: seq,
+        data: EventData::new(&now, base),
+    };
+    serde_json::to_string(&data).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "an event could not be written as JSON");
+        "{}".into()
+    })
+}
+
 /// A stem link, as `GET /music/{id}` shows it.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = EventInstrument)]
 struct Instrument {
+    /// The stem's name.
     name: String,
+    /// The link to its download.
+    #[schema(format = "uri")]
     track: String,
+    /// Its track id.
+    #[schema(value_type = u64)]
     track_id: TrackId,
 }
 
 /// A stem, as `GET /music/{id}` shows it.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = EventTrack)]
 struct Track<'a> {
+    /// The stem's name.
     name: &'a str,
+    /// Its track id.
+    #[schema(value_type = u64)]
     track_id: TrackId,
 }
 
 /// A selection and, once it is mixed, its link.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = EventMix)]
 struct Mix<'a> {
+    /// Its key.
     key: &'a str,
+    /// Its tracks.
+    #[schema(value_type = Vec<u64>)]
     tracks: &'a [TrackId],
+    /// Whether it is mixed.
     ready: bool,
+    /// The link to its mix, once it is mixed.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, format = "uri")]
     mix: Option<String>,
 }
 
 /// An event's `data`: the fields of `GET /music/{id}` that change, plus every selection.
-#[derive(Serialize)]
-struct EventData<'a> {
+#[derive(Serialize, ToSchema)]
+#[schema(as = Event)]
+pub(crate) struct EventData<'a> {
+    /// The song's id.
+    #[schema(value_type = u64)]
     music_id: MusicId,
+    /// What changed (the SSE `event:` name too).
+    #[schema(value_type = EventKind)]
     kind: &'static str,
+    /// Where the song is.
+    #[schema(value_type = SongState)]
     state: &'static str,
+    /// Percent done, 0 to 100, as `GET /music/{music_id}`.
     progress: u8,
+    /// Why it failed or stalled.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String)]
     error: Option<String>,
+    /// Segments the song is cut into.
     segments: u32,
+    /// Segments separated.
     segments_done: u32,
+    /// A link per stem once the stems are assembled.
     instruments: Vec<Instrument>,
+    /// The link to the latest selection's mix, once it is mixed.
     #[serde(rename = "final", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, format = "uri")]
     final_mix: Option<String>,
+    /// The latest selection's tracks.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Vec<u64>)]
     selection: Option<&'a [TrackId]>,
+    /// Every selection of the song, oldest first.
     mixes: Vec<Mix<'a>>,
+    /// One track per stem.
     tracks: Vec<Track<'a>>,
 }
 

@@ -9,7 +9,9 @@ use dme_protocol::records::{Gain, MixRecord, MusicRecord, MusicState, TrackRecor
 use dme_protocol::{now_ms, objects, subjects, Incarnation, MusicId, TrackId};
 use futures::StreamExt;
 use serde::Serialize;
+use utoipa::ToSchema;
 
+use super::openapi::{AudioBytes, ErrorBody, Selection, SongState, UploadForm};
 use super::{base_url, load_music};
 use crate::admission::{self, Cost};
 use crate::upload;
@@ -24,25 +26,46 @@ const MAX_MIXES: usize = 16;
 const MAX_SELECTION_BYTES: usize = 64 * 1024;
 
 /// One track in an answer.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Track {
+    /// The stem's name.
+    #[schema(example = "drums")]
     name: String,
+    /// Its id.
+    #[schema(value_type = u64, example = 3164892)]
     track_id: TrackId,
 }
 
 /// api.yaml's `Musica`, extended with what the probe found and where processing is.
-#[derive(Serialize)]
-pub(super) struct Music {
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Music {
+    /// The song's id, derived from the file's content: the same bytes are the same song.
+    #[schema(value_type = u64, example = 123345678)]
     music_id: MusicId,
+    /// Its title (from its tags, else the file's name).
+    #[schema(example = "Another One Bites the Dust")]
     name: String,
+    /// Its artist (from its tags; may be empty).
+    #[schema(example = "Queen")]
     band: String,
+    /// One track per stem of the model.
     tracks: Vec<Track>,
+    /// Its length in seconds.
     duration_s: f64,
+    /// Its sample rate as uploaded.
     sample_rate: u32,
+    /// Its channels as uploaded.
     channels: u16,
+    /// Its codec.
+    #[schema(example = "mp3")]
     codec: String,
+    /// The file's size in bytes.
     size: u64,
+    /// Where it is.
+    #[schema(value_type = SongState)]
     state: &'static str,
+    /// Percent done, 0 to 100.
+    #[schema(maximum = 100)]
     progress: u8,
 }
 
@@ -72,34 +95,65 @@ impl From<&MusicRecord> for Music {
 }
 
 /// An instrument link (api.yaml's `Instrument`).
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Instrument {
+    /// The stem's name.
+    #[schema(example = "vocals")]
     name: String,
+    /// The link to its download (`?format=` for another format).
+    #[schema(
+        format = "uri",
+        example = "http://localhost:8080/music/123345678/track/3164892"
+    )]
     track: String,
+    /// Its track id.
+    #[schema(value_type = u64)]
     track_id: TrackId,
 }
 
 /// api.yaml's `Progress`, extended.
-#[derive(Serialize)]
-struct Progress {
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Progress {
+    /// The song's id.
+    #[schema(value_type = u64)]
     music_id: MusicId,
+    /// Its title.
     name: String,
+    /// Its artist.
     band: String,
+    /// Percent done, 0 to 100: the share of segments separated, held at 99 until the stems
+    /// are assembled and the latest selection is mixed (so at 100 every link is there).
+    #[schema(maximum = 100)]
     progress: u8,
+    /// Where it is.
+    #[schema(value_type = SongState)]
     state: &'static str,
+    /// Why it failed or stalled.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String)]
     error: Option<String>,
+    /// A link per stem once the stems are assembled (empty before).
     instruments: Vec<Instrument>,
+    /// The link to the latest selection's mix, once it is mixed.
     #[serde(rename = "final", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, format = "uri",
+        example = "http://localhost:8080/music/123345678/mix/0-2-3")]
     final_mix: Option<String>,
+    /// The latest selection's tracks.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Vec<u64>)]
     selection: Option<Vec<TrackId>>,
     /// The latest selection's gains, aligned with `selection`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Vec<f64>)]
     gains_db: Option<Vec<f64>>,
+    /// Segments the song is cut into (0 until it is cut).
     segments: u32,
+    /// Segments separated.
     segments_done: u32,
+    /// One track per stem.
     tracks: Vec<Track>,
+    /// Its length in seconds.
     duration_s: f64,
 }
 
@@ -107,17 +161,68 @@ struct Progress {
 /// (and cost nothing new, so they are never refused for want of room). A new song is admitted
 /// first (`admission`): 429 when its client has too much in work, 507 when the store is too
 /// full.
+#[utoipa::path(
+    post,
+    path = "/music",
+    tag = "music",
+    operation_id = "submit",
+    params(
+        ("name" = Option<String>, Query,
+            description = "The file's name for a raw body (else `X-File-Name`, else the \
+                `filename` of `Content-Disposition`)"),
+        ("X-File-Name" = Option<String>, Header, description = "The file's name for a raw body"),
+    ),
+    request_body(
+        description = "The audio file: raw bytes (any content type but multipart), or a \
+            `multipart/form-data` form whose first file part is the song",
+        content(
+            (AudioBytes = "application/octet-stream"),
+            (UploadForm = "multipart/form-data"),
+        ),
+    ),
+    responses(
+        (status = 200, description = "The song stored (or found: the same bytes again)",
+            body = Music),
+        (status = 400, description = "A malformed body (a form without a file)", body = ErrorBody),
+        (status = 408, description = "The body paused or took too long", body = ErrorBody),
+        (status = 409, description = "A different file already has this id", body = ErrorBody),
+        (status = 413, description = "Over the size or duration limit, or a song that could \
+            never fit in the store", body = ErrorBody),
+        (status = 415, description = "Not audio, or a codec dme cannot decode", body = ErrorBody),
+        (status = 429, description = "This client has too much work in flight",
+            body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds"))),
+        (status = 503, description = "No separator has registered a model yet, or NATS is away",
+            body = ErrorBody),
+        (status = 507, description = "The store is too full for a new song",
+            body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds"))),
+    ),
+)]
 pub async fn upload(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let spooled = upload::receive(&req, payload, &state).await?;
+    let client = admission::client_key(&req, &state.config.trusted_proxies);
+    Ok(HttpResponse::Ok().json(store(&state, spooled, client).await?))
+}
+
+/// Stores a received upload as a song for `client` (whose work in flight admission counts) and
+/// answers it as `POST /music` does: the HTTP and the NATS upload both end here.
+///
+/// # Errors
+/// 413 for a song longer than the limit, 415 for what is not audio, 409 for a hash collision,
+/// 429/507 from admission, 503 when no separator ever registered a model or NATS is away.
+pub(crate) async fn store(
+    state: &AppState,
+    spooled: upload::Spooled,
+    client: String,
+) -> Result<Music, ApiError> {
     let music_id = MusicId::from_content_hash(&spooled.hash);
     let hash = spooled.hash.to_hex().to_string();
     let _storing = UploadInFlight::wait_for_turn(music_id).await;
     if let Some(existing) = state.store.music(music_id).await? {
-        return existing_upload(&state, existing, &hash).await;
+        return existing_upload(state, existing, &hash).await;
     }
     let probe = upload::probe(&spooled).await?;
     if probe.duration_s > state.config.max_duration_s {
@@ -131,10 +236,13 @@ pub async fn upload(
             "no separator has registered a model yet: start a separator and retry".into(),
         )
     })?;
+    // Tags are the client's words too: cleaned as a file name is, so no control character,
+    // bidirectional override or megabyte of text reaches a page, a log line or a header.
     let name = probe
         .title
-        .clone()
-        .filter(|t| !t.trim().is_empty())
+        .as_deref()
+        .map(upload::sanitise_text)
+        .filter(|t| !t.is_empty())
         .or_else(|| {
             std::path::Path::new(&spooled.file_name)
                 .file_stem()
@@ -142,7 +250,6 @@ pub async fn upload(
                 .filter(|s| !s.is_empty())
         })
         .unwrap_or_else(|| "untitled".into());
-    let client = admission::client_key(&req, &state.config.trusted_proxies);
     let cost = Cost {
         bytes: spooled.size,
         seconds: probe.duration_s,
@@ -154,12 +261,16 @@ pub async fn upload(
         ),
     };
     // Held until the record is written, so this gateway's concurrent uploads count it.
-    let _reservation = admission::admit(&state, &client, cost).await?;
+    let _reservation = admission::admit(state, &client, cost).await?;
     let record = MusicRecord {
         music_id,
         content_hash: hash.clone(),
         name: name.trim().to_string(),
-        band: probe.artist.clone().unwrap_or_default().trim().to_string(),
+        band: probe
+            .artist
+            .as_deref()
+            .map(upload::sanitise_text)
+            .unwrap_or_default(),
         file_name: spooled.file_name.clone(),
         size: spooled.size,
         codec: probe.codec.clone(),
@@ -194,11 +305,11 @@ pub async fn upload(
         let existing = state.store.music(music_id).await?.ok_or_else(|| {
             ApiError::Internal(format!("record {music_id} vanished after a create race").into())
         })?;
-        return existing_upload(&state, existing, &hash).await;
+        return existing_upload(state, existing, &hash).await;
     }
     dme_storage::song::publish_uploaded(&state.store, &record).await?;
     tracing::info!(%music_id, name = %record.name, size = record.size, codec = %record.codec, "song uploaded");
-    Ok(HttpResponse::Ok().json(Music::from(&record)))
+    Ok(Music::from(&record))
 }
 
 /// Songs being stored by this gateway, each with the lock its uploads queue on.
@@ -248,7 +359,7 @@ async fn existing_upload(
     state: &AppState,
     existing: MusicRecord,
     hash: &str,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Music, ApiError> {
     if existing.content_hash != hash {
         return Err(ApiError::Conflict(format!(
             "a different file already has id {}; this upload cannot be stored",
@@ -259,25 +370,67 @@ async fn existing_upload(
         // The first upload's event may have been lost between the record and the publish.
         dme_storage::song::publish_uploaded(&state.store, &existing).await?;
     }
-    Ok(HttpResponse::Ok().json(Music::from(&existing)))
+    Ok(Music::from(&existing))
 }
 
 /// `GET /music`: every song, oldest first.
+#[utoipa::path(
+    get,
+    path = "/music",
+    tag = "music",
+    operation_id = "listAll",
+    responses(
+        (status = 200, description = "Every song, oldest first", body = Vec<Music>),
+        (status = 503, description = "NATS is away", body = ErrorBody),
+    ),
+)]
 pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(all(&state).await?))
+}
+
+/// Every song, oldest first, as `GET /music` answers.
+///
+/// # Errors
+/// 503 when NATS is away.
+pub(crate) async fn all(state: &AppState) -> Result<Vec<Music>, ApiError> {
     let mut records = state.store.list_music().await?;
     records.sort_by_key(|r| (r.created_ms, r.music_id));
-    let out: Vec<Music> = records.iter().map(Music::from).collect();
-    Ok(HttpResponse::Ok().json(out))
+    Ok(records.iter().map(Music::from).collect())
 }
 
 /// `GET /music/{id}`: progress, links to finished stems, and the mix link when it is ready.
+#[utoipa::path(
+    get,
+    path = "/music/{music_id}",
+    tag = "music",
+    operation_id = "progress",
+    params(("music_id" = u64, Path, description = "The song's id")),
+    responses(
+        (status = 200, description = "Where the song is, with its links", body = Progress),
+        (status = 400, description = "A malformed id", body = ErrorBody),
+        (status = 404, description = "Music not found", body = ErrorBody),
+        (status = 503, description = "NATS is away", body = ErrorBody),
+    ),
+)]
 pub async fn progress(
     req: HttpRequest,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let record = load_music(&state, &path).await?;
     let base = base_url(&req, &state);
+    Ok(HttpResponse::Ok().json(progress_of(&state, &path, &base).await?))
+}
+
+/// The song whose id is `raw` as `GET /music/{id}` answers, its links under `base`.
+///
+/// # Errors
+/// 400 for a malformed id, 404 for an unknown one, 503 when NATS is away.
+pub(crate) async fn progress_of(
+    state: &AppState,
+    raw: &str,
+    base: &str,
+) -> Result<Progress, ApiError> {
+    let record = load_music(state, raw).await?;
     let instruments = if record.tracks_ready {
         record
             .tracks
@@ -323,7 +476,7 @@ pub async fn progress(
         tracks: Music::from(&record).tracks,
         duration_s: record.duration_s,
     };
-    Ok(HttpResponse::Ok().json(body))
+    Ok(body)
 }
 
 /// `POST /music/{id}`: mix a selection of the song's tracks. The body is the original
@@ -331,19 +484,96 @@ pub async fn progress(
 /// "gain_db": <dB>}, ...]}` (see [`parse_selection`]); a track left out is not in the mix.
 /// Answers at once; separation started at upload, and a selection already mixed with the same
 /// gains (its key) is not mixed again.
+#[utoipa::path(
+    post,
+    path = "/music/{music_id}",
+    tag = "music",
+    operation_id = "process",
+    params(("music_id" = u64, Path, description = "The song's id")),
+    request_body(content = Selection, content_type = "application/json",
+        description = "The tracks to mix (at most 64 KiB of JSON)"),
+    responses(
+        (status = 200, description = "The selection recorded; its mix follows", body = Selected),
+        (status = 400, description = "A malformed id or selection (the reason says which)",
+            body = ErrorBody),
+        (status = 404, description = "Music not found", body = ErrorBody),
+        (status = 405, description = "Track not found: a track the song does not have",
+            body = ErrorBody),
+        (status = 413, description = "A selection over 64 KiB", body = ErrorBody),
+        (status = 429, description = "16 selections of the song still wait to be mixed",
+            body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds"))),
+        (status = 503, description = "NATS is away", body = ErrorBody),
+    ),
+)]
 pub async fn select(
     path: web::Path<String>,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let record = load_music(&state, &path).await?;
     let body = read_selection(payload).await?;
-    let chosen = parse_selection(&body)?;
+    Ok(HttpResponse::Ok().json(choose(&state, &path, &body).await?))
+}
+
+/// The answer to a selection.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Selected {
+    /// The song's id.
+    #[schema(value_type = u64)]
+    music_id: MusicId,
+    /// The tracks chosen, each once, in the order given.
+    #[schema(value_type = Vec<u64>)]
+    tracks: Vec<TrackId>,
+    /// Their gains in dB (0.1 dB steps), aligned with `tracks`.
+    gains_db: Vec<f64>,
+    /// The mix's key: its link is `/music/{music_id}/mix/{key}`.
+    #[schema(example = "0-2~-3.5-3")]
+    key: String,
+    /// Where the song is now.
+    #[schema(value_type = SongState)]
+    state: &'static str,
+    /// Percent done, 0 to 100.
+    #[schema(maximum = 100)]
+    progress: u8,
+}
+
+/// Records the selection `body` (see [`parse_selection`]) of the song whose id is `raw` and
+/// has it mixed, as `POST /music/{id}` does.
+///
+/// # Errors
+/// 400 for a malformed id or body, 404 for an unknown song, 405 for a track the song does not
+/// have (the original contract's status), 429 when [`MAX_MIXES`] selections wait to be mixed.
+pub(crate) async fn choose(state: &AppState, raw: &str, body: &[u8]) -> Result<Selected, ApiError> {
+    // The HTTP body is read within this bound already; a NATS request's is checked here.
+    if body.len() > MAX_SELECTION_BYTES {
+        return Err(ApiError::TooLarge(format!(
+            "a selection is at most {MAX_SELECTION_BYTES} bytes of JSON"
+        )));
+    }
+    let record = load_music(state, raw).await?;
+    let not_the_songs = |t: &dyn std::fmt::Display| {
+        ApiError::TrackNotFound(format!("song {} has no track {t}", record.music_id))
+    };
+    // Each track is checked as it is read, so what is deduplicated is a handful of stems.
+    let chosen = parse_selection(body, |track| match track {
+        TrackRef::Id(id) if record.stem_index(*id).is_some() => Ok(*id),
+        TrackRef::Id(id) => Err(not_the_songs(id)),
+        TrackRef::Name(name) => record
+            .tracks
+            .iter()
+            .find(|t| t.name.eq_ignore_ascii_case(name))
+            .map(|t| t.track_id)
+            .ok_or_else(|| {
+                let names: Vec<&str> = record.tracks.iter().map(|t| t.name.as_str()).collect();
+                ApiError::TrackNotFound(format!(
+                    "song {} has no track named {name:?}; its tracks are {}",
+                    record.music_id,
+                    names.join(", ")
+                ))
+            }),
+    })?;
     let mut stems = Vec::with_capacity(chosen.len());
     for (t, gain) in &chosen {
-        let i = record.stem_index(*t).ok_or_else(|| {
-            ApiError::TrackNotFound(format!("song {} has no track {t}", record.music_id))
-        })?;
+        let i = record.stem_index(*t).ok_or_else(|| not_the_songs(t))?;
         stems.push((i, *gain));
     }
     let key = objects::mix_key(&stems);
@@ -430,46 +660,64 @@ pub async fn select(
         .store
         .publish_progress(&ProgressEvent::of(&updated))
         .await;
-    let gains_db: Vec<f64> = chosen.iter().map(|(_, g)| g.db()).collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "music_id": updated.music_id,
-        "tracks": unique,
-        "gains_db": gains_db,
-        "key": key,
-        "state": updated.state.as_str(),
-        "progress": updated.progress(),
-    })))
+    Ok(Selected {
+        music_id: updated.music_id,
+        tracks: unique,
+        gains_db: chosen.iter().map(|(_, g)| g.db()).collect(),
+        key,
+        state: updated.state.as_str(),
+        progress: updated.progress(),
+    })
 }
 
 /// How a selection is written, for error messages.
-const SELECTION_FORMS: &str =
-    r#"a JSON array of track ids, or {"tracks": [{"track_id": <id>, "gain_db": <dB>}, ...]}"#;
+const SELECTION_FORMS: &str = r#"a JSON array of track ids or names, or {"tracks": [{"track_id": <id or name>, "gain_db": <dB>}, ...]}"#;
+
+/// A track as a selection names it: by id, or by its stem name (`"vocals"`, any case).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum TrackRef {
+    Id(TrackId),
+    Name(String),
+}
 
 /// The tracks and gains of a selection's body, in the order given, each track once:
-/// - `[id, ...]`: each track at 0 dB (the original contract);
-/// - `{"tracks": [{"track_id": id, "gain_db": dB}, ...]}`: `gain_db` optional (0 dB), a finite
-///   number within [−60, +12], rounded to 0.1 dB ([`Gain::from_db`]).
+/// - `[track, ...]`: each track at 0 dB (the original contract, with ids);
+/// - `{"tracks": [track or {"track_id": track, "gain_db": dB}, ...]}`: `gain_db` optional
+///   (0 dB), a finite number within [−60, +12], rounded to 0.1 dB ([`Gain::from_db`]);
+///
+/// where a track is its id or its stem name, which `resolve` turns into its id.
 ///
 /// A track given twice counts once; twice with different gains (after rounding) is refused.
 /// Fields other than these are refused too, so that a misspelt `gain_db` is an error rather
 /// than a silent 0 dB.
 ///
 /// # Errors
-/// 400 with the reason for anything else, and for an empty selection.
-fn parse_selection(body: &[u8]) -> Result<Vec<(TrackId, Gain)>, ApiError> {
+/// 400 with the reason for anything else, and for an empty selection; what `resolve` says of
+/// a name.
+pub(crate) fn parse_selection(
+    body: &[u8],
+    resolve: impl Fn(&TrackRef) -> Result<TrackId, ApiError>,
+) -> Result<Vec<(TrackId, Gain)>, ApiError> {
     let bad = |reason: String| ApiError::BadRequest(reason);
     let value: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| bad(format!("body must be {SELECTION_FORMS}: {e}")))?;
-    let track_id = |item: &serde_json::Value| {
-        item.as_u64()
+    let track = |item: &serde_json::Value| match item {
+        serde_json::Value::String(name) => resolve(&TrackRef::Name(name.clone())),
+        other => other
+            .as_u64()
             .map(TrackId)
-            .ok_or_else(|| bad(format!("track id {item} is not a positive integer")))
+            .ok_or_else(|| {
+                bad(format!(
+                    "track {other} is neither a positive integer id nor a stem name"
+                ))
+            })
+            .and_then(|id| resolve(&TrackRef::Id(id))),
     };
     let mut given = Vec::new();
     match &value {
         serde_json::Value::Array(items) => {
             for item in items {
-                given.push((track_id(item)?, Gain::UNITY));
+                given.push((track(item)?, Gain::UNITY));
             }
         }
         serde_json::Value::Object(fields) => {
@@ -483,17 +731,25 @@ fn parse_selection(body: &[u8]) -> Result<Vec<(TrackId, Gain)>, ApiError> {
                 .and_then(|t| t.as_array())
                 .ok_or_else(|| bad(format!("`tracks` must be a list: {SELECTION_FORMS}")))?;
             for item in items {
-                let entry = item.as_object().ok_or_else(|| {
-                    bad(format!(
-                        "each of `tracks` must be {{\"track_id\": <id>, \"gain_db\": <dB>}}, not {item}"
-                    ))
-                })?;
+                let entry = match item {
+                    serde_json::Value::Object(entry) => entry,
+                    serde_json::Value::String(_) | serde_json::Value::Number(_) => {
+                        given.push((track(item)?, Gain::UNITY));
+                        continue;
+                    }
+                    _ => {
+                        return Err(bad(format!(
+                            "each of `tracks` must be a track id, a stem name or \
+                             {{\"track_id\": <id or name>, \"gain_db\": <dB>}}, not {item}"
+                        )))
+                    }
+                };
                 if let Some(other) = entry.keys().find(|k| *k != "track_id" && *k != "gain_db") {
                     return Err(bad(format!(
                         "unknown field `{other}` in a track: use `track_id` and `gain_db`"
                     )));
                 }
-                let id = track_id(
+                let id = track(
                     entry
                         .get("track_id")
                         .ok_or_else(|| bad(format!("a track without `track_id`: {item}")))?,
@@ -554,7 +810,12 @@ mod tests {
     use super::*;
 
     fn parse(body: &str) -> Result<Vec<(TrackId, Gain)>, String> {
-        parse_selection(body.as_bytes()).map_err(|e| e.to_string())
+        let resolve = |t: &TrackRef| match t {
+            TrackRef::Id(id) => Ok(*id),
+            TrackRef::Name(n) if n == "vocals" => Ok(TrackId(9)),
+            TrackRef::Name(n) => Err(ApiError::TrackNotFound(format!("no track named {n:?}"))),
+        };
+        parse_selection(body.as_bytes(), resolve).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -563,6 +824,11 @@ mod tests {
             ids.iter().map(|i| (TrackId(*i), Gain::UNITY)).collect()
         };
         assert_eq!(parse("[7, 3, 7]").unwrap(), unity(&[7, 3]));
+        assert_eq!(parse(r#"[7, "vocals", 9]"#).unwrap(), unity(&[7, 9]));
+        assert_eq!(
+            parse(r#"{"tracks": ["vocals", 3, {"track_id": "vocals"}]}"#).unwrap(),
+            unity(&[9, 3])
+        );
         let tracks = r#"{"tracks": [{"track_id": 7, "gain_db": -3.54}, {"track_id": 3},
             {"track_id": 9, "gain_db": 12}, {"track_id": 7, "gain_db": -3.5}]}"#;
         assert_eq!(
@@ -578,9 +844,10 @@ mod tests {
             (r#"{"tracks": []}"#, "at least one"),
             ("{}", "`tracks` must be a list"),
             ("7", "body must be"),
-            ("[-1]", "not a positive integer"),
-            ("[1.5]", "not a positive integer"),
-            (r#"{"tracks": [3]}"#, "each of `tracks`"),
+            ("[-1]", "neither a positive integer id nor a stem name"),
+            ("[1.5]", "neither a positive integer id nor a stem name"),
+            (r#"["drums"]"#, "no track named \"drums\""),
+            (r#"{"tracks": [null]}"#, "each of `tracks`"),
             (r#"{"tracks": [{"gain_db": 1}]}"#, "without `track_id`"),
             (
                 r#"{"tracks": [{"track_id": 1, "gain": 1}]}"#,
