@@ -26,8 +26,10 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::io::ReaderStream;
+use utoipa::IntoParams;
 
 use super::encodings::{Download, EncodeError};
+use super::openapi::{AudioBytes, DownloadFormat, ErrorBody};
 use super::{load_music, parse_id};
 use crate::{ApiError, AppState};
 
@@ -39,8 +41,12 @@ const BODY_CHUNK_BYTES: usize = 128 * 1024;
 const MAX_DOWNLOAD_NAME_CHARS: usize = 100;
 
 /// `?format=`.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct FormatQuery {
+    /// The file's format: `wav` (16-bit, the default), `wav32f` (float, as stored), `flac` or
+    /// `mp3`; any case.
+    #[param(value_type = Option<DownloadFormat>)]
     format: Option<String>,
 }
 
@@ -83,6 +89,53 @@ pub(super) async fn ready_track(
 }
 
 /// `GET|HEAD /music/{id}/track/{track_id}?format=`: one stem.
+#[utoipa::path(
+    method(get, head),
+    path = "/music/{music_id}/track/{track_id}",
+    tag = "music",
+    operation_id = "track",
+    params(
+        ("music_id" = u64, Path, description = "The song's id"),
+        ("track_id" = u64, Path, description = "The track's id"),
+        FormatQuery,
+        ("Range" = Option<String>, Header,
+            description = "One byte range (`bytes=0-1023`, `bytes=1024-`, `bytes=-512`)"),
+        ("If-Range" = Option<String>, Header,
+            description = "Honour `Range` only while the file still has this `ETag`"),
+        ("If-None-Match" = Option<String>, Header,
+            description = "`ETag`s the client holds: 304 when one is current"),
+    ),
+    responses(
+        (status = 200, description = "The whole file (no body for `HEAD`)",
+            content(
+                (AudioBytes = "audio/wav"),
+                (AudioBytes = "audio/flac"),
+                (AudioBytes = "audio/mpeg"),
+            ),
+            headers(
+                ("ETag" = String, description = "Strong: from the content's SHA-256, the same \
+                    in every gateway"),
+                ("Accept-Ranges" = String, description = "`bytes`"),
+                ("Content-Disposition" = String, description = "`attachment`, with an ASCII \
+                    file name and the song's own name in UTF-8"),
+            )),
+        (status = 206, description = "The range asked for",
+            content(
+                (AudioBytes = "audio/wav"),
+                (AudioBytes = "audio/flac"),
+                (AudioBytes = "audio/mpeg"),
+            ),
+            headers(("Content-Range" = String, description = "`bytes <first>-<last>/<size>`"))),
+        (status = 304, description = "The client's copy is current (`If-None-Match`)"),
+        (status = 400, description = "A malformed id or an unknown format", body = ErrorBody),
+        (status = 404, description = "No such song or file, or not ready yet", body = ErrorBody),
+        (status = 416, description = "The range starts past the end", body = ErrorBody,
+            headers(("Content-Range" = String, description = "`bytes */<size>`"))),
+        (status = 503, description = "NATS is away", body = ErrorBody),
+        (status = 507, description = "The encoding cannot be stored: the store is full",
+            body = ErrorBody),
+    ),
+)]
 pub async fn track(
     req: HttpRequest,
     path: web::Path<(String, String)>,
@@ -97,6 +150,54 @@ pub async fn track(
 }
 
 /// `GET|HEAD /music/{id}/mix/{key}?format=`: the mix of a selection.
+#[utoipa::path(
+    method(get, head),
+    path = "/music/{music_id}/mix/{key}",
+    tag = "music",
+    operation_id = "mix",
+    params(
+        ("music_id" = u64, Path, description = "The song's id"),
+        ("key" = String, Path, description = "The selection's key (its `key`, the end of \
+            `final`)", example = "0-2~-3.5-3"),
+        FormatQuery,
+        ("Range" = Option<String>, Header,
+            description = "One byte range (`bytes=0-1023`, `bytes=1024-`, `bytes=-512`)"),
+        ("If-Range" = Option<String>, Header,
+            description = "Honour `Range` only while the file still has this `ETag`"),
+        ("If-None-Match" = Option<String>, Header,
+            description = "`ETag`s the client holds: 304 when one is current"),
+    ),
+    responses(
+        (status = 200, description = "The whole file (no body for `HEAD`)",
+            content(
+                (AudioBytes = "audio/wav"),
+                (AudioBytes = "audio/flac"),
+                (AudioBytes = "audio/mpeg"),
+            ),
+            headers(
+                ("ETag" = String, description = "Strong: from the content's SHA-256, the same \
+                    in every gateway"),
+                ("Accept-Ranges" = String, description = "`bytes`"),
+                ("Content-Disposition" = String, description = "`attachment`, with an ASCII \
+                    file name and the song's own name in UTF-8"),
+            )),
+        (status = 206, description = "The range asked for",
+            content(
+                (AudioBytes = "audio/wav"),
+                (AudioBytes = "audio/flac"),
+                (AudioBytes = "audio/mpeg"),
+            ),
+            headers(("Content-Range" = String, description = "`bytes <first>-<last>/<size>`"))),
+        (status = 304, description = "The client's copy is current (`If-None-Match`)"),
+        (status = 400, description = "A malformed id or an unknown format", body = ErrorBody),
+        (status = 404, description = "No such song or file, or not ready yet", body = ErrorBody),
+        (status = 416, description = "The range starts past the end", body = ErrorBody,
+            headers(("Content-Range" = String, description = "`bytes */<size>`"))),
+        (status = 503, description = "NATS is away", body = ErrorBody),
+        (status = 507, description = "The encoding cannot be stored: the store is full",
+            body = ErrorBody),
+    ),
+)]
 pub async fn mix(
     req: HttpRequest,
     path: web::Path<(String, String)>,

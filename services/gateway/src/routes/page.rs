@@ -10,6 +10,7 @@ use std::sync::LazyLock;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
+use super::openapi::ErrorBody;
 use crate::ApiError;
 
 /// The page's files: name under `/ui/`, content type, bytes.
@@ -67,6 +68,18 @@ static ETAGS: LazyLock<Vec<String>> = LazyLock::new(|| {
 });
 
 /// `GET /`: the page.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "system",
+    operation_id = "page",
+    params(("If-None-Match" = Option<String>, Header, description = "`ETag`s the client holds")),
+    responses(
+        (status = 200, description = "The web page: upload, progress, stems, mixer",
+            content_type = "text/html", body = String),
+        (status = 304, description = "The client's copy is current"),
+    ),
+)]
 pub async fn index(req: HttpRequest) -> HttpResponse {
     serve(&req, 0)
 }
@@ -75,6 +88,27 @@ pub async fn index(req: HttpRequest) -> HttpResponse {
 ///
 /// # Errors
 /// 404 for a name that is not one of them.
+#[utoipa::path(
+    get,
+    path = "/ui/{file}",
+    tag = "system",
+    operation_id = "pageFile",
+    params(
+        ("file" = String, Path, description = "The file's name", example = "app.js"),
+        ("If-None-Match" = Option<String>, Header, description = "`ETag`s the client holds"),
+    ),
+    responses(
+        (status = 200, description = "The file (script, style sheet, icon)",
+            content(
+                (String = "text/javascript"),
+                (String = "text/css"),
+                (String = "image/svg+xml"),
+                (String = "text/html"),
+            )),
+        (status = 304, description = "The client's copy is current"),
+        (status = 404, description = "Not one of the page's files", body = ErrorBody),
+    ),
+)]
 pub async fn asset(req: HttpRequest, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let i = FILES
         .iter()

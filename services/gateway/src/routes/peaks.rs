@@ -22,8 +22,10 @@ use dme_storage::Store;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::Semaphore;
+use utoipa::{IntoParams, ToSchema};
 
 use super::files;
+use super::openapi::ErrorBody;
 use crate::{ApiError, AppState};
 
 /// Buckets when the request names none: enough for a lane as wide as a screen, about 14 KB.
@@ -47,13 +49,16 @@ const READ_BYTES: usize = 128 * 1024;
 const PEAK_DECIMALS: i32 = 4;
 
 /// `?buckets=`.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PeaksQuery {
+    /// About how many peaks to answer (never more): 2,000 when left out, clamped to 16..=8192.
+    #[param(value_type = Option<u64>, example = 2000)]
     buckets: Option<String>,
 }
 
 /// A track's peaks, as stored and as served.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 struct Peaks {
     /// Frames (samples per channel) in the track.
     frames: u64,
@@ -85,6 +90,28 @@ impl Peaks {
 
 /// `GET|HEAD /music/{id}/track/{track_id}/peaks?buckets=`: 404 (JSON) until the stems are
 /// assembled; an `ETag` of the answer's bytes, `If-None-Match` answered 304.
+#[utoipa::path(
+    method(get, head),
+    path = "/music/{music_id}/track/{track_id}/peaks",
+    tag = "music",
+    operation_id = "peaks",
+    params(
+        ("music_id" = u64, Path, description = "The song's id"),
+        ("track_id" = u64, Path, description = "The track's id"),
+        PeaksQuery,
+        ("If-None-Match" = Option<String>, Header,
+            description = "`ETag`s the client holds: 304 when one is current"),
+    ),
+    responses(
+        (status = 200, description = "The track's waveform peaks", body = Peaks,
+            headers(("ETag" = String, description = "Strong: of the answer's bytes"))),
+        (status = 304, description = "The client's copy is current (`If-None-Match`)"),
+        (status = 400, description = "A malformed id or `buckets`", body = ErrorBody),
+        (status = 404, description = "No such song or track, or not separated yet",
+            body = ErrorBody),
+        (status = 503, description = "NATS is away", body = ErrorBody),
+    ),
+)]
 pub async fn track(
     req: HttpRequest,
     path: web::Path<(String, String)>,
