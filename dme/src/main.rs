@@ -5,8 +5,13 @@
 //!   separator processes; Ctrl-C or SIGTERM stops them all, cleanly.
 //! - `dme gateway|splitter|separator|mixer` runs one service (as the `dme-<service>` binaries do),
 //!   which is how more separators join from other machines.
+//! - `dme separate|ls|status|jobs|workers|rm|reset` are the command line for users (`cli`): an
+//!   HTTP client of any gateway.
 
+mod cli;
 mod up;
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use dme_telemetry::Service;
@@ -19,6 +24,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start-up and moved into the service: a large variant costs nothing here.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the whole system on this machine.
@@ -31,10 +38,12 @@ enum Command {
     Separator(dme_separator::SeparatorConfig),
     /// Run the mixer.
     Mixer(dme_mixer::MixerConfig),
+    #[command(flatten)]
+    User(cli::Command),
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Command::Up(config) => {
@@ -45,8 +54,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Splitter(config) => serve::<dme_splitter::Splitter>(config).await?,
         Command::Separator(config) => serve::<dme_separator::Separator>(config).await?,
         Command::Mixer(config) => serve::<dme_mixer::Mixer>(config).await?,
+        Command::User(command) => return Ok(cli::run(command).await),
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs one service as its own binary would.
