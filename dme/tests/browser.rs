@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use dme_audio::Format;
 use dme_testkit::song::SongSpec;
-use dme_testkit::system::{decode_bytes, Options, System, SONG_DEADLINE};
+use dme_testkit::system::{decode_bytes, env, synth_wav, Options, System, SONG_DEADLINE};
 use dme_testkit::{free_port, repo_root, wait_for, Process};
 use serde_json::{json, Value};
 
@@ -656,5 +656,91 @@ async fn a_person_uploads_listens_mixes_and_downloads_in_a_real_browser() {
     )
     .await;
     assert_eq!(sys.get(&format!("/music/{id}")).await.status, 404);
+    page.close().await;
+}
+
+/// A gateway with an API token: the page asks for it in its form, asks again when it is
+/// refused, then lists the songs and follows `/events` with it, and keeps it for the tab.
+#[tokio::test]
+async fn the_page_asks_for_the_api_token_once_and_again_when_it_is_refused() {
+    const TOKEN: &str = "browser-token-0123456789";
+    let sys = System::start(
+        DME,
+        Options {
+            gateway_env: env(&[("DME_API_TOKEN", TOKEN)]),
+            ..Options::default()
+        },
+    )
+    .await;
+    let upload = |seed: f32, name: &'static str| {
+        sys.http
+            .post(sys.url(&format!("/music?name={name}")))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/octet-stream")
+            .body(synth_wav(44_100, 44_100, seed))
+            .send()
+    };
+    let first = upload(1.0, "first.wav").await.expect("an answer");
+    assert_eq!(first.status(), 200);
+
+    let work = tempfile::tempdir().expect("a temporary folder");
+    let (_driver, page) = browser(work.path()).await;
+    page.goto(&sys.url("/")).await;
+    until(
+        &page,
+        "the token form",
+        "const d = document.getElementById('token-dialog');
+         return d.open && document.getElementById('token-refused').hidden
+           && document.activeElement === document.getElementById('token-input')
+           && document.querySelector('label[for=token-input]') !== null;",
+    )
+    .await;
+    let input = page.find("#token-input").await;
+    page.send_keys(&input, "wrong-token-0123456789\u{E007}")
+        .await;
+    until(
+        &page,
+        "the form again, saying the token was refused",
+        "return document.getElementById('token-dialog').open
+           && !document.getElementById('token-refused').hidden;",
+    )
+    .await;
+    let input = page.find("#token-input").await;
+    page.send_keys(&input, &format!("{TOKEN}\u{E007}")).await;
+    until(
+        &page,
+        "the library with the token",
+        "return !document.getElementById('token-dialog').open
+           && document.querySelectorAll('#songs .song').length === 1;",
+    )
+    .await;
+    assert_eq!(
+        page.js("return sessionStorage.getItem('dme-token');").await,
+        TOKEN
+    );
+
+    // `/events` (an EventSource, the token as `?token=`) brings a song uploaded elsewhere.
+    let second = upload(2.0, "second.wav").await.expect("an answer");
+    assert_eq!(second.status(), 200);
+    until(
+        &page,
+        "the song uploaded elsewhere, live",
+        "return document.querySelectorAll('#songs .song').length === 2;",
+    )
+    .await;
+
+    // A reload in the same tab asks nothing.
+    page.goto(&sys.url("/")).await;
+    until(
+        &page,
+        "the library without a question",
+        "return document.querySelectorAll('#songs .song').length === 2;",
+    )
+    .await;
+    assert_eq!(
+        page.js("return document.getElementById('token-dialog').open;")
+            .await,
+        false
+    );
     page.close().await;
 }

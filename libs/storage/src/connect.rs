@@ -7,7 +7,11 @@ use async_nats::jetstream::{self, kv};
 use dme_protocol::streams;
 use tokio::sync::Notify;
 
-use crate::{capacity, nats, NatsArgs, Result, Store, StoreError, DEFAULT_STORE_MAX_BYTES};
+use crate::args::DEFAULT_INBOX_PREFIX;
+use crate::tls::NatsTls;
+use crate::{
+    capacity, nats, Credentials, NatsArgs, Result, Store, StoreError, DEFAULT_STORE_MAX_BYTES,
+};
 
 /// Longest wait for one attempt to open a connection to the server.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
@@ -17,13 +21,25 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Store {
-    /// Connects to the NATS server of `args` as `name` (see [`Store::connect`]), and sets the
-    /// object store's maximum to `args.store_max_bytes` (a service's start-up).
+    /// Connects to the NATS server of `args` as `name` (see [`Store::connect`]) with the
+    /// credentials and inbox prefix of `args`, and sets the object store's maximum to
+    /// `args.store_max_bytes` (a service's start-up).
     ///
     /// # Errors
-    /// As [`Store::connect`]; also when the server refuses that maximum.
+    /// As [`Store::connect`]; also when the credentials or TLS files cannot be read or are
+    /// refused, or the server refuses that maximum.
     pub async fn connect_with(args: &NatsArgs, name: &str) -> Result<Store> {
-        let client = Self::connect_client(&args.nats_url, name, args.connect_timeout()).await?;
+        let credentials = args.credentials().map_err(|e| StoreError::Nats {
+            op: "read credentials",
+            source: Box::new(e),
+        })?;
+        let identity = Identity {
+            credentials,
+            inbox_prefix: args.nats_inbox_prefix.clone(),
+            tls: NatsTls::from_args(args)?,
+        };
+        let client =
+            Self::connect_client(&args.nats_url, name, args.connect_timeout(), identity).await?;
         Self::open_with(client, Some(args.store_max_bytes)).await
     }
 
@@ -38,19 +54,37 @@ impl Store {
     /// The object store's maximum is left as it is (a new one gets
     /// [`DEFAULT_STORE_MAX_BYTES`]), so tools and tests that connect change nothing.
     pub async fn connect(url: &str, name: &str, deadline: Duration) -> Result<Store> {
-        let client = Self::connect_client(url, name, deadline).await?;
+        let client = Self::connect_client(url, name, deadline, Identity::default()).await?;
         Self::open(client).await
     }
 
-    /// A connection to `url` as `name`, once the server answered (see [`Store::connect`]).
+    /// A connection to `url` as `name` and `identity`, once the server answered (see
+    /// [`Store::connect`]).
     async fn connect_client(
         url: &str,
         name: &str,
         deadline: Duration,
+        identity: Identity,
     ) -> Result<async_nats::Client> {
         let connected = Arc::new(Notify::new());
         let on_connect = connected.clone();
-        let client = async_nats::ConnectOptions::new()
+        let refused = Arc::new(Notify::new());
+        let on_refusal = refused.clone();
+        let options = async_nats::ConnectOptions::new().custom_inbox_prefix(identity.inbox_prefix);
+        let options = match identity.credentials {
+            Credentials::None => options,
+            Credentials::UserPassword { user, password } => {
+                options.user_and_password(user, password)
+            }
+            Credentials::Nkey { seed } => options.nkey(seed),
+            Credentials::CredsFile(path) => options
+                .credentials_file(&path)
+                .await
+                .map_err(nats("read the NATS credentials file"))?,
+        };
+        let client = identity
+            .tls
+            .apply(options)
             .name(name)
             .retry_on_initial_connect()
             .max_reconnects(None)
@@ -58,26 +92,38 @@ impl Store {
             .request_timeout(Some(REQUEST_TIMEOUT))
             .event_callback(move |event| {
                 let on_connect = on_connect.clone();
+                let on_refusal = on_refusal.clone();
                 async move {
-                    if matches!(event, async_nats::Event::Connected) {
+                    match event {
                         // Stores a permit when nobody waits yet, so an early connect is not lost.
-                        on_connect.notify_one();
+                        async_nats::Event::Connected => on_connect.notify_one(),
+                        // Wrong credentials do not get better by retrying for a minute.
+                        async_nats::Event::ServerError(
+                            async_nats::ServerError::AuthorizationViolation,
+                        ) => on_refusal.notify_one(),
+                        // A refused publish or subscription: the server's permissions for this
+                        // user (nats-auth.conf) do not cover what the service does.
+                        async_nats::Event::ServerError(e) => {
+                            tracing::error!(error = %e, "NATS refused an operation")
+                        }
+                        _ => {}
                     }
                 }
             })
             .connect(url)
             .await
             .map_err(nats("connect"))?;
-        if tokio::time::timeout(deadline, connected.notified())
-            .await
-            .is_err()
-        {
-            return Err(StoreError::Unreachable {
+        tokio::select! {
+            _ = connected.notified() => Ok(client),
+            _ = refused.notified() => Err(StoreError::Nats {
+                op: "connect",
+                source: format!("{url} refused the credentials (DME_NATS_USER, ...)").into(),
+            }),
+            _ = tokio::time::sleep(deadline) => Err(StoreError::Unreachable {
                 url: url.to_string(),
                 waited: deadline,
-            });
+            }),
         }
-        Ok(client)
     }
 
     /// Declares every stream and bucket on an existing connection, leaving the object store's
@@ -141,6 +187,23 @@ impl Store {
             system,
             files,
         })
+    }
+}
+
+/// Who a connection is: its credentials, the prefix of its reply inboxes, and its TLS settings.
+struct Identity {
+    credentials: Credentials,
+    inbox_prefix: String,
+    tls: NatsTls,
+}
+
+impl Default for Identity {
+    fn default() -> Self {
+        Identity {
+            credentials: Credentials::None,
+            inbox_prefix: DEFAULT_INBOX_PREFIX.to_string(),
+            tls: NatsTls::default(),
+        }
     }
 }
 

@@ -107,6 +107,8 @@ pub struct NatsServer {
     port: u16,
     store: tempfile::TempDir,
     child: Option<Child>,
+    /// Configuration appended to `nats.conf` ([`NatsServer::start_with_config`]).
+    extra_config: Option<String>,
 }
 
 impl NatsServer {
@@ -115,13 +117,32 @@ impl NatsServer {
     /// # Panics
     /// When the server does not start within 10 s.
     pub fn start() -> NatsServer {
+        Self::start_with(None)
+    }
+
+    /// Starts the server with `extra` appended to `nats.conf` (an `authorization` block, say),
+    /// logging to [`NatsServer::log_path`] so a test can read what the server refused.
+    ///
+    /// # Panics
+    /// When the server does not start within 10 s.
+    pub fn start_with_config(extra: &str) -> NatsServer {
+        Self::start_with(Some(extra.to_string()))
+    }
+
+    fn start_with(extra_config: Option<String>) -> NatsServer {
         let mut server = NatsServer {
             port: free_port(),
             store: tempfile::tempdir().expect("temporary store"),
             child: None,
+            extra_config,
         };
         server.restart();
         server
+    }
+
+    /// The server's log file when started with [`NatsServer::start_with_config`].
+    pub fn log_path(&self) -> PathBuf {
+        self.store.path().join("nats-server.log")
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -148,9 +169,17 @@ impl NatsServer {
     /// When it does not start within 10 s.
     pub fn restart(&mut self) {
         self.kill();
-        let child = Command::new(nats_server_binary())
+        let mut config = repo_root().join("nats.conf");
+        let mut command = Command::new(nats_server_binary());
+        if let Some(extra) = &self.extra_config {
+            let base = std::fs::read_to_string(&config).expect("nats.conf readable");
+            config = self.store.path().join("nats-test.conf");
+            std::fs::write(&config, format!("{base}\n{extra}\n")).expect("test config written");
+            command.arg("-l").arg(self.log_path());
+        }
+        let child = command
             .arg("-c")
-            .arg(repo_root().join("nats.conf"))
+            .arg(config)
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
             .args(["-m", &free_port().to_string()])
             .arg("-sd")

@@ -36,6 +36,16 @@ pub struct Options {
     pub gateway_env: Vec<(String, String)>,
     /// Environment every service gets.
     pub env: Vec<(String, String)>,
+    /// Configuration appended to the nats-server's `nats.conf` (an `authorization` block);
+    /// `None` runs it as `nats.conf` says, without users.
+    pub nats_config: Option<String>,
+    /// Environment per service: `(service, key, value)`, `service` as in `dme <service>`
+    /// (each service's NATS credentials, say).
+    pub service_env: Vec<(String, String, String)>,
+    /// A PEM file of the CA that signed the gateway's certificate (its `DME_TLS_*` in
+    /// `gateway_env`): the gateway is then reached over HTTPS by a client that trusts only
+    /// this CA. `None`: plain HTTP.
+    pub https_ca: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -45,6 +55,9 @@ impl Default for Options {
             model: None,
             gateway_env: Vec::new(),
             env: Vec::new(),
+            nats_config: None,
+            service_env: Vec::new(),
+            https_ca: None,
         }
     }
 }
@@ -123,7 +136,11 @@ impl System {
     /// # Panics
     /// When a process cannot start, or a separator exits at start-up.
     pub async fn start(dme: impl Into<PathBuf>, options: Options) -> System {
-        let nats = NatsServer::start();
+        let nats = match &options.nats_config {
+            Some(extra) => NatsServer::start_with_config(extra),
+            None => NatsServer::start(),
+        };
+        let http = http_client(options.https_ca.as_deref());
         let mut system = System {
             nats,
             options,
@@ -132,13 +149,7 @@ impl System {
             mixer: None,
             separators: Vec::new(),
             port: free_port(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
-                // A fresh connection per request: a kept-alive one the server has just closed
-                // fails with IncompleteMessage, a client-side race, not a server error.
-                .pool_max_idle_per_host(0)
-                .build()
-                .expect("an HTTP client"),
+            http,
             dme: dme.into(),
             separators_started: 0,
         };
@@ -165,6 +176,14 @@ impl System {
             cmd.env("DME_MODEL", model);
         }
         for (k, v) in &self.options.env {
+            cmd.env(k, v);
+        }
+        for (_, k, v) in self
+            .options
+            .service_env
+            .iter()
+            .filter(|(s, _, _)| s == service)
+        {
             cmd.env(k, v);
         }
         cmd
@@ -240,9 +259,14 @@ impl System {
         .await;
     }
 
-    /// `http://127.0.0.1:<port><path>`.
+    /// `http://127.0.0.1:<port><path>` (`https` with [`Options::https_ca`]).
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        let scheme = if self.options.https_ca.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}{path}", self.port)
     }
 
     /// `POST /music?name=<name>` with a raw body.
@@ -497,6 +521,25 @@ impl System {
         }
         lanes
     }
+}
+
+/// The client of a system's gateway: trusting only the CA in the PEM file `https_ca` when given.
+///
+/// # Panics
+/// When the CA cannot be read or parsed.
+fn http_client(https_ca: Option<&Path>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        // A fresh connection per request: a kept-alive one the server has just closed
+        // fails with IncompleteMessage, a client-side race, not a server error.
+        .pool_max_idle_per_host(0);
+    if let Some(ca) = https_ca {
+        let pem = std::fs::read(ca).unwrap_or_else(|e| panic!("reading {}: {e}", ca.display()));
+        builder = builder
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("a PEM CA"));
+    }
+    builder.build().expect("an HTTP client")
 }
 
 /// Stereo test audio as a float WAV: a few tones and a click train, different per channel

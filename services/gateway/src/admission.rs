@@ -2,20 +2,29 @@
 //! work in flight and the store leave room for it (429 and 507 otherwise).
 //!
 //! Everything is counted from what NATS holds, so every gateway decides alike: a client's work
-//! in flight is the sum over the music records that name it ([`MusicRecord::client`]) and are
-//! neither done nor failed; the store's use is its stream's byte count. Between reading those and
-//! writing the new record, this gateway holds a [`Reservation`], so a burst of uploads to one
-//! gateway is counted exactly; uploads racing on several gateways at the same moment can each
-//! pass once (a bounded overshoot: one upload per gateway).
+//! in flight (songs, bytes and seconds of audio) is the sum over the music records that name it
+//! ([`MusicRecord::client`]) and are neither done nor failed; the store's use is its stream's
+//! byte count. Between reading those and writing the new record, this gateway holds a
+//! [`Reservation`], so a burst of uploads to one gateway is counted exactly; uploads racing on
+//! several gateways at the same moment can each pass once (a bounded overshoot: one upload per
+//! gateway).
+//!
+//! The one thing counted per gateway, in memory, is the rate of new songs: each client's
+//! admissions in the last minute ([`UploadRate`]), at most [`MAX_RATE_CLIENTS`] clients, so a
+//! flood of addresses cannot grow it without bound. Behind a load balancer over `n` gateways a
+//! client may start up to `n` times its rate. Only a new song counts: the same bytes again are
+//! answered before admission.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 use actix_web::http::header::{HeaderMap, FORWARDED};
-use actix_web::HttpRequest;
+use actix_web::{HttpMessage, HttpRequest};
 use dme_protocol::records::MusicRecord;
 
+use crate::auth::Caller;
 use crate::error::RETRY_AFTER_S;
 use crate::{ApiError, AppState};
 
@@ -59,11 +68,15 @@ pub(crate) struct Cost {
     pub store_bytes: u64,
 }
 
-/// The key a client's work is counted under: the address the gateway sees, or, from a trusted
-/// proxy (`DME_TRUSTED_PROXIES`), the nearest address the proxies forwarded that is not itself a
-/// trusted proxy. An IPv6 client is keyed by its /64, the block one host usually holds, so it
-/// cannot dodge its limit by changing addresses.
+/// The key a client's work is counted under: the identity of the API token that let the request
+/// in (`token:<8 hex digits>`, `auth`), when tokens are configured; else the address the gateway
+/// sees, or, from a trusted proxy (`DME_TRUSTED_PROXIES`), the nearest address the proxies
+/// forwarded that is not itself a trusted proxy. An IPv6 client is keyed by its /64, the block
+/// one host usually holds, so it cannot dodge its limit by changing addresses.
 pub(crate) fn client_key(req: &HttpRequest, trusted: &[ipnet::IpNet]) -> String {
+    if let Some(caller) = req.extensions().get::<Caller>() {
+        return caller.identity.clone();
+    }
     let Some(peer) = req.peer_addr().map(|a| a.ip().to_canonical()) else {
         return "unknown".into();
     };
@@ -166,10 +179,12 @@ impl Drop for Reservation {
 }
 
 /// Whether `client` may store a new song costing `cost`: 429 when the client's work in flight
-/// (over every gateway) would pass `DME_CLIENT_MAX_INFLIGHT_BYTES` or `DME_CLIENT_MAX_INFLIGHT_S`
-/// (a client with nothing in flight is always let through, so no single song is refused for
-/// good), 413 when the song alone would pass the store's high-water mark, 507 when the store's
-/// use plus the song would.
+/// (over every gateway) would pass `DME_CLIENT_MAX_SONGS`, `DME_CLIENT_MAX_INFLIGHT_BYTES` or
+/// `DME_CLIENT_MAX_INFLIGHT_S` (a client with nothing in flight is always let through, so no
+/// single song is refused for good), 413 when the song alone would pass the store's high-water
+/// mark, 507 when the store's use plus the song would, and 429 when the client started
+/// `DME_CLIENT_UPLOADS_PER_MINUTE` songs on this gateway in the last minute (`Retry-After` says
+/// when the next may start). Only an admitted song counts against the rate.
 ///
 /// # Errors
 /// Those refusals, each with its reason; NATS failures as internal errors.
@@ -221,6 +236,18 @@ pub(crate) async fn admit(
             });
         }
     }
+    let per_minute = state.config.client_uploads_per_minute;
+    RATE.lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .admit(client, per_minute, Instant::now())
+        .map_err(|wait| ApiError::TooManyRequests {
+            reason: format!(
+                "you started {per_minute} new song(s) in the last minute, the limit per client: \
+                 the next may start in {} s",
+                wait.as_secs()
+            ),
+            retry_after_s: wait.as_secs(),
+        })?;
     let ticket = pending.next;
     pending.next += 1;
     pending.held.insert(ticket, (client.to_string(), cost));
@@ -251,6 +278,16 @@ fn check_client(
         bytes = bytes.saturating_add(b);
         seconds += s;
     }
+    let max_songs = state.config.client_max_songs;
+    if songs >= max_songs {
+        return Err(ApiError::TooManyRequests {
+            reason: format!(
+                "you have {songs} song(s) in work, the limit per client is {max_songs}: retry \
+                 when one has finished"
+            ),
+            retry_after_s: RETRY_AFTER_S,
+        });
+    }
     let max_bytes = state.config.client_max_inflight_bytes;
     let max_s = state.config.client_max_inflight_s;
     if songs > 0 && (bytes.saturating_add(cost.bytes) > max_bytes || seconds + cost.seconds > max_s)
@@ -269,6 +306,73 @@ fn check_client(
         });
     }
     Ok(())
+}
+
+/// The window the upload rate is counted over.
+const RATE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Most clients whose recent uploads a gateway remembers: 10 000 clients of 30 uploads a minute
+/// take about 5 MB. Only admitted new songs add a client, each a real upload that passed every
+/// other limit, so reaching it takes thousands of clients uploading within one minute; past it
+/// the client that has been quiet longest is forgotten (and may start a minute's worth again).
+pub(crate) const MAX_RATE_CLIENTS: usize = 10_000;
+
+/// This gateway's count of each client's recent new songs.
+static RATE: LazyLock<Mutex<UploadRate>> = LazyLock::new(Mutex::default);
+
+/// Each client's admissions in the last [`RATE_WINDOW`] (a sliding window: exact, and at most
+/// `per_minute` instants per client).
+#[derive(Default)]
+pub(crate) struct UploadRate {
+    clients: HashMap<String, VecDeque<Instant>>,
+}
+
+impl UploadRate {
+    /// Counts a new song of `client` at `now` if fewer than `per_minute` started in the minute
+    /// before; else answers how long until the next may start (at least a second).
+    fn admit(&mut self, client: &str, per_minute: u32, now: Instant) -> Result<(), Duration> {
+        let per_minute = per_minute.max(1) as usize;
+        let recent = |times: &VecDeque<Instant>| {
+            times
+                .iter()
+                .filter(|t| now.saturating_duration_since(**t) < RATE_WINDOW)
+                .count()
+        };
+        if let Some(times) = self.clients.get_mut(client) {
+            while times
+                .front()
+                .is_some_and(|t| now.saturating_duration_since(*t) >= RATE_WINDOW)
+            {
+                times.pop_front();
+            }
+            // The limit may have been lowered since: the oldest that must leave the window.
+            if times.len() >= per_minute {
+                let oldest = times[times.len() - per_minute];
+                let wait = (oldest + RATE_WINDOW).saturating_duration_since(now);
+                return Err(Duration::from_secs(
+                    wait.as_secs_f64().ceil().max(1.0) as u64
+                ));
+            }
+            times.push_back(now);
+            return Ok(());
+        }
+        if self.clients.len() >= MAX_RATE_CLIENTS {
+            self.clients.retain(|_, times| recent(times) > 0);
+        }
+        if self.clients.len() >= MAX_RATE_CLIENTS {
+            let quietest = self
+                .clients
+                .iter()
+                .min_by_key(|(_, times)| times.back().copied())
+                .map(|(k, _)| k.clone());
+            if let Some(quietest) = quietest {
+                self.clients.remove(&quietest);
+            }
+        }
+        self.clients
+            .insert(client.to_string(), VecDeque::from([now]));
+        Ok(())
+    }
 }
 
 /// `1.5 GB`, `320 MB`, `12 kB`, `900 B` (decimal units, like the settings' defaults).
@@ -362,6 +466,44 @@ mod tests {
         assert!(peak_store_bytes(0, 3600.0, 6, 343_980) > hour);
         assert_eq!(peak_store_bytes(5, f64::NAN, 4, 0), 5);
         assert_eq!(peak_store_bytes(u64::MAX, 1e30, 4, 0), u64::MAX);
+    }
+
+    #[test]
+    fn a_client_starts_at_most_its_rate_in_any_minute() {
+        let mut rate = UploadRate::default();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert!(rate.admit("a", 2, at(0)).is_ok());
+        assert!(rate.admit("a", 2, at(10)).is_ok());
+        assert_eq!(rate.admit("a", 2, at(20)), Err(Duration::from_secs(40)));
+        assert!(rate.admit("b", 2, at(20)).is_ok(), "each client its own");
+        assert!(
+            rate.admit("a", 2, at(60)).is_ok(),
+            "the first left the window"
+        );
+        assert_eq!(rate.admit("a", 2, at(61)), Err(Duration::from_secs(9)));
+        assert_eq!(
+            rate.admit("a", 1, at(65)),
+            Err(Duration::from_secs(55)),
+            "a lowered limit waits for the newest"
+        );
+    }
+
+    #[test]
+    fn the_rate_remembers_a_bounded_number_of_clients() {
+        let mut rate = UploadRate::default();
+        let t0 = Instant::now();
+        for i in 0..MAX_RATE_CLIENTS {
+            rate.admit(&format!("c{i}"), 1, t0).unwrap();
+        }
+        let later = t0 + Duration::from_secs(1);
+        rate.admit("new", 1, later).unwrap();
+        assert_eq!(rate.clients.len(), MAX_RATE_CLIENTS, "one forgotten for it");
+        assert!(rate.admit("new", 1, later).is_err());
+        // A minute on, the idle ones are swept at once.
+        let much_later = t0 + Duration::from_secs(120);
+        rate.admit("newer", 1, much_later).unwrap();
+        assert_eq!(rate.clients.len(), 1);
     }
 
     #[test]

@@ -2,6 +2,8 @@
 
 use dme_storage::{NatsArgs, SpoolArgs};
 
+use crate::auth::{Token, TokensFile};
+
 /// Largest upload accepted by default: 200 MB holds about 2.3 hours of 192 kbit/s MP3 or 19
 /// minutes of CD-quality WAV.
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 200_000_000;
@@ -19,6 +21,17 @@ pub const DEFAULT_CLIENT_MAX_INFLIGHT_BYTES: u64 = 1_000_000_000;
 /// forty 3-minute ones. Audio length, not file size, is what separation costs in time and store
 /// (an hour of silence is a 618 KB FLAC).
 pub const DEFAULT_CLIENT_MAX_INFLIGHT_S: f64 = 2.0 * 3600.0;
+
+/// New songs one client may start per minute by default, per gateway: a person adding an album
+/// at once (a dozen files, or thirty of short pieces) is never refused, while a script cannot
+/// flood the queue faster than one song every two seconds.
+pub const DEFAULT_CLIENT_UPLOADS_PER_MINUTE: u32 = 30;
+
+/// Songs one client may have in work (neither done nor failed) by default, counted over all
+/// gateways: two albums; beyond it a client waits for its songs to finish, so one client
+/// cannot hold the whole queue with thousands of tiny songs that the byte and second budgets
+/// would let through.
+pub const DEFAULT_CLIENT_MAX_SONGS: usize = 25;
 
 /// Share of the object store's maximum beyond which no new song is accepted (507): the rest is
 /// room for the songs already accepted to finish (their segments, stems, tracks and mixes grow
@@ -65,6 +78,13 @@ pub struct GatewayConfig {
     /// Address to serve HTTP on (port 0 picks a free port).
     #[arg(long, env = "DME_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: String,
+    /// A PEM certificate chain (the server's first) to serve HTTPS with, together with
+    /// `--tls-key`; the address then serves only HTTPS, and links say `https`.
+    #[arg(long, env = "DME_TLS_CERT")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of `--tls-cert`.
+    #[arg(long, env = "DME_TLS_KEY")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// Base of the links in answers (e.g. `https://dme.example.com`); when absent, links are
     /// built from each request's Host header (and its forwarded headers, from trusted proxies
     /// only).
@@ -88,6 +108,24 @@ pub struct GatewayConfig {
     /// Seconds of audio one client may have in work, counted like the bytes (429 beyond).
     #[arg(long, env = "DME_CLIENT_MAX_INFLIGHT_S", default_value_t = DEFAULT_CLIENT_MAX_INFLIGHT_S)]
     pub client_max_inflight_s: f64,
+    /// Songs one client may have in work, counted like the bytes (429 beyond).
+    #[arg(long, env = "DME_CLIENT_MAX_SONGS", default_value_t = DEFAULT_CLIENT_MAX_SONGS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub client_max_songs: usize,
+    /// New songs one client may start per minute on this gateway (a sliding minute; 429 with
+    /// `Retry-After` beyond). The same bytes again are an existing song and never count.
+    #[arg(long, env = "DME_CLIENT_UPLOADS_PER_MINUTE", default_value_t = DEFAULT_CLIENT_UPLOADS_PER_MINUTE, value_parser = clap::value_parser!(u32).range(1..))]
+    pub client_uploads_per_minute: u32,
+    /// A bearer token with the admin role. When it or `DME_API_TOKENS_FILE` is set, every
+    /// request but the health probes, the page's files and the API description needs
+    /// `Authorization: Bearer <token>` (prefer the environment: a command line is visible to
+    /// every user of the machine).
+    #[arg(long, env = "DME_API_TOKEN", hide_env_values = true, value_parser = Token::parse)]
+    pub api_token: Option<Token>,
+    /// A file of tokens, one `<role> <token>` per line (role `admin` or `user`; blank lines and
+    /// `#` comments ignored), read at start-up. A `user` token may do everything but
+    /// `POST /reset` and `DELETE`.
+    #[arg(long, env = "DME_API_TOKENS_FILE", value_parser = crate::auth::parse_tokens_file)]
+    pub api_tokens_file: Option<TokensFile>,
     /// Share (0-1] of the object store's maximum (`DME_STORE_MAX_BYTES`) beyond which new songs
     /// get 507: the store's use plus the new song's estimated peak must stay below it.
     #[arg(long, env = "DME_STORE_HIGH_WATER", default_value_t = DEFAULT_STORE_HIGH_WATER, value_parser = parse_share)]

@@ -1,7 +1,8 @@
 // The page: a library of songs (upload, live state, delete, reset) and a song view (live
 // progress, one lane per stem with waveform, mute, solo and volume, synchronised playback,
 // export of the user's mix). State lives in `state`; views render from it; the server's
-// event streams drive every change, nothing polls.
+// event streams drive every change, nothing polls. A server with API tokens gets its token
+// through a form the first time it answers 401 (api.js keeps it for the tab).
 
 import * as api from "./api.js";
 import { Player } from "./player.js";
@@ -247,7 +248,10 @@ function addLane(song, instrument) {
   const downloads = li.querySelector(".downloads");
   for (const [format, label] of FORMATS) {
     const a = document.createElement("a");
-    a.href = api.trackUrl(song.id, instrument.track_id, format);
+    const path = api.trackUrl(song.id, instrument.track_id, format);
+    a.href = api.withToken(path);
+    // The token may have changed since the link was made.
+    a.addEventListener("click", () => { a.href = api.withToken(path); });
     a.download = "";
     a.textContent = label;
     a.setAttribute("aria-label", `Download ${instrument.name} as ${label}`);
@@ -268,9 +272,7 @@ async function loadLane(song, view) {
     drawLane(song, view);
   }, () => {});
   try {
-    const response = await fetch(api.trackUrl(id, view.trackId, "wav"));
-    if (!response.ok) throw new Error(`${response.status}`);
-    const bytes = await response.arrayBuffer();
+    const bytes = await api.getAudio(id, view.trackId, "wav");
     if (state.song !== song) return;
     await song.player.load(view.lane, bytes);
     view.li.dataset.ready = "true";
@@ -388,7 +390,7 @@ function checkExport(song, data = song.data) {
   const link = $("mix-link");
   const option = [...$("mix-format").options].find((o) => o.value === pending.format);
   const label = option ? option.textContent : pending.format;
-  link.href = api.mixUrl(song.id, key, pending.format);
+  link.href = api.withToken(api.mixUrl(song.id, key, pending.format));
   link.textContent = `Download the mix (${label})`;
   link.dataset.key = key;
   link.hidden = false;
@@ -396,6 +398,38 @@ function checkExport(song, data = song.data) {
     ? "Your mix is ready."
     : "Your mix is ready (this server mixed the stems at 0 dB).";
   link.click();
+}
+
+// ---- the API token ----------------------------------------------------------------------------
+
+/**
+ * Asks for the API token in the page's dialog (`refused`: the last one was not accepted) and
+ * resolves to what was typed. The dialog stays until a token is given: without one the server
+ * answers nothing.
+ */
+function askToken(refused) {
+  return new Promise((resolve) => {
+    const dialog = $("token-dialog");
+    const form = $("token-form");
+    const input = $("token-input");
+    $("token-refused").hidden = !refused;
+    input.value = "";
+    const reopen = () => dialog.showModal();
+    const submit = (e) => {
+      e.preventDefault();
+      const token = input.value.trim();
+      if (!token) return;
+      form.removeEventListener("submit", submit);
+      dialog.removeEventListener("close", reopen);
+      dialog.close();
+      input.value = "";
+      resolve(token);
+    };
+    form.addEventListener("submit", submit);
+    dialog.addEventListener("close", reopen);
+    dialog.showModal();
+    input.focus();
+  });
 }
 
 // ---- keyboard, routing, start ----------------------------------------------------------------
@@ -437,6 +471,7 @@ function route() {
 }
 
 function start() {
+  api.setTokenPrompt(askToken);
   startUploads();
   startLibrary();
   $("reset").addEventListener("click", resetEverything);
