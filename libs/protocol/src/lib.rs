@@ -11,6 +11,7 @@
 //! - [`messages`]: the events and work items that travel on those subjects.
 //! - [`records`]: what the KV buckets hold (music, jobs, the registered model).
 //! - [`objects`]: names of the objects in the file store.
+//! - [`permissions`]: one NATS user per role and what each may publish and subscribe to.
 //!
 //! Messages and records are CBOR ([`encode`], [`decode`]); audio in the object store is raw
 //! little-endian f32 (see [`objects`]).
@@ -18,6 +19,7 @@
 pub mod ids;
 pub mod messages;
 pub mod objects;
+pub mod permissions;
 pub mod records;
 pub mod streams;
 pub mod subjects;

@@ -1,5 +1,9 @@
 //! Stream, consumer and bucket definitions. Every service declares what it uses at start-up with
 //! `get_or_create_*`, so the order in which services start does not matter.
+//!
+//! Every stream and bucket is declared with a number of replicas (`DME_REPLICAS`: 1 on one
+//! nats-server, 3 on a 3-node JetStream cluster). Durable consumers leave `num_replicas` at 0,
+//! which JetStream reads as "as many as the stream", so they follow their stream.
 
 use std::time::Duration;
 
@@ -62,8 +66,8 @@ pub const SEPARATOR_MAX_ACK_PENDING: i64 = 10_000;
 /// few slots each.
 pub const PIPELINE_MAX_ACK_PENDING: i64 = 1_000;
 
-/// The work stream.
-pub fn work_stream() -> stream::Config {
+/// The work stream, kept on `replicas` servers.
+pub fn work_stream(replicas: usize) -> stream::Config {
     stream::Config {
         name: WORK_STREAM.to_string(),
         description: Some("dme work queue: uploads, segments, separated segments, mixes".into()),
@@ -71,12 +75,13 @@ pub fn work_stream() -> stream::Config {
         retention: stream::RetentionPolicy::WorkQueue,
         storage: stream::StorageType::File,
         duplicate_window: DUPLICATE_WINDOW,
+        num_replicas: replicas,
         ..Default::default()
     }
 }
 
-/// The event stream.
-pub fn event_stream() -> stream::Config {
+/// The event stream, kept on `replicas` servers.
+pub fn event_stream(replicas: usize) -> stream::Config {
     stream::Config {
         name: EVENT_STREAM.to_string(),
         description: Some("dme progress events, one subject per song".into()),
@@ -85,19 +90,21 @@ pub fn event_stream() -> stream::Config {
         storage: stream::StorageType::File,
         max_age: EVENT_MAX_AGE,
         max_messages_per_subject: EVENTS_PER_SONG,
+        num_replicas: replicas,
         ..Default::default()
     }
 }
 
 /// The advisory stream: every max-deliveries advisory of a [`WORK_STREAM`] consumer, removed
-/// once the mixer acks it.
-pub fn advisory_stream() -> stream::Config {
+/// once the mixer acks it; kept on `replicas` servers.
+pub fn advisory_stream(replicas: usize) -> stream::Config {
     stream::Config {
         name: ADVISORY_STREAM.to_string(),
         description: Some("dme: max-deliveries advisories of the work consumers".into()),
         subjects: vec![subjects::max_deliveries_advisory(WORK_STREAM, "*")],
         retention: stream::RetentionPolicy::WorkQueue,
         storage: stream::StorageType::File,
+        num_replicas: replicas,
         ..Default::default()
     }
 }
@@ -153,29 +160,73 @@ pub fn kv_stream(bucket: &str) -> String {
     format!("KV_{bucket}")
 }
 
+/// The object store users drop files into for `dme.api.music.upload` (`nats object put
+/// dme-uploads song.mp3`); the gateway creates it and deletes each file once it is a song.
+pub const UPLOAD_BUCKET: &str = "dme-uploads";
+
+/// Most the uploads bucket holds: twenty of the largest uploads (200 MB) waiting at once.
+pub const UPLOAD_BUCKET_MAX_BYTES: i64 = 4_000_000_000;
+
+/// How long a file left in the uploads bucket is kept: a day, then JetStream removes it.
+pub const UPLOAD_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// The uploads bucket, kept on `replicas` servers.
+pub fn upload_bucket(replicas: usize) -> object_store::Config {
+    object_store::Config {
+        bucket: UPLOAD_BUCKET.to_string(),
+        description: Some("files put here are uploaded by dme.api.music.upload".into()),
+        storage: stream::StorageType::File,
+        max_bytes: UPLOAD_BUCKET_MAX_BYTES,
+        max_age: UPLOAD_MAX_AGE,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+/// The durable consumer, shared by every gateway, that copies progress events to their JSON
+/// subjects ([`crate::subjects::api_event`]): one event in flight at a time, so the copies keep
+/// the events' order and each is published once whichever gateway takes it.
+pub const API_EVENT_CONSUMER: &str = "api-events";
+
+/// [`API_EVENT_CONSUMER`]'s settings: new events only, one at a time.
+pub fn api_event_consumer() -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(API_EVENT_CONSUMER.to_string()),
+        filter_subject: crate::subjects::EVENT_ALL.to_string(),
+        deliver_policy: consumer::DeliverPolicy::New,
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(10),
+        max_ack_pending: 1,
+        ..Default::default()
+    }
+}
+
 /// The stream behind object store `bucket` (JetStream's naming).
 pub fn object_stream(bucket: &str) -> String {
     format!("OBJ_{bucket}")
 }
 
-/// A KV bucket keeping only the latest value of each key.
-pub fn kv_bucket(name: &str) -> kv::Config {
+/// A KV bucket keeping only the latest value of each key, on `replicas` servers.
+pub fn kv_bucket(name: &str, replicas: usize) -> kv::Config {
     kv::Config {
         bucket: name.to_string(),
         history: KV_HISTORY,
         storage: stream::StorageType::File,
+        num_replicas: replicas,
         ..Default::default()
     }
 }
 
 /// The object store, holding at most `max_bytes` (its stream's `max_bytes`: an object store's
-/// stream discards new messages, so a put beyond it fails and nothing stored is lost).
-pub fn file_bucket(max_bytes: u64) -> object_store::Config {
+/// stream discards new messages, so a put beyond it fails and nothing stored is lost), on
+/// `replicas` servers (each holds all of it: `max_bytes` counts once per server).
+pub fn file_bucket(max_bytes: u64, replicas: usize) -> object_store::Config {
     object_store::Config {
         bucket: FILE_BUCKET.to_string(),
         description: Some("dme files: originals, segments, stems, tracks, mixes".into()),
         storage: stream::StorageType::File,
         max_bytes: i64::try_from(max_bytes).unwrap_or(i64::MAX),
+        num_replicas: replicas,
         ..Default::default()
     }
 }

@@ -47,6 +47,69 @@ pub fn event(music: MusicId) -> String {
     format!("{EVENT_PREFIX}.{music}")
 }
 
+/// `dme.api`: prefix of the JSON request/reply API (the `dme-api` NATS micro service the gateway
+/// serves): `dme.api.music.upload`, `dme.api.music.get`, ... (see [`API_ENDPOINTS`]).
+pub const API_PREFIX: &str = "dme.api";
+
+/// Name of the JSON API's NATS micro service (`nats micro info dme-api`).
+pub const API_SERVICE: &str = "dme-api";
+
+/// The JSON API's endpoints: each is `dme.api.<subject>` and is named `<name>` in the micro
+/// service's info. Bodies are the HTTP API's JSON.
+pub const API_ENDPOINTS: [(&str, &str); 9] = [
+    ("music-upload", "music.upload"),
+    ("music-list", "music.list"),
+    ("music-get", "music.get"),
+    ("music-select", "music.select"),
+    ("music-delete", "music.delete"),
+    ("music-retry", "music.retry"),
+    ("job-list", "job.list"),
+    ("job-get", "job.get"),
+    ("reset", "reset"),
+];
+
+/// The subjects (after [`API_PREFIX`]) of the endpoints only an administrator may use: they
+/// delete what others uploaded. The job submitter's NATS user is denied them.
+pub const API_ADMIN_ENDPOINTS: [&str; 2] = ["music.delete", "reset"];
+
+/// `dme.api.event`: prefix of the JSON copy of progress events, `dme.api.event.<music_id>`,
+/// published on core NATS (not kept) with the `data` of the HTTP event stream, so that
+/// `nats sub 'dme.api.event.>'` shows them readably.
+pub const API_EVENT_PREFIX: &str = "dme.api.event";
+
+/// Subject of the JSON progress events of one song.
+pub fn api_event(music: MusicId) -> String {
+    format!("{API_EVENT_PREFIX}.{music}")
+}
+
+/// The header naming the file of an inline upload on `dme.api.music.upload` (its extension is
+/// the decoder's hint, its stem the song's name when the file has no title tag).
+pub const FILE_NAME_HEADER: &str = "Dme-File-Name";
+
+/// `$SRV.PING`: NATS micro-service discovery; every micro service answers with its name, id,
+/// version and metadata (`nats micro ping`).
+pub const SERVICE_PING: &str = "$SRV.PING";
+/// `$SRV.INFO`: every micro service answers with its description and endpoints (`nats micro
+/// info`).
+pub const SERVICE_INFO: &str = "$SRV.INFO";
+/// `$SRV.STATS`: every micro service answers with its endpoints' request counts and each
+/// endpoint's `data` (`nats micro stats`).
+pub const SERVICE_STATS: &str = "$SRV.STATS";
+/// `dme-splitter`: the splitter's micro-service name.
+pub const SERVICE_SPLITTER: &str = "dme-splitter";
+/// `dme-mixer`: the mixer's micro-service name.
+pub const SERVICE_MIXER: &str = "dme-mixer";
+/// `dme-separator`: every separator's micro-service name (one instance per process).
+pub const SERVICE_SEPARATOR: &str = "dme-separator";
+/// `dme.status`: the group of each worker's `status` endpoint, `dme.status.<service>.<id>`
+/// (`nats req dme.status.dme-separator.<id> ''` answers that instance's live status as JSON).
+pub const STATUS_GROUP: &str = "dme.status";
+
+/// The subject of the `status` endpoint of micro-service instance `id` of `service`.
+pub fn status(service: &str, id: &str) -> String {
+    format!("{STATUS_GROUP}.{service}.{id}")
+}
+
 /// JetStream advisory published when a message of `stream`'s `consumer` ran out of deliveries
 /// (`*` for every consumer). Captured by [`crate::streams::ADVISORY_STREAM`].
 pub fn max_deliveries_advisory(stream: &str, consumer: &str) -> String {

@@ -22,9 +22,14 @@
 //! - [`work`]: publishing work, work consumers, and the one consume loop with its verdicts.
 //! - `reset`: deleting everything.
 //! - [`song`]: song-level changes several services make (failing a song).
+//! - [`presence`]: each worker as a NATS micro service (`$SRV.*` discovery, a `status`
+//!   endpoint), and discovering them ([`presence::discover`]).
+//! - `census`: work queued per kind and songs per state, for gauges.
+//! - `tls`: TLS to NATS (`DME_NATS_CA`, `DME_NATS_CERT`, `DME_NATS_KEY`), checked at start-up.
 
 mod args;
 mod capacity;
+mod census;
 pub mod compressed;
 mod connect;
 mod events;
@@ -33,19 +38,23 @@ mod kv;
 mod model;
 mod music;
 mod objects;
+pub mod presence;
 mod reset;
 pub mod song;
 mod spool;
+mod tls;
+mod uploads;
 pub mod work;
 
 use async_nats::jetstream::{self, kv::Store as KvStore, object_store::ObjectStore};
 use dme_protocol::DecodeError;
 
-pub use args::{NatsArgs, SpoolArgs, DEFAULT_STORE_MAX_BYTES};
+pub use args::{Credentials, CredentialsError, NatsArgs, SpoolArgs, DEFAULT_STORE_MAX_BYTES};
 pub use capacity::StoreUsage;
 pub use events::{EventBounds, ProgressFeed, StoredProgress};
 pub use objects::{ChunkedObjectReader, ObjectReader, Unpacked, OBJECT_READ_IDLE};
 pub use spool::{Spool, SpoolDir, Swept, PROCESS_LOCK};
+pub use uploads::UploadBucket;
 
 /// Something went wrong talking to NATS or reading what it holds.
 #[derive(Debug, thiserror::Error)]

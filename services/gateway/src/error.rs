@@ -26,6 +26,12 @@ pub enum GatewayError {
     /// The spool folder could not be opened (created, swept or locked).
     #[error("opening the spool folder")]
     Spool(#[source] std::io::Error),
+    /// The JSON API's micro service or one of its endpoints could not be registered.
+    #[error("starting the JSON API over NATS")]
+    NatsApi(#[source] async_nats::Error),
+    /// The HTTPS certificate or key cannot be used.
+    #[error("loading the HTTPS certificate and key")]
+    Tls(#[source] crate::tls::TlsError),
 }
 
 /// What went wrong with a request.

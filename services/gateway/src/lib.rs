@@ -17,10 +17,16 @@
 //!   `routes/jobs.rs`: job records. `routes/system.rs`: reset and health. `routes/events.rs`:
 //!   live events as Server-Sent Events.
 //! - `upload`: spooling, hashing and probing an upload.
+//! - `nats_api`: the same API as JSON request/reply over NATS (the `dme-api` micro service),
+//!   and progress events copied as JSON onto `dme.api.event.<id>`.
 //! - `admission`: whether a new song is let in: the client's work in flight (429) and the
 //!   store's room (507), counted from NATS so every gateway agrees.
+//! - `http_metrics`: every request's latency by route pattern, and the bytes it brought and
+//!   took away (`GET /metrics` in `routes/system.rs`, `GET /workers` in `routes/workers.rs`).
 //! - `body`: every request body read within an idle timer and a deadline, a multipart form's
 //!   framing bounded, a panic in a handler turned into an opaque 500.
+//! - `tls`: HTTPS, the certificate and key of [`GatewayConfig::tls_cert`] and
+//!   [`GatewayConfig::tls_key`] loaded at start-up.
 //!
 //! # Limits
 //! Every request finishes in bounded time and memory: a request head within
@@ -33,10 +39,14 @@
 //! the connection.
 
 mod admission;
+mod auth;
 mod body;
 mod config;
 mod error;
+mod http_metrics;
+mod nats_api;
 mod routes;
+mod tls;
 mod upload;
 
 use std::net::TcpListener;
@@ -73,9 +83,10 @@ pub struct AppState {
     pub(crate) encodings: routes::Encodings,
 }
 
-/// A built gateway, bound to its port, not yet serving.
+/// A built gateway, bound to its port, not yet serving HTTP (its NATS API already answers).
 pub struct Gateway {
     server: actix_web::dev::Server,
+    api: nats_api::NatsApi,
     port: u16,
 }
 
@@ -86,6 +97,9 @@ impl Service for Gateway {
 
     /// Connects to NATS and binds the HTTP address.
     async fn build(config: GatewayConfig) -> Result<Gateway, GatewayError> {
+        // Before NATS: a wrong certificate file fails at once, not after a minute of retries.
+        let tls = tls::server_config(config.tls_cert.as_deref(), config.tls_key.as_deref())
+            .map_err(GatewayError::Tls)?;
         let store = Store::connect_with(&config.nats, "dme-gateway").await?;
         let spool = config
             .spool
@@ -106,17 +120,24 @@ impl Service for Gateway {
         let head_timeout = Duration::from_secs(config.request_head_timeout_s);
         let keep_alive = Duration::from_secs(config.keep_alive_s);
         let max_connections = config.max_connections.max(1);
+        let base = own_url(&config, listener.local_addr().ok());
         let state = web::Data::new(AppState {
             store,
             config,
             spool,
             encodings: routes::Encodings::default(),
         });
+        let api = nats_api::start(state.clone(), base).await?;
         let server = HttpServer::new(move || {
+            // The process's metrics recorder, installed once before the first request counts.
+            dme_telemetry::metrics::recorder();
             App::new()
+                .wrap(auth::RequireToken::new(&state.config))
                 .wrap(middleware::from_fn(move |req, next| {
                     body::guard(limits, req, next)
                 }))
+                // Outermost: measures every request, including those the guard answers.
+                .wrap(middleware::from_fn(http_metrics::measure))
                 .app_data(state.clone())
                 .app_data(
                     web::JsonConfig::default()
@@ -139,15 +160,20 @@ impl Service for Gateway {
         .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
         .keep_alive(keep_alive)
         .disable_signals()
-        .shutdown_timeout(SHUTDOWN_GRACE_S)
-        .listen(listener)
+        .shutdown_timeout(SHUTDOWN_GRACE_S);
+        let https = tls.is_some();
+        let server = match tls {
+            // Only HTTPS on this address: a plain request gets no answer, only a failed handshake.
+            Some(tls) => server.listen_rustls_0_23(listener, tls),
+            None => server.listen(listener),
+        }
         .map_err(|source| GatewayError::Bind {
             addr: format!("port {port}"),
             source,
         })?
         .run();
-        tracing::info!(port, "gateway listening");
-        Ok(Gateway { server, port })
+        tracing::info!(port, https, "gateway listening");
+        Ok(Gateway { server, api, port })
     }
 
     /// Serves until `shutdown` is cancelled, then stops gracefully.
@@ -158,7 +184,30 @@ impl Service for Gateway {
                 shutdown.cancelled().await;
                 handle.stop(true).await;
             }));
-        self.server.await.map_err(GatewayError::Serve)
+        let served = self.server.await.map_err(GatewayError::Serve);
+        self.api.stop().await;
+        served
+    }
+}
+
+/// The base of links in answers that no HTTP request carries (the NATS API's): the public URL
+/// when one is set, else this gateway's own address (loopback for a wildcard one), `https` when
+/// it serves HTTPS.
+fn own_url(config: &GatewayConfig, bound: Option<std::net::SocketAddr>) -> String {
+    if let Some(url) = &config.public_url {
+        return url.trim_end_matches('/').to_string();
+    }
+    let scheme = if config.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    match bound {
+        Some(addr) if addr.ip().is_unspecified() => {
+            format!("{scheme}://127.0.0.1:{}", addr.port())
+        }
+        Some(addr) => format!("{scheme}://{addr}"),
+        None => format!("{scheme}://{}", config.http_addr),
     }
 }
 

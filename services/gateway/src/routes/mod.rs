@@ -1,14 +1,16 @@
 //! Routes, one file per resource.
 
 mod encodings;
-mod events;
+pub(crate) mod events;
 mod files;
-mod jobs;
-mod lifecycle;
-mod music;
+pub(crate) mod jobs;
+pub(crate) mod lifecycle;
+pub(crate) mod music;
+mod openapi;
 mod page;
 mod peaks;
-mod system;
+pub(crate) mod system;
+mod workers;
 
 use actix_web::{web, HttpRequest};
 
@@ -57,8 +59,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(resource("/job/{job_id}").route(web::get().to(jobs::show)))
     .service(resource("/reset").route(web::post().to(system::reset)))
     .service(resource("/healthz").route(web::get().to(system::health)))
+    .service(resource("/readyz").route(web::get().to(system::ready)))
+    .service(resource("/metrics").route(web::get().to(system::metrics)))
+    .service(resource("/workers").route(web::get().to(workers::list)))
     .service(resource("/").route(web::get().to(page::index)))
     .service(resource("/ui/{file}").route(web::get().to(page::asset)))
+    .configure(|cfg| openapi::configure(cfg, resource))
     .default_service(web::to(|| async {
         Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such endpoint".into()))
     }));
