@@ -178,6 +178,42 @@ async fn every_role_works_with_its_own_user_and_is_refused_the_rest() {
         .download(done["final"].as_str().expect("a mix link"))
         .await;
     assert_eq!(mix.status, 200, "the mix downloads");
+    // Its event stream (an ordered pull consumer the gateway opens per stream) delivers.
+    let mut events = sys
+        .http
+        .get(sys.url(&format!("/music/{id}/events")))
+        .send()
+        .await
+        .expect("the event stream opens");
+    assert_eq!(events.status(), 200);
+    let first = tokio::time::timeout(std::time::Duration::from_secs(30), events.chunk())
+        .await
+        .expect("an event within 30 s")
+        .expect("the stream reads")
+        .expect("a first chunk");
+    assert!(
+        String::from_utf8_lossy(&first).contains("event: mix"),
+        "{}",
+        String::from_utf8_lossy(&first)
+    );
+    let replayed = sys
+        .http
+        .get(sys.url(&format!("/music/{id}/events")))
+        .header("Last-Event-ID", "0")
+        .send()
+        .await
+        .expect("the event stream opens");
+    let mut replayed = replayed;
+    let live = tokio::time::timeout(std::time::Duration::from_secs(30), replayed.chunk())
+        .await
+        .expect("a stored event within 30 s: the gateway pulls them from the stream")
+        .expect("the stream reads")
+        .expect("a first chunk");
+    assert!(
+        String::from_utf8_lossy(&live).contains("id: 1\n"),
+        "{}",
+        String::from_utf8_lossy(&live)
+    );
 
     // The JSON API with the submitter's credentials alone: uploads inline and through the
     // uploads bucket, events, selection, reads, a delete, errors, discovery.

@@ -119,8 +119,13 @@ impl Role {
                 p.objects(streams::FILE_BUCKET, true);
                 p.declare(&streams::object_stream(streams::UPLOAD_BUCKET));
                 p.objects(streams::UPLOAD_BUCKET, true);
-                // Event feeds (ordered consumers) and the shared JSON-copy consumer.
+                // Event feeds (ordered pull consumers, one per open event stream, each pulling
+                // by its generated name) and the shared JSON-copy consumer.
                 p.ordered_reads(streams::EVENT_STREAM);
+                p.publish.push(js(&format!(
+                    "CONSUMER.MSG.NEXT.{}.*",
+                    streams::EVENT_STREAM
+                )));
                 p.stream_reads(streams::EVENT_STREAM);
                 p.durable(streams::EVENT_STREAM, streams::API_EVENT_CONSUMER);
                 // Queue census, deleting a song's queued work, reset.
