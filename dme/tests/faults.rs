@@ -260,12 +260,12 @@ async fn a_nats_server_restart_mid_job_loses_nothing() {
     })
     .await;
     sys.nats.kill();
-    // The outage is real once the services see it: the gateway cannot read the model record.
+    // The outage is real once the services see it: the gateway is no longer ready.
     wait_for(
         "the gateway to notice the outage",
         Duration::from_secs(30),
         || async {
-            let health = sys.http.get(sys.url("/healthz")).send().await;
+            let health = sys.http.get(sys.url("/readyz")).send().await;
             (!health.is_ok_and(|r| r.status().is_success())).then_some(())
         },
     )

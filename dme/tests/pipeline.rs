@@ -255,15 +255,19 @@ async fn a_second_selection_only_remixes() {
         dme_audio::read_wav(&mix.bytes).unwrap().0,
         dme_audio::read_wav(&track.bytes).unwrap().0
     );
-    // Selections with unknown or malformed track ids.
+    // Selections with unknown or malformed tracks (a string names a stem).
     assert_eq!(
         sys.post_json(&format!("/music/{id}"), "[1]").await.status,
         405
     );
     assert_eq!(
-        sys.post_json(&format!("/music/{id}"), "[\"drums\"]")
+        sys.post_json(&format!("/music/{id}"), "[\"kazoo\"]")
             .await
             .status,
+        405
+    );
+    assert_eq!(
+        sys.post_json(&format!("/music/{id}"), "[true]").await.status,
         400
     );
     assert_eq!(

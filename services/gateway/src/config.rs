@@ -22,16 +22,16 @@ pub const DEFAULT_CLIENT_MAX_INFLIGHT_BYTES: u64 = 1_000_000_000;
 /// (an hour of silence is a 618 KB FLAC).
 pub const DEFAULT_CLIENT_MAX_INFLIGHT_S: f64 = 2.0 * 3600.0;
 
-/// New songs one client may start per minute by default, per gateway: a person adding an album
-/// at once (a dozen files, or thirty of short pieces) is never refused, while a script cannot
-/// flood the queue faster than one song every two seconds.
-pub const DEFAULT_CLIENT_UPLOADS_PER_MINUTE: u32 = 30;
+/// New songs one client may start per minute by default, per gateway: a person dropping a whole
+/// album (or fifty short pieces) on the page at once is never refused, while a script cannot
+/// flood the queue faster than a song a second.
+pub const DEFAULT_CLIENT_UPLOADS_PER_MINUTE: u32 = 60;
 
 /// Songs one client may have in work (neither done nor failed) by default, counted over all
-/// gateways: two albums; beyond it a client waits for its songs to finish, so one client
+/// gateways: several albums; beyond it a client waits for its songs to finish, so one client
 /// cannot hold the whole queue with thousands of tiny songs that the byte and second budgets
 /// would let through.
-pub const DEFAULT_CLIENT_MAX_SONGS: usize = 25;
+pub const DEFAULT_CLIENT_MAX_SONGS: usize = 100;
 
 /// Share of the object store's maximum beyond which no new song is accepted (507): the rest is
 /// room for the songs already accepted to finish (their segments, stems, tracks and mixes grow
