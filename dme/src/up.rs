@@ -22,6 +22,21 @@ const NATS_START: Duration = Duration::from_secs(10);
 /// Pause between checks that the own nats-server accepts connections.
 const NATS_START_POLL: Duration = Duration::from_millis(50);
 
+/// How long the own JetStream cluster gets to elect its meta leader once its servers accept
+/// connections: a few election rounds (about 2 s each) on a loaded machine.
+const NATS_CLUSTER_START: Duration = Duration::from_secs(60);
+
+/// Most servers of the own cluster: JetStream keeps at most 5 copies of a stream, and a
+/// cluster on one machine protects against a crashed process, not a lost disk.
+const MAX_CLUSTER: u16 = 5;
+
+/// Copies of every stream and bucket on the own cluster: 3 outlives any one server, and more
+/// only slows every write (each is acknowledged by a majority of the copies).
+const CLUSTER_REPLICAS: usize = 3;
+
+/// Name of the own cluster (JetStream needs a named cluster).
+const CLUSTER_NAME: &str = "dme";
+
 /// Pause between checks that every child still runs.
 const CHILD_POLL: Duration = Duration::from_millis(500);
 
@@ -46,6 +61,20 @@ pub struct UpConfig {
     /// Monitoring port of the own nats-server (the next free one when taken).
     #[arg(long, env = "DME_NATS_MONITOR_PORT", default_value_t = 8222)]
     pub nats_monitor_port: u16,
+    /// Servers of the own NATS: 1, or a JetStream cluster of that many on loopback (3 is the
+    /// usual), each with its own store (`<data dir>/nats-<n>`) and ports from `--nats-port`,
+    /// `--nats-monitor-port` and `--nats-route-port` on; the services get every server's URL
+    /// and keep 3 copies of everything (`DME_REPLICAS`), so losing one server loses nothing.
+    #[arg(
+        long,
+        env = "DME_NATS_CLUSTER",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_CLUSTER))
+    )]
+    pub nats_cluster: u16,
+    /// First port the own cluster's servers route to each other on (the next free ones after).
+    #[arg(long, env = "DME_NATS_ROUTE_PORT", default_value_t = 6222)]
+    pub nats_route_port: u16,
     /// Separator processes (default: one per core).
     #[arg(long, env = "DME_SEPARATORS")]
     pub separators: Option<usize>,
@@ -110,6 +139,21 @@ impl Users {
         self.dir.join(format!("{}.password", role.user()))
     }
 
+    /// The password the own cluster's servers route to each other with (generated once): no
+    /// other process on the machine can join the cluster and read around the users'
+    /// permissions.
+    fn route_password(&self) -> anyhow::Result<String> {
+        let path = self.dir.join("route.password");
+        match std::fs::read_to_string(&path) {
+            Ok(p) if !p.trim().is_empty() => Ok(p.trim().to_string()),
+            _ => {
+                let p = permissions::random_password();
+                write_private(&path, &p)?;
+                Ok(p)
+            }
+        }
+    }
+
     /// `command` connects as `role`.
     fn apply(&self, command: &mut Command, role: Role) {
         command
@@ -150,24 +194,13 @@ pub async fn run(config: UpConfig, shutdown: CancellationToken) -> anyhow::Resul
     let threads = (cores / separators).max(1);
     let mut children: Vec<(String, Child)> = Vec::new();
     let mut users = None;
+    // DME_REPLICAS of the services when `dme up` runs a cluster (else as the environment says).
+    let mut replicas: Option<usize> = None;
+    // The own cluster's servers, by child name (none for one server or a given URL).
+    let mut cluster: Vec<String> = Vec::new();
     let nats_url = match &config.nats_url {
         Some(url) => url.clone(),
         None => {
-            // The machine may already run a NATS server on the default port: take the next free one.
-            let port = (config.nats_port..config.nats_port.saturating_add(PORT_SEARCH))
-                .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
-                .with_context(|| {
-                    format!("no free port from {} for nats-server", config.nats_port)
-                })?;
-            let monitor = (config.nats_monitor_port
-                ..config.nats_monitor_port.saturating_add(PORT_SEARCH))
-                .find(|p| *p != port && std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
-                .with_context(|| {
-                    format!("no free monitoring port from {}", config.nats_monitor_port)
-                })?;
-            let store = config.data_dir.join("nats");
-            std::fs::create_dir_all(&store)
-                .with_context(|| format!("creating {}", store.display()))?;
             let nats_conf = if config.nats_auth {
                 let (generated, prepared) = Users::prepare(&config.data_dir, &config.nats_conf)?;
                 users = Some(prepared);
@@ -175,27 +208,25 @@ pub async fn run(config: UpConfig, shutdown: CancellationToken) -> anyhow::Resul
             } else {
                 config.nats_conf.clone()
             };
-            let mut command = Command::new(&config.nats_server);
-            die_with_parent(&mut command);
-            let child = command
-                .arg("-c")
-                .arg(&nats_conf)
-                .args(["-p", &port.to_string()])
-                .args(["-m", &monitor.to_string()])
-                .arg("-sd")
-                .arg(&store)
-                .stdin(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .with_context(|| {
-                    format!(
-                        "starting {} (make run installs one into .tools)",
-                        config.nats_server.display()
-                    )
-                })?;
-            children.push(("nats-server".into(), child));
-            wait_for_port(port).await?;
-            format!("nats://127.0.0.1:{port}")
+            let nodes = NatsNode::plan(&config, users.as_ref(), &nats_conf)?;
+            for node in &nodes {
+                children.push((node.name.clone(), node.spawn(&config)?));
+            }
+            for node in &nodes {
+                wait_for_port(node.port).await?;
+            }
+            if nodes.len() > 1 {
+                for node in &nodes {
+                    wait_for_jetstream(node.monitor_port).await?;
+                }
+                replicas = Some(CLUSTER_REPLICAS.min(nodes.len()));
+                cluster = nodes.iter().map(|n| n.name.clone()).collect();
+            }
+            nodes
+                .iter()
+                .map(|n| format!("nats://127.0.0.1:{}", n.port))
+                .collect::<Vec<_>>()
+                .join(",")
         }
     };
     tracing::info!(%nats_url, separators, threads, "starting dme");
@@ -204,6 +235,9 @@ pub async fn run(config: UpConfig, shutdown: CancellationToken) -> anyhow::Resul
         die_with_parent(&mut command);
         if let Some(users) = &users {
             users.apply(&mut command, role);
+        }
+        if let Some(replicas) = replicas {
+            command.env("DME_REPLICAS", replicas.to_string());
         }
         command
             .args(args)
@@ -254,11 +288,27 @@ pub async fn run(config: UpConfig, shutdown: CancellationToken) -> anyhow::Resul
     }
 
     let died = async {
+        let mut lost: Vec<String> = Vec::new();
         loop {
             for (name, child) in children.iter_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    return format!("{name} exited ({status})");
+                    // A server of the own cluster may go: the others keep every stream.
+                    if !cluster.contains(name) {
+                        return format!("{name} exited ({status})");
+                    }
+                    if !lost.contains(name) {
+                        tracing::warn!(%name, %status, "a NATS server of the cluster exited; the others carry on");
+                        lost.push(name.clone());
+                    }
                 }
+            }
+            // Without a majority of its servers the cluster stops taking writes.
+            if !cluster.is_empty() && lost.len() * 2 >= cluster.len() {
+                return format!(
+                    "{} of the {} NATS servers exited",
+                    lost.len(),
+                    cluster.len()
+                );
             }
             tokio::time::sleep(CHILD_POLL).await;
         }
@@ -306,6 +356,160 @@ async fn stop(name: &str, child: &mut Child) {
             let _ = child.kill().await;
         }
     }
+}
+
+/// One server of the own NATS: its name, ports, configuration and store.
+struct NatsNode {
+    name: String,
+    port: u16,
+    monitor_port: u16,
+    config: PathBuf,
+    store: PathBuf,
+}
+
+impl NatsNode {
+    /// The servers to start: one running `nats_conf` in `<data>/nats`, or a cluster of
+    /// `--nats-cluster` servers, each with a generated configuration (`nats_conf`, its
+    /// `server_name` and a `cluster {}` block routing to the others) in `<data>/nats-cluster/`
+    /// and its store in `<data>/nats-<n>`. Ports are the first free ones from the configured.
+    fn plan(
+        config: &UpConfig,
+        users: Option<&Users>,
+        nats_conf: &Path,
+    ) -> anyhow::Result<Vec<NatsNode>> {
+        let size = usize::from(config.nats_cluster);
+        let mut taken = Vec::new();
+        let mut ports = |from: u16, what: &str| -> anyhow::Result<Vec<u16>> {
+            let mut found = Vec::new();
+            for _ in 0..size {
+                let start = found.last().map_or(from, |p: &u16| p.saturating_add(1));
+                let port = free_port(start, &taken)
+                    .with_context(|| format!("no free {what} port from {start}"))?;
+                taken.push(port);
+                found.push(port);
+            }
+            Ok(found)
+        };
+        let clients = ports(config.nats_port, "nats-server")?;
+        let monitors = ports(config.nats_monitor_port, "monitoring")?;
+        if size == 1 {
+            let store = config.data_dir.join("nats");
+            return Ok(vec![NatsNode {
+                name: "nats-server".into(),
+                port: clients[0],
+                monitor_port: monitors[0],
+                config: nats_conf.to_path_buf(),
+                store,
+            }]);
+        }
+        let routes = ports(config.nats_route_port, "route")?;
+        let base = std::fs::read_to_string(nats_conf)
+            .with_context(|| format!("reading {}", nats_conf.display()))?;
+        let dir = config.data_dir.join("nats-cluster");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        let route_password = users.map(Users::route_password).transpose()?;
+        let (authorization, credentials) = match &route_password {
+            Some(p) => (
+                format!("  authorization {{ user: route, password: \"{p}\" }}\n"),
+                format!("route:{p}@"),
+            ),
+            None => (String::new(), String::new()),
+        };
+        let mut nodes = Vec::new();
+        for i in 0..size {
+            let name = format!("nats-{}", i + 1);
+            let others: Vec<String> = (0..size)
+                .filter(|j| *j != i)
+                .map(|j| format!("nats-route://{credentials}127.0.0.1:{}", routes[j]))
+                .collect();
+            let path = dir.join(format!("{name}.conf"));
+            // Keys later in a file replace earlier ones: the name replaces nats.conf's.
+            write_private(
+                &path,
+                &format!(
+                    "# Generated by `dme up --nats-cluster {size}` from {}.\n{base}\n\
+                     server_name: {CLUSTER_NAME}-{}\n\
+                     cluster {{\n  name: {CLUSTER_NAME}\n  listen: 127.0.0.1:{}\n\
+                     {authorization}  routes: [{}]\n}}\n",
+                    nats_conf.display(),
+                    i + 1,
+                    routes[i],
+                    others.join(", ")
+                ),
+            )?;
+            nodes.push(NatsNode {
+                store: config.data_dir.join(&name),
+                name,
+                port: clients[i],
+                monitor_port: monitors[i],
+                config: path,
+            });
+        }
+        Ok(nodes)
+    }
+
+    /// Starts this server.
+    fn spawn(&self, config: &UpConfig) -> anyhow::Result<Child> {
+        std::fs::create_dir_all(&self.store)
+            .with_context(|| format!("creating {}", self.store.display()))?;
+        let mut command = Command::new(&config.nats_server);
+        die_with_parent(&mut command);
+        command
+            .arg("-c")
+            .arg(&self.config)
+            .args(["-p", &self.port.to_string()])
+            .args(["-m", &self.monitor_port.to_string()])
+            .arg("-sd")
+            .arg(&self.store)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "starting {} (make run installs one into .tools)",
+                    config.nats_server.display()
+                )
+            })
+    }
+}
+
+/// The first port from `from` (within [`PORT_SEARCH`]) that is free on loopback and not in
+/// `taken` (the machine may already run a NATS server on the default port).
+fn free_port(from: u16, taken: &[u16]) -> Option<u16> {
+    (from..from.saturating_add(PORT_SEARCH))
+        .find(|p| !taken.contains(p) && std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+}
+
+/// Waits until the server monitored on `port` answers `/healthz` with 200: its JetStream is
+/// in contact with the cluster's meta leader, so streams can be declared.
+async fn wait_for_jetstream(port: u16) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = tokio::time::Instant::now() + NATS_CLUSTER_START;
+    while tokio::time::Instant::now() < deadline {
+        let healthy = async {
+            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+            stream
+                .write_all(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+                .await?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).await?;
+            std::io::Result::Ok(
+                answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200"),
+            )
+        };
+        if tokio::time::timeout(NATS_START, healthy)
+            .await
+            .is_ok_and(|r| r.unwrap_or(false))
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(NATS_START_POLL).await;
+    }
+    bail!("the NATS cluster had no JetStream leader (monitoring port {port}) within {NATS_CLUSTER_START:?}")
 }
 
 async fn wait_for_port(port: u16) -> anyhow::Result<()> {

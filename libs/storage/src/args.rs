@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::TypedValueParser;
+
 use crate::spool::Spool;
 
 /// Default NATS server: the one `dme up` and `make run` start locally.
@@ -20,6 +22,10 @@ pub const DEFAULT_CONNECT_TIMEOUT_S: u64 = 60;
 /// the server may store (a server without `max_file_store` may store 75% of its free disk).
 pub const DEFAULT_STORE_MAX_BYTES: u64 = 40_000_000_000;
 
+/// Default replicas of every stream and bucket: one, for a single nats-server. A JetStream
+/// cluster of three takes 3 (`dme up --nats-cluster 3`), so any one server may be lost.
+pub const DEFAULT_REPLICAS: usize = 1;
+
 /// Default inbox prefix: the one every NATS client uses. A server with dme's users
 /// (`dme_protocol::permissions`) lets each service read replies only on its own prefix,
 /// `_INBOX_<user>`.
@@ -29,7 +35,8 @@ pub const DEFAULT_INBOX_PREFIX: &str = dme_protocol::permissions::DEFAULT_INBOX_
 /// store may hold.
 #[derive(Clone, clap::Args)]
 pub struct NatsArgs {
-    /// NATS server.
+    /// NATS server; for a cluster, several comma-separated (`nats://a:4222,nats://b:4222`): the
+    /// client tries them in turn and moves to another when its server goes.
     #[arg(long, env = "DME_NATS_URL", default_value = DEFAULT_NATS_URL)]
     pub nats_url: String,
     /// NATS user (with `--nats-password` or `--nats-password-file`); none when absent.
@@ -71,6 +78,17 @@ pub struct NatsArgs {
     /// with 507 before). Every service sets it at start-up, so give all of them the same value.
     #[arg(long, env = "DME_STORE_MAX_BYTES", default_value_t = DEFAULT_STORE_MAX_BYTES)]
     pub store_max_bytes: u64,
+    /// Servers that keep a copy of every stream, KV bucket and object store this service
+    /// creates: 1 on one nats-server, 3 on a 3-node JetStream cluster (at most the cluster's
+    /// size). Set when they are first created; give every service the same value.
+    #[arg(
+        long,
+        env = "DME_REPLICAS",
+        default_value_t = DEFAULT_REPLICAS,
+        // JetStream keeps at most 5 copies.
+        value_parser = TypedValueParser::map(clap::value_parser!(u16).range(1..=5), usize::from)
+    )]
+    pub replicas: usize,
 }
 
 impl std::fmt::Debug for NatsArgs {
@@ -89,6 +107,7 @@ impl std::fmt::Debug for NatsArgs {
             .field("nats_inbox_prefix", &self.nats_inbox_prefix)
             .field("connect_timeout_s", &self.connect_timeout_s)
             .field("store_max_bytes", &self.store_max_bytes)
+            .field("replicas", &self.replicas)
             .finish()
     }
 }

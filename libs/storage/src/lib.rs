@@ -149,6 +149,8 @@ pub struct Store {
     jobs: KvStore,
     system: KvStore,
     files: ObjectStore,
+    /// Replicas of what this store creates later (the uploads bucket): `DME_REPLICAS`.
+    replicas: usize,
 }
 
 impl Store {

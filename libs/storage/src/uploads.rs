@@ -13,7 +13,7 @@ pub struct UploadBucket {
 }
 
 impl Store {
-    /// The uploads bucket, created when missing.
+    /// The uploads bucket, created with this store's replicas (`DME_REPLICAS`) when missing.
     ///
     /// # Errors
     /// When JetStream refuses to create it (for example, the server's store is too small for
@@ -21,7 +21,11 @@ impl Store {
     pub async fn upload_bucket(&self) -> Result<UploadBucket> {
         let bucket = match self.js.get_object_store(streams::UPLOAD_BUCKET).await {
             Ok(bucket) => bucket,
-            Err(_) => match self.js.create_object_store(streams::upload_bucket()).await {
+            Err(_) => match self
+                .js
+                .create_object_store(streams::upload_bucket(self.replicas))
+                .await
+            {
                 Ok(bucket) => bucket,
                 // Another gateway created it at the same moment.
                 Err(create) => self

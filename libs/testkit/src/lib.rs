@@ -9,6 +9,8 @@
 //!   bring back the same server with the same store), [`Process`] (a child killed on drop,
 //!   stopped with real signals), [`wait_for`] (poll a condition with a deadline), and where the
 //!   project's files are ([`repo_root`], [`model`], [`fixture`]).
+//! * `cluster`: [`cluster::NatsCluster`], a JetStream cluster of `nats-server`s on loopback
+//!   (each node with its own ports and temporary store) for tests of replicated state.
 //! * `song`: a deterministic song generator (drums, bass, chords, a sung line, in stereo) and
 //!   [`song::test_song_mp3`], the song end-to-end tests upload.
 //! * `system`: [`system::System`], a whole dme system (nats-server, gateway, splitter, mixer,
@@ -20,6 +22,7 @@
 //!   itself (OGG Vorbis, AAC in M4A), made from the generator's output by
 //!   `scripts/make_fixtures.sh`, each with the spec it was made from.
 
+pub mod cluster;
 pub mod fixtures;
 pub mod reference;
 pub mod song;

@@ -46,6 +46,9 @@ pub struct Options {
     /// `gateway_env`): the gateway is then reached over HTTPS by a client that trusts only
     /// this CA. `None`: plain HTTP.
     pub https_ca: Option<PathBuf>,
+    /// `DME_NATS_URL` of every service instead of the system's own nats-server (which then
+    /// runs unused): the comma-separated URLs of a [`crate::cluster::NatsCluster`], say.
+    pub nats_url: Option<String>,
 }
 
 impl Default for Options {
@@ -58,6 +61,7 @@ impl Default for Options {
             nats_config: None,
             service_env: Vec::new(),
             https_ca: None,
+            nats_url: None,
         }
     }
 }
@@ -164,10 +168,12 @@ impl System {
 
     /// `dme <service> <args>` with the system's NATS URL, model and environment.
     pub fn command(&self, service: &str, args: &[&str]) -> Command {
+        let nats_url = match &self.options.nats_url {
+            Some(url) => url.clone(),
+            None => self.nats.url(),
+        };
         let mut cmd = Command::new(&self.dme);
-        cmd.arg(service)
-            .args(args)
-            .env("DME_NATS_URL", self.nats.url());
+        cmd.arg(service).args(args).env("DME_NATS_URL", nats_url);
         cmd.env(
             "DME_LOG",
             std::env::var("DME_LOG").unwrap_or_else(|_| "warn".into()),
