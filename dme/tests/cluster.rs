@@ -26,15 +26,7 @@ const CLUSTER_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Every stream dme declares, KV buckets' and the object store's included.
 fn every_stream() -> Vec<String> {
-    vec![
-        streams::WORK_STREAM.to_string(),
-        streams::EVENT_STREAM.to_string(),
-        streams::ADVISORY_STREAM.to_string(),
-        streams::kv_stream(streams::MUSIC_BUCKET),
-        streams::kv_stream(streams::JOB_BUCKET),
-        streams::kv_stream(streams::SYSTEM_BUCKET),
-        streams::object_stream(streams::FILE_BUCKET),
-    ]
+    streams::declared_streams().to_vec()
 }
 
 /// The replication state of stream `name` (a `$JS.API.STREAM.INFO` request, answered by its

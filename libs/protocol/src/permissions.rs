@@ -296,15 +296,7 @@ impl Permissions {
     fn declare_all(&mut self) {
         // The account's JetStream limits (the store's room).
         self.publish.push(js("INFO"));
-        for stream in [
-            streams::WORK_STREAM.to_string(),
-            streams::EVENT_STREAM.to_string(),
-            streams::ADVISORY_STREAM.to_string(),
-            streams::kv_stream(streams::MUSIC_BUCKET),
-            streams::kv_stream(streams::JOB_BUCKET),
-            streams::kv_stream(streams::SYSTEM_BUCKET),
-            streams::object_stream(streams::FILE_BUCKET),
-        ] {
+        for stream in streams::declared_streams() {
             self.declare(&stream);
         }
         self.publish.push(js(&format!(

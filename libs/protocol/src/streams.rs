@@ -201,6 +201,20 @@ pub fn api_event_consumer() -> consumer::pull::Config {
     }
 }
 
+/// Every stream every service declares at start-up, KV buckets' and the object store's included
+/// (the uploads bucket is the gateway's alone).
+pub fn declared_streams() -> [String; 7] {
+    [
+        WORK_STREAM.to_string(),
+        EVENT_STREAM.to_string(),
+        ADVISORY_STREAM.to_string(),
+        kv_stream(MUSIC_BUCKET),
+        kv_stream(JOB_BUCKET),
+        kv_stream(SYSTEM_BUCKET),
+        object_stream(FILE_BUCKET),
+    ]
+}
+
 /// The stream behind object store `bucket` (JetStream's naming).
 pub fn object_stream(bucket: &str) -> String {
     format!("OBJ_{bucket}")

@@ -261,15 +261,7 @@ impl Default for Identity {
 /// # Errors
 /// When a stream has no leader within [`LEADER_WAIT`].
 async fn wait_for_leaders(js: &jetstream::Context) -> Result<()> {
-    let names = [
-        streams::WORK_STREAM.to_string(),
-        streams::EVENT_STREAM.to_string(),
-        streams::ADVISORY_STREAM.to_string(),
-        streams::kv_stream(streams::MUSIC_BUCKET),
-        streams::kv_stream(streams::JOB_BUCKET),
-        streams::kv_stream(streams::SYSTEM_BUCKET),
-        streams::object_stream(streams::FILE_BUCKET),
-    ];
+    let names = streams::declared_streams();
     let deadline = tokio::time::Instant::now() + LEADER_WAIT;
     for name in names {
         loop {

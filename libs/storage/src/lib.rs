@@ -42,7 +42,7 @@ pub mod presence;
 mod reset;
 pub mod song;
 mod spool;
-mod tls;
+pub mod tls;
 mod uploads;
 pub mod work;
 

@@ -1,5 +1,6 @@
 //! TLS to NATS: the certificate authorities to trust and the client certificate of
-//! [`NatsArgs`], checked once at start-up and applied to a connection's options.
+//! [`NatsArgs`], checked once at start-up and applied to a connection's options; and the one
+//! reader of PEM files ([`certificates`], [`private_key`]), which the gateway's HTTPS uses too.
 //!
 //! async-nats reads the files again on every (re)connection; checking them here first turns a
 //! wrong path or a file that is not PEM into a start-up error that names the file, instead of a
@@ -39,6 +40,7 @@ impl NatsTls {
         if let Some(ca) = &args.nats_ca {
             certificates(ca, "DME_NATS_CA")?;
         }
+        // Read once to check them; async-nats reads them again at each connection.
         let client = match (&args.nats_cert, &args.nats_key) {
             (Some(cert), Some(key)) => {
                 certificates(cert, "DME_NATS_CERT")?;
@@ -71,41 +73,46 @@ impl NatsTls {
     }
 }
 
-/// Checks that `path` holds at least one PEM certificate.
-fn certificates(path: &Path, setting: &'static str) -> Result<(), TlsError> {
-    let mut count = 0usize;
-    for cert in CertificateDer::pem_file_iter(path).map_err(|e| TlsError::pem(setting, path, e))? {
-        cert.map_err(|e| TlsError::pem(setting, path, e))?;
-        count += 1;
-    }
-    if count == 0 {
-        return Err(TlsError::Missing {
+/// The certificates of the PEM file `path`, named by `setting` in errors: at least one.
+///
+/// # Errors
+/// When the file cannot be read, is not PEM or holds no certificate.
+pub fn certificates(
+    path: &Path,
+    setting: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, PemError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| PemError::read(setting, path, e))?;
+    if certs.is_empty() {
+        return Err(PemError::Missing {
             setting,
             path: path.to_path_buf(),
             what: "certificate",
         });
     }
-    Ok(())
+    Ok(certs)
 }
 
-/// Checks that `path` holds a PEM private key.
-fn private_key(path: &Path, setting: &'static str) -> Result<(), TlsError> {
-    PrivateKeyDer::from_pem_file(path)
-        .map(drop)
-        .map_err(|e| match e {
-            pem::Error::NoItemsFound => TlsError::Missing {
-                setting,
-                path: path.to_path_buf(),
-                what: "private key",
-            },
-            e => TlsError::pem(setting, path, e),
-        })
+/// The private key of the PEM file `path`, named by `setting` in errors.
+///
+/// # Errors
+/// When the file cannot be read, is not PEM or holds no private key.
+pub fn private_key(path: &Path, setting: &'static str) -> Result<PrivateKeyDer<'static>, PemError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
+        pem::Error::NoItemsFound => PemError::Missing {
+            setting,
+            path: path.to_path_buf(),
+            what: "private key",
+        },
+        e => PemError::read(setting, path, e),
+    })
 }
 
-/// TLS settings that cannot be used.
+/// A PEM file a setting names that cannot be used.
 #[derive(Debug, thiserror::Error)]
-enum TlsError {
-    /// A file could not be read or is not PEM.
+pub enum PemError {
+    /// The file could not be read or is not PEM.
     #[error("{setting}: cannot read {path}: {reason}")]
     Unreadable {
         /// The setting that names the file.
@@ -125,25 +132,33 @@ enum TlsError {
         /// `certificate` or `private key`.
         what: &'static str,
     },
-    /// A client certificate without its key, or a key without its certificate.
-    #[error(
-        "DME_NATS_CERT and DME_NATS_KEY go together: give both (a client certificate) or neither"
-    )]
-    Incomplete,
 }
 
-impl TlsError {
-    fn pem(setting: &'static str, path: &Path, error: pem::Error) -> TlsError {
+impl PemError {
+    fn read(setting: &'static str, path: &Path, error: pem::Error) -> PemError {
         let reason = match error {
             pem::Error::Io(e) => e.to_string(),
             e => format!("not PEM ({e})"),
         };
-        TlsError::Unreadable {
+        PemError::Unreadable {
             setting,
             path: path.to_path_buf(),
             reason,
         }
     }
+}
+
+/// TLS settings that cannot be used.
+#[derive(Debug, thiserror::Error)]
+enum TlsError {
+    /// A file that cannot be used.
+    #[error(transparent)]
+    File(#[from] PemError),
+    /// A client certificate without its key, or a key without its certificate.
+    #[error(
+        "DME_NATS_CERT and DME_NATS_KEY go together: give both (a client certificate) or neither"
+    )]
+    Incomplete,
 }
 
 #[cfg(test)]

@@ -5,8 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::pki_types::pem::{self, PemObject};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use dme_storage::tls::{certificates, private_key, PemError};
 use rustls::ServerConfig;
 
 /// The server configuration for `cert` and `key` (PEM files): `None` for plain HTTP when
@@ -25,24 +24,8 @@ pub(crate) fn server_config(
         (None, None) => return Ok(None),
         _ => return Err(TlsError::Incomplete),
     };
-    let chain = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| TlsError::pem("DME_TLS_CERT", cert, e))?;
-    if chain.is_empty() {
-        return Err(TlsError::Missing {
-            setting: "DME_TLS_CERT",
-            path: cert.to_path_buf(),
-            what: "certificate",
-        });
-    }
-    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| match e {
-        pem::Error::NoItemsFound => TlsError::Missing {
-            setting: "DME_TLS_KEY",
-            path: key.to_path_buf(),
-            what: "private key",
-        },
-        e => TlsError::pem("DME_TLS_KEY", key, e),
-    })?;
+    let chain = certificates(cert, "DME_TLS_CERT")?;
+    let private = private_key(key, "DME_TLS_KEY")?;
     let config =
         ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
@@ -65,26 +48,9 @@ pub enum TlsError {
     /// A certificate without its key, or a key without its certificate.
     #[error("DME_TLS_CERT and DME_TLS_KEY go together: give both (HTTPS) or neither (HTTP)")]
     Incomplete,
-    /// A file could not be read or is not PEM.
-    #[error("{setting}: cannot read {path}: {reason}")]
-    Unreadable {
-        /// The setting that names the file.
-        setting: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        reason: String,
-    },
-    /// A PEM file without what it should hold.
-    #[error("{setting}: {path} holds no PEM {what}")]
-    Missing {
-        /// The setting that names the file.
-        setting: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// `certificate` or `private key`.
-        what: &'static str,
-    },
+    /// A file that cannot be used.
+    #[error(transparent)]
+    File(#[from] PemError),
     /// rustls refused the pair (a key that is not the certificate's, an unsupported kind).
     #[error("the certificate {cert} and key {key} cannot serve HTTPS")]
     Refused {
@@ -96,20 +62,6 @@ pub enum TlsError {
         #[source]
         source: rustls::Error,
     },
-}
-
-impl TlsError {
-    fn pem(setting: &'static str, path: &Path, error: pem::Error) -> TlsError {
-        let reason = match error {
-            pem::Error::Io(e) => e.to_string(),
-            e => format!("not PEM ({e})"),
-        };
-        TlsError::Unreadable {
-            setting,
-            path: path.to_path_buf(),
-            reason,
-        }
-    }
 }
 
 #[cfg(test)]
