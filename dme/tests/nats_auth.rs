@@ -16,6 +16,7 @@ use async_nats::jetstream;
 use dme_protocol::permissions::{self, Password, Role};
 use dme_protocol::{streams, subjects, MusicId};
 use dme_testkit::system::{synth_wav, Options, System};
+use dme_testkit::wait_for;
 use tokio::sync::mpsc;
 
 const DME: &str = env!("CARGO_BIN_EXE_dme");
@@ -279,7 +280,8 @@ async fn every_role_works_with_its_own_user_and_is_refused_the_rest() {
         .await
         .expect("the gateway publishes an upload event");
 
-    // A music record: the mixer writes them; a separator and the operator only read them.
+    // A music record: the services write them (a separator fails the song of a segment it
+    // gives up on); the operator only reads them.
     let record_key = "nats-auth-test";
     let kv_subject = format!("$KV.{}.{record_key}", streams::MUSIC_BUCKET);
     let music = separator
@@ -291,8 +293,6 @@ async fn every_role_works_with_its_own_user_and_is_refused_the_rest() {
         music.get(id.to_string()).await.expect("a read").is_some(),
         "a separator reads the song's record"
     );
-    assert!(music.put(record_key, "x".into()).await.is_err());
-    separator.refused("Publish", &kv_subject).await;
     let read_only = operator
         .js
         .get_key_value(streams::MUSIC_BUCKET)
@@ -397,5 +397,61 @@ async fn every_role_works_with_its_own_user_and_is_refused_the_rest() {
         log.lines()
             .any(|l| l.contains("Violation") && l.contains(TEST_CLIENT)),
         "the server's log shows no refusal at all"
+    );
+
+    // A request whose reply subject points at a JetStream operation does not make the service
+    // that answers it do that operation: answers go to inboxes only.
+    let id = sys
+        .upload_and_select_all(synth_wav(44_100 * 2, 44_100, 0.6), "kept.wav")
+        .await;
+    sys.finished(id).await;
+    let files = streams::object_stream(streams::FILE_BUCKET);
+    let stored = |js: jetstream::Context, files: String| async move {
+        let mut stream = js.get_stream(files).await.expect("the file stream");
+        stream.info().await.expect("its info").state.messages
+    };
+    let before = stored(gateway.js.clone(), files.clone()).await;
+    assert!(before > 0);
+    let purge = format!("$JS.API.STREAM.PURGE.{files}");
+    submitter
+        .client
+        .publish_with_reply(
+            "dme.api.music.get",
+            purge.clone(),
+            r#"{"music_id": 1}"#.into(),
+        )
+        .await
+        .unwrap();
+    submitter
+        .client
+        .publish_with_reply("$SRV.PING.dme-api", purge.clone(), "".into())
+        .await
+        .unwrap();
+    submitter.client.flush().await.unwrap();
+    // The discovery answer (answered by async-nats itself) reached the JetStream API, which
+    // refuses its JSON; the API's answer (an empty error body: a purge of everything) was never
+    // sent. An answer from the same endpoint after them shows the gateway got that far.
+    wait_for(
+        "the ping's answer refused by JetStream",
+        Duration::from_secs(10),
+        || {
+            let log = std::fs::read_to_string(sys.nats.log_path()).unwrap_or_default();
+            let seen = log
+                .lines()
+                .any(|l| l.contains("Invalid JetStream request") && l.contains(purge.as_str()));
+            std::future::ready(seen.then_some(()))
+        },
+    )
+    .await;
+    let answer = submitter
+        .client
+        .request("dme.api.music.get", r#"{"music_id": 1}"#.into())
+        .await
+        .expect("an answer to the submitter's own inbox");
+    assert!(answer.headers.is_some(), "a 404 service error");
+    assert_eq!(
+        stored(gateway.js.clone(), files.clone()).await,
+        before,
+        "the file store was not purged"
     );
 }

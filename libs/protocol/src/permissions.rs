@@ -25,12 +25,6 @@ use crate::{streams, subjects};
 /// Inbox prefix of people's tools (the `nats` CLI, nats.py, async-nats by default).
 pub const DEFAULT_INBOX_PREFIX: &str = "_INBOX";
 
-/// How long a service may take to answer a request it received (`allow_responses`): an upload
-/// over NATS from the uploads bucket (up to the upload limit) is spooled, hashed, probed and
-/// stored before the answer, which can take minutes on a slow disk; the server's default (2 min)
-/// could cut it.
-pub const RESPONSE_WINDOW: &str = "15m";
-
 /// A NATS user of dme, one per kind of process or person.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -162,7 +156,11 @@ impl Role {
                     .push(subjects::work_filter(subjects::WORK_SEPARATED));
                 p.publish
                     .push(subjects::work_filter(subjects::WORK_SEGMENT));
+                // Fails the song of a segment it gives up on (a wrong model, a bad input): a
+                // terminated message raises no advisory for the mixer to act on.
                 p.kv_read(streams::MUSIC_BUCKET);
+                p.kv_write(streams::MUSIC_BUCKET);
+                p.events();
                 p.kv_read(streams::JOB_BUCKET);
                 p.kv_write(streams::JOB_BUCKET);
                 // Registers the model it runs.
@@ -257,9 +255,6 @@ pub struct Permissions {
     pub publish_deny: Vec<String>,
     /// Subjects it may subscribe to.
     pub subscribe: Vec<String>,
-    /// Whether it may answer requests it receives (micro-service endpoints and `$SRV`), whatever
-    /// their reply subject, once each within [`RESPONSE_WINDOW`].
-    pub allow_responses: bool,
 }
 
 impl Permissions {
@@ -281,9 +276,18 @@ impl Permissions {
             .push(format!("{}.{name}.>", subjects::STATUS_GROUP));
     }
 
-    /// Answers discovery (`$SRV.PING`, `$SRV.INFO.<name>`, ...) as micro service `name`.
+    /// Answers discovery (`$SRV.PING`, `$SRV.INFO.<name>`, ...) as micro service `name`, and
+    /// its endpoints' requests. Answers may go to inboxes only (every role's, and the tools'
+    /// `_INBOX`), not wherever a request's reply subject points: NATS's `allow_responses` would
+    /// let any requester aim an answer at `$JS.API.STREAM.PURGE.<stream>` or a record's subject
+    /// and have the service publish there with its rights.
     fn serve(&mut self, name: &str) {
-        self.allow_responses = true;
+        for role in Role::ALL {
+            let inboxes = format!("{}.>", role.inbox_prefix());
+            if !self.publish.contains(&inboxes) {
+                self.publish.push(inboxes);
+            }
+        }
         self.subscribe.push("$SRV.*".into());
         self.subscribe.push(format!("$SRV.*.{name}"));
         self.subscribe.push(format!("$SRV.*.{name}.>"));
@@ -448,12 +452,6 @@ pub fn authorization(users: &[(Role, Password)]) -> String {
             "      subscribe: {{ allow: {} }}",
             list(&p.subscribe, 6)
         );
-        if p.allow_responses {
-            let _ = writeln!(
-                out,
-                "      allow_responses: {{ max: 1, expires: \"{RESPONSE_WINDOW}\" }}"
-            );
-        }
         let _ = writeln!(out, "    }} }}");
     }
     out.push_str("  ]\n}\n");

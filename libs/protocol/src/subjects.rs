@@ -82,6 +82,17 @@ pub fn api_event(music: MusicId) -> String {
     format!("{API_EVENT_PREFIX}.{music}")
 }
 
+/// Whether dme answers a request whose reply subject is `reply`: only an inbox (`_INBOX.<id>`
+/// of tools and clients, `_INBOX_<user>.<id>` of dme's services). An answer goes out with the
+/// answering service's rights, so a request naming, say, `$JS.API.STREAM.PURGE.<stream>` as its
+/// reply subject must not be answered.
+pub fn answerable(reply: Option<&str>) -> bool {
+    reply.is_some_and(|r| {
+        let first = r.split('.').next().unwrap_or("");
+        (first == "_INBOX" || first.starts_with("_INBOX_")) && r.len() > first.len() + 1
+    })
+}
+
 /// The header naming the file of an inline upload on `dme.api.music.upload` (its extension is
 /// the decoder's hint, its stem the song's name when the file has no title tag).
 pub const FILE_NAME_HEADER: &str = "Dme-File-Name";
@@ -119,6 +130,22 @@ pub fn max_deliveries_advisory(stream: &str, consumer: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_inboxes_are_answered() {
+        assert!(answerable(Some("_INBOX.abc.1")));
+        assert!(answerable(Some("_INBOX_gateway.xyz")));
+        for not in [
+            None,
+            Some("$JS.API.STREAM.PURGE.OBJ_dme-files"),
+            Some("$KV.dme-music.1"),
+            Some("_INBOX"),
+            Some("_INBOXX"),
+            Some("dme.work.uploaded.1"),
+        ] {
+            assert!(!answerable(not), "{not:?}");
+        }
+    }
 
     #[test]
     fn a_songs_work_is_matched_by_its_kinds_filter_and_its_songs_subject() {

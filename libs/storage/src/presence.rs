@@ -81,6 +81,10 @@ impl Presence {
             .map_err(micro_error("add status endpoint"))?;
         let task = tokio::spawn(async move {
             while let Some(request) = endpoint.next().await {
+                // Only to an inbox: an answer goes out with this service's rights.
+                if !subjects::answerable(request.message.reply.as_deref()) {
+                    continue;
+                }
                 let body = Bytes::from(status().to_string());
                 if let Err(e) = request.respond(Ok(body)).await {
                     tracing::debug!(error = %e, "status answer not sent");

@@ -8,8 +8,9 @@
 //! `Nats-Service-Error-Code` with the HTTP status), and each progress event as JSON on
 //! `dme.api.event.<music_id>` (the `data` of the HTTP event stream, with its `id`).
 //! Guarantees: the same functions as HTTP answer (`routes::music`, `routes::jobs`,
-//! `routes::lifecycle`, `routes::system`), so the two APIs cannot drift; a request without a
-//! reply subject is dropped; a panicking handler answers 500 and the endpoint goes on; requests
+//! `routes::lifecycle`, `routes::system`), so the two APIs cannot drift; a request whose reply
+//! subject is not an inbox is dropped (an answer aimed at `$JS.API...` would act with the
+//! gateway's rights); a panicking handler answers 500 and the endpoint goes on; requests
 //! in hand per endpoint are bounded (the rest answered 503 at once); events are copied in order,
 //! at least once.
 //!
@@ -214,7 +215,7 @@ impl Api {
 
     /// Answers 503 to a request that found its endpoint full.
     async fn refuse_busy(&self, endpoint: Endpoint, request: service::Request, held: usize) {
-        if request.message.reply.is_none() {
+        if !subjects::answerable(request.message.reply.as_deref()) {
             return;
         }
         let busy = service::error::Error {
@@ -230,8 +231,12 @@ impl Api {
 
     /// Answers one request.
     async fn serve(&self, endpoint: Endpoint, request: service::Request) {
-        if request.message.reply.is_none() {
-            tracing::debug!(subject = %request.message.subject, "a request without a reply subject dropped");
+        if !subjects::answerable(request.message.reply.as_deref()) {
+            tracing::warn!(
+                subject = %request.message.subject,
+                reply = ?request.message.reply,
+                "a request whose reply subject is not an inbox dropped"
+            );
             return;
         }
         let answer = AssertUnwindSafe(self.answer(endpoint, &request.message))
