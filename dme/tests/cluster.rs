@@ -97,6 +97,26 @@ async fn killing_the_work_streams_leader_mid_song_loses_nothing_and_it_catches_u
     let victim = cluster.index_of(&leader).expect("the leader is a node");
     cluster.kill(victim);
     eprintln!("killed {leader}, the work stream's leader, with {done} of {total} segments done");
+    // The kill hit work in flight: the song had not finished when its leader died (read once
+    // the gateway reaches a surviving node).
+    let (segments_done, segments) = wait_for(
+        "the song's progress after the kill",
+        CLUSTER_DEADLINE,
+        || async {
+            let song = sys.get(&format!("/music/{id}")).await;
+            (song.status == 200).then(|| {
+                (
+                    song.body["segments_done"].as_u64().unwrap_or(0),
+                    song.body["segments"].as_u64().unwrap_or(0),
+                )
+            })
+        },
+    )
+    .await;
+    assert!(
+        segments_done < segments,
+        "the song was separated before the kill ({segments_done} of {segments}): it tested nothing"
+    );
 
     let finished = sys.finished(id).await;
     assert_same(

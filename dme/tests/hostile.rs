@@ -933,28 +933,40 @@ case!(multipart_cut_off_before_its_end_is_400, |h| {
 
 case!(malformed_json_selection_is_400, |h| {
     let id = h.song().await["music_id"].as_u64().unwrap();
-    for body in ["[1, 2", "{\"tracks\": [null]}", "", "null", "\"drums\"", "[]"] {
+    for body in [
+        "[1, 2",
+        "{\"tracks\": [null]}",
+        "",
+        "null",
+        "\"drums\"",
+        "[]",
+    ] {
         let r = h.post_json(&format!("/music/{id}"), body).await;
         h.rejected(r, 400);
     }
     // A track the song does not have, by id or by name, is the contract's 405.
-    let r = h.post_json(&format!("/music/{id}"), "{\"tracks\": [1]}").await;
+    let r = h
+        .post_json(&format!("/music/{id}"), "{\"tracks\": [1]}")
+        .await;
     h.rejected(r, 405);
 });
 
-case!(track_ids_as_strings_are_names_and_unknown_names_are_405, |h| {
-    let song = h.song().await;
-    let id = song["music_id"].as_u64().unwrap();
-    let track = song["tracks"][0]["track_id"].as_u64().unwrap();
-    let r = h
-        .post_json(&format!("/music/{id}"), &format!("[\"{track}\"]"))
-        .await;
-    let error = h.rejected(r, 405);
-    assert!(
-        error.contains("no track named") && error.contains("drums"),
-        "{error}"
-    );
-});
+case!(
+    track_ids_as_strings_are_names_and_unknown_names_are_405,
+    |h| {
+        let song = h.song().await;
+        let id = song["music_id"].as_u64().unwrap();
+        let track = song["tracks"][0]["track_id"].as_u64().unwrap();
+        let r = h
+            .post_json(&format!("/music/{id}"), &format!("[\"{track}\"]"))
+            .await;
+        let error = h.rejected(r, 405);
+        assert!(
+            error.contains("no track named") && error.contains("drums"),
+            "{error}"
+        );
+    }
+);
 
 case!(negative_track_ids_are_400, |h| {
     let id = h.song().await["music_id"].as_u64().unwrap();

@@ -267,7 +267,9 @@ async fn a_second_selection_only_remixes() {
         405
     );
     assert_eq!(
-        sys.post_json(&format!("/music/{id}"), "[true]").await.status,
+        sys.post_json(&format!("/music/{id}"), "[true]")
+            .await
+            .status,
         400
     );
     assert_eq!(
