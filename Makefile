@@ -57,3 +57,14 @@ test-long: setup
 .PHONY: test-chaos
 test-chaos: setup
 	@$(ENV); cargo test -p dme --test chaos -- --ignored --nocapture 2>&1
+
+# Figures of a real system on this machine (issue 15): pipeline overhead against the
+# single-process loop, re-mix, the gateway under load (Debian's wrk), decoding against ffmpeg,
+# peak memory. Writes bench/results/*.json and docs/BENCHMARKS.md; release builds; about
+# 15 minutes on 2 cores. Not part of `make test`. DME_BENCH_ONLY=pipeline,remix,load,decoding
+# runs some groups (the others' JSON files are kept), DME_BENCH_RUNS the pipeline's runs.
+.PHONY: bench
+bench: setup
+	@for tool in wrk ffmpeg; do command -v $$tool >/dev/null || [ "$$(id -u)" != 0 ] || \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$tool >&2 || true; done
+	@$(ENV); cargo bench -p dme --bench system 2>&1
