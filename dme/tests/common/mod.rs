@@ -58,7 +58,11 @@ pub fn spooled(root: &Path) -> Vec<std::path::PathBuf> {
         }
         for inner in std::fs::read_dir(&path).into_iter().flatten() {
             let inner = inner.expect("a spool entry").path();
-            if inner.file_name().and_then(|n| n.to_str()) != Some(dme_storage::PROCESS_LOCK) {
+            let name = inner.file_name().and_then(|n| n.to_str());
+            // The lock, and the gateway's download cache: files it keeps, not leftovers.
+            if name != Some(dme_storage::PROCESS_LOCK)
+                && name != Some(dme_gateway::DOWNLOAD_CACHE_FOLDER)
+            {
                 out.push(inner);
             }
         }

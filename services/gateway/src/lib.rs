@@ -16,6 +16,8 @@
 //!   `routes/encodings.rs`: their encodings, made once and cached in the object store.
 //!   `routes/jobs.rs`: job records. `routes/system.rs`: reset and health. `routes/events.rs`:
 //!   live events as Server-Sent Events.
+//! - `download_cache`: downloads kept whole in the spool folder once asked for, bounded
+//!   ([`GatewayConfig::download_cache_mb`]), so repeated and `Range` requests read a local file.
 //! - `upload`: spooling, hashing and probing an upload.
 //! - `nats_api`: the same API as JSON request/reply over NATS (the `dme-api` micro service),
 //!   and progress events copied as JSON onto `dme.api.event.<id>`.
@@ -42,6 +44,7 @@ mod admission;
 mod auth;
 mod body;
 mod config;
+mod download_cache;
 mod error;
 mod http_metrics;
 mod nats_api;
@@ -56,6 +59,8 @@ use actix_web::{middleware, web, App, HttpServer};
 pub use config::GatewayConfig;
 use dme_storage::{Spool, Store};
 use dme_telemetry::Service;
+/// The download cache's folder inside the gateway's spool folder (kept files, not leftovers).
+pub use download_cache::FOLDER as DOWNLOAD_CACHE_FOLDER;
 pub use error::{ApiError, GatewayError};
 use tokio_util::sync::CancellationToken;
 
@@ -81,6 +86,8 @@ pub struct AppState {
     pub spool: Spool,
     /// Downloads being encoded, so concurrent first requests encode once.
     pub(crate) encodings: routes::Encodings,
+    /// Downloads kept on local disk for the requests after the first.
+    pub(crate) downloads: std::sync::Arc<download_cache::DownloadCache>,
 }
 
 /// A built gateway, bound to its port, not yet serving HTTP (its NATS API already answers).
@@ -121,11 +128,15 @@ impl Service for Gateway {
         let keep_alive = Duration::from_secs(config.keep_alive_s);
         let max_connections = config.max_connections.max(1);
         let base = own_url(&config, listener.local_addr().ok());
+        let downloads =
+            download_cache::DownloadCache::new(spool.path(), config.download_cache_bytes())
+                .map_err(GatewayError::Spool)?;
         let state = web::Data::new(AppState {
             store,
             config,
             spool,
             encodings: routes::Encodings::default(),
+            downloads: std::sync::Arc::new(downloads),
         });
         let api = nats_api::start(state.clone(), base).await?;
         let server = HttpServer::new(move || {

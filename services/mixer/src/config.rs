@@ -40,7 +40,15 @@ pub struct MixerConfig {
     /// its next step is driven again (see the reconciler).
     #[arg(long, env = "DME_RECONCILE_AFTER_S", default_value_t = DEFAULT_RECONCILE_AFTER_S)]
     pub reconcile_after_s: u64,
+    /// Megabytes of the spool folder that may hold decompressed stem tracks for re-mixes
+    /// (least recently used evicted first); 0 keeps none, so every mix downloads its tracks.
+    #[arg(long, env = "DME_MIXER_TRACK_CACHE_MB", default_value_t = DEFAULT_TRACK_CACHE_MB)]
+    pub track_cache_mb: u64,
 }
+
+/// Default of [`MixerConfig::track_cache_mb`]: a 3-minute song's four stems take about 250 MB
+/// decompressed, so 1 GiB keeps the last four songs' tracks, the ones users re-mix.
+pub const DEFAULT_TRACK_CACHE_MB: u64 = 1024;
 
 /// Default of [`MixerConfig::reconcile_after_s`]: a song in work always has a message in the
 /// queue unless one was lost, so a minute with neither a change nor a message is far beyond any
@@ -52,6 +60,11 @@ impl MixerConfig {
     /// How long a song in work goes without a change, nothing queued, before it is driven again.
     pub fn reconcile_after(&self) -> Duration {
         Duration::from_secs(self.reconcile_after_s.max(1))
+    }
+
+    /// Bytes the track cache may hold ([`MixerConfig::track_cache_mb`]).
+    pub fn track_cache_bytes(&self) -> u64 {
+        self.track_cache_mb.saturating_mul(1 << 20)
     }
 
     /// The redelivery settings of the mixer's consumers.

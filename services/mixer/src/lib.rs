@@ -21,6 +21,8 @@
 //! - this file: the [`Mixer`] service.
 //! - `assemble`: the handler of separated segments; assembles a song's tracks.
 //! - `mixdown`: the handler of mix requests; sums selected tracks.
+//! - `track_cache`: the tracks of recent songs kept decompressed in the spool folder, bounded
+//!   (`DME_MIXER_TRACK_CACHE_MB`), so a re-mix downloads nothing.
 //! - `watchdog`: the handler of max-deliveries advisories; fails the work item and its song.
 //!
 //! # Observability
@@ -33,6 +35,7 @@ mod config;
 mod error;
 mod mixdown;
 mod reconcile;
+mod track_cache;
 mod watchdog;
 
 use std::sync::Arc;
@@ -123,9 +126,11 @@ impl Service for Mixer {
         let watchdog = Arc::new(Watchdog {
             store: store.clone(),
         });
+        let tracks = track_cache::TrackCache::new(spool.path(), config.track_cache_bytes())
+            .map_err(MixerError::Spool)?;
         let mixdown = Mixdown {
             store: store.clone(),
-            spool: spool.clone(),
+            tracks: Arc::new(tracks),
         };
         let assembler = Arc::new(Assembler {
             store: store.clone(),

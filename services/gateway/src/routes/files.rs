@@ -2,7 +2,8 @@
 //! WAV (the default), FLAC or MP3, encoded on first request and kept beside the original (see
 //! `encodings`).
 //!
-//! Every download streams from the object store, so memory does not grow with the file. HTTP
+//! Every download streams from the object store, so memory does not grow with the file, or from
+//! the gateway's local copy of it (`download_cache`) once it has been asked for. HTTP
 //! as RFC 9110 says: `GET` and `HEAD`; an `ETag` from the content's SHA-256 (the same bytes in
 //! any gateway have the same tag), `If-None-Match` (304); one byte range (206 with
 //! `Content-Range`, 416 with `Content-Range: bytes */<size>` when it starts past the end),
@@ -24,7 +25,7 @@ use dme_protocol::records::{MusicRecord, TrackRecord};
 use dme_protocol::{objects, TrackId};
 use futures::{Stream, StreamExt, TryStreamExt};
 use serde::Deserialize;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 use utoipa::IntoParams;
 
@@ -230,15 +231,56 @@ pub async fn mix(
     serve(&req, &state, &object, format, disposition).await
 }
 
-/// Finds (or makes) `object` in `format` and answers the request from it.
+/// Finds (or makes) `object` in `format` and answers the request from it: from the gateway's
+/// [`DownloadCache`](crate::download_cache::DownloadCache) when the file is there, else from
+/// the object store, starting a copy into the cache for the next requests (a `GET` only).
+/// The caller has checked that the song's current record names `object`.
 async fn serve(
     req: &HttpRequest,
-    state: &AppState,
+    state: &web::Data<AppState>,
     object: &str,
     format: Format,
     disposition: ContentDisposition,
 ) -> Result<HttpResponse, ApiError> {
-    let download = state
+    let key = format!("{object}.{format}");
+    if let Some(cached) = state.downloads.get(&key) {
+        let file = Servable {
+            size: cached.size,
+            digest: cached.digest,
+            body: Body::Local(cached.file),
+        };
+        return Ok(respond(req, file, format.content_type(), disposition));
+    }
+    let download = open_download(state, object, format)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("{object} is gone")))?;
+    if req.method() == Method::GET {
+        let (filler, object) = (state.clone(), object.to_string());
+        let open = async move {
+            match open_download(&filler, &object, format).await {
+                Ok(Some(d)) => Ok(d.body),
+                Ok(None) => Err(io::Error::new(io::ErrorKind::NotFound, "gone")),
+                Err(e) => Err(io::Error::other(e.to_string())),
+            }
+        };
+        let digest = download.digest.clone();
+        state.downloads.fill(&key, download.size, digest, open);
+    }
+    let file = Servable {
+        size: download.size,
+        digest: download.digest,
+        body: Body::Store(download.body),
+    };
+    Ok(respond(req, file, format.content_type(), disposition))
+}
+
+/// `object` in `format` from the object store (see [`super::encodings::Encodings::reader`]).
+async fn open_download(
+    state: &AppState,
+    object: &str,
+    format: Format,
+) -> Result<Option<Download>, ApiError> {
+    state
         .encodings
         .reader(&state.store, object, format)
         .await
@@ -246,9 +288,22 @@ async fn serve(
             // A full store (507) or an unreachable one (503) says so; the rest is ours (500).
             EncodeError::Store(store) => ApiError::from(store),
             other => ApiError::Internal(other.into()),
-        })?
-        .ok_or_else(|| ApiError::NotFound(format!("{object} is gone")))?;
-    Ok(respond(req, download, format.content_type(), disposition))
+        })
+}
+
+/// A file to answer with: its size, its content digest (the `ETag`), and where its bytes are.
+struct Servable {
+    size: u64,
+    digest: Option<String>,
+    body: Body,
+}
+
+/// Where a download's bytes are read from.
+enum Body {
+    /// The object store, forward only from the first byte.
+    Store(Box<dyn AsyncRead + Unpin>),
+    /// A local copy, read at any offset.
+    Local(std::fs::File),
 }
 
 /// What the request asks of the file, once its conditions are weighed.
@@ -266,7 +321,7 @@ enum Wanted {
 /// for; the body streams from the object store (none for `HEAD`).
 fn respond(
     req: &HttpRequest,
-    download: Download,
+    download: Servable,
     content_type: &str,
     disposition: ContentDisposition,
 ) -> HttpResponse {
@@ -312,7 +367,10 @@ fn respond(
         // The length a GET would send; the reader is dropped unread.
         return body(answer, len, futures::stream::empty());
     }
-    body(answer, len, object_bytes(download.body, start, len))
+    match download.body {
+        Body::Store(reader) => body(answer, len, object_bytes(reader, start, len)),
+        Body::Local(file) => body(answer, len, local_bytes(file, start, len)),
+    }
 }
 
 /// `answer` with a body of exactly `len` bytes from `stream`.
@@ -362,6 +420,32 @@ fn object_bytes(
         ))
     };
     futures::stream::once(positioned).try_flatten()
+}
+
+/// Longest range of a local file read at once, in the handler: a read of the page cache (or a
+/// few disk blocks), microseconds, where handing it to a blocking thread would cost more. Longer
+/// ones stream through tokio's file reads.
+const LOCAL_READ_AT_ONCE_BYTES: u64 = 256 * 1024;
+
+/// `len` bytes of the local file `file` from byte `start`.
+fn local_bytes(file: std::fs::File, start: u64, len: u64) -> impl Stream<Item = io::Result<Bytes>> {
+    if len <= LOCAL_READ_AT_ONCE_BYTES {
+        let mut bytes = vec![0; len as usize];
+        let read = std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, start);
+        return futures::stream::once(futures::future::ready(read.map(|()| Bytes::from(bytes))))
+            .left_stream();
+    }
+    let positioned = async move {
+        let mut file = tokio::fs::File::from_std(file);
+        file.seek(io::SeekFrom::Start(start)).await?;
+        Ok::<_, io::Error>(ReaderStream::with_capacity(
+            file.take(len),
+            BODY_CHUNK_BYTES,
+        ))
+    };
+    futures::stream::once(positioned)
+        .try_flatten()
+        .right_stream()
 }
 
 /// The strong entity tag of an object whose NATS digest is `digest` (`SHA-256=<base64url>`),
