@@ -247,6 +247,15 @@ pub async fn run(config: UpConfig, shutdown: CancellationToken) -> anyhow::Resul
             .spawn()
             .with_context(|| format!("starting dme {}", args[0]))
     };
+    // Offer the separators' model (DME_MODEL, else the embedded one) before any runs: an upload
+    // made while they still load is accepted and waits in the queue.
+    let registered = spawn(Role::Separator, &["models", "add"])?
+        .wait()
+        .await
+        .context("waiting for dme models add")?;
+    if !registered.success() {
+        bail!("dme models add failed ({registered}): the model could not be offered");
+    }
     for i in 0..separators {
         let id = format!("separator-{}", i + 1);
         let child = spawn(
@@ -263,11 +272,28 @@ pub async fn run(config: UpConfig, shutdown: CancellationToken) -> anyhow::Resul
     }
     children.push(("splitter".into(), spawn(Role::Splitter, &["splitter"])?));
     children.push(("mixer".into(), spawn(Role::Mixer, &["mixer"])?));
+    // Uploads that name no model get this deployment's model, even when its data folder also
+    // offers others (an earlier `dme up` with another DME_MODEL, a new build's embedded model),
+    // which would otherwise make every plain `POST /music` choose. DME_DEFAULT_MODEL wins.
+    let source = match std::env::var_os("DME_MODEL") {
+        Some(path) => dme_model::ModelSource::File(path.into()),
+        None => dme_model::ModelSource::Embedded,
+    };
+    let default_model = match std::env::var("DME_DEFAULT_MODEL") {
+        Ok(model) => model,
+        Err(_) => dme_model::fingerprint(&source).context("reading the model's fingerprint")?,
+    };
     children.push((
         "gateway".into(),
         spawn(
             Role::Gateway,
-            &["gateway", "--http-addr", &config.http_addr],
+            &[
+                "gateway",
+                "--http-addr",
+                &config.http_addr,
+                "--default-model",
+                &default_model,
+            ],
         )?,
     ));
     println!(

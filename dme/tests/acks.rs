@@ -140,8 +140,10 @@ async fn separator_deliveries(store: &Store) -> (u64, usize) {
         .get_stream(streams::WORK_STREAM)
         .await
         .expect("the work stream");
+    let models = store.models().await.expect("the registered models");
+    let pool = streams::separator_consumer(&models[0].fingerprint);
     let info = stream
-        .consumer_info(streams::SEPARATOR_CONSUMER)
+        .consumer_info(pool)
         .await
         .expect("the separator consumer");
     (info.delivered.consumer_sequence, info.num_redelivered)

@@ -197,7 +197,7 @@ async fn a_restarted_gateway_loses_nothing_and_two_gateways_agree() {
 }
 
 #[tokio::test]
-async fn an_upload_before_any_separator_registered_a_model_is_503() {
+async fn an_upload_before_any_model_is_registered_is_503() {
     let nats = dme_testkit::NatsServer::start();
     let port = dme_testkit::free_port();
     let mut cmd = std::process::Command::new(DME);
@@ -220,5 +220,8 @@ async fn an_upload_before_any_separator_registered_a_model_is_503() {
     })
     .await;
     let msg = expect_error(resp, 503).await;
-    assert!(msg.contains("no separator"), "{msg}");
+    assert!(
+        msg.contains("no model is registered") && msg.contains("dme models add"),
+        "{msg}"
+    );
 }

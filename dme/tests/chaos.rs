@@ -251,9 +251,10 @@ const SPLITTER: usize = 0;
 const SEPARATOR: usize = 1;
 const ASSEMBLE: usize = 2;
 const MIX: usize = 3;
+/// Their names (the separators' is their model's pool, `separator-<fingerprint>`).
 const CONSUMERS: [&str; 4] = [
     streams::SPLITTER_CONSUMER,
-    streams::SEPARATOR_CONSUMER,
+    streams::SEPARATOR_CONSUMER_PREFIX,
     streams::MIXER_ASSEMBLE_CONSUMER,
     streams::MIXER_MIX_CONSUMER,
 ];
@@ -406,9 +407,12 @@ impl Rig {
             .get_stream(streams::WORK_STREAM)
             .await
             .ok()?;
+        let models = self.store.models().await.ok()?;
+        let pool = streams::separator_consumer(&models.first()?.fingerprint);
         let mut out = Consumers::default();
         for (k, name) in CONSUMERS.iter().enumerate() {
-            let info = stream.consumer_info(*name).await.ok()?;
+            let name = if k == SEPARATOR { pool.as_str() } else { name };
+            let info = stream.consumer_info(name).await.ok()?;
             out.delivered[k] = info.delivered.consumer_sequence;
             out.in_hand[k] = info.num_ack_pending;
         }

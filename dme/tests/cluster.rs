@@ -70,12 +70,15 @@ async fn killing_the_work_streams_leader_mid_song_loses_nothing_and_it_catches_u
         assert_eq!(replicas, NODES, "{name}: {info:?}");
         assert_eq!(info.replicas.len(), NODES - 1, "{name}: {info:?}");
     }
+    let health = sys.get("/healthz").await.body;
+    let fingerprint = health["model"]["fingerprint"].as_str().expect("the model");
+    let pool = streams::separator_consumer(fingerprint);
     let peers = wait_for(
         "the separator consumer's leader",
         CLUSTER_DEADLINE,
         || async {
             let work = js.get_stream(streams::WORK_STREAM).await.ok()?;
-            let info = work.consumer_info(streams::SEPARATOR_CONSUMER).await.ok()?;
+            let info = work.consumer_info(&pool).await.ok()?;
             info.cluster.clone().filter(|c| c.leader.is_some())
         },
     )

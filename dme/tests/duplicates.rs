@@ -89,19 +89,25 @@ async fn a_second_copy_of_every_work_message_changes_nothing() {
     let id = sys.upload_and_select_all(wav.clone(), "dup.wav").await;
     let music = MusicId(id);
 
-    // Mid-separation: segment 1 running, segment 0 done (not yet assembled).
-    let running = wait_for("segment 1 running", SONG_DEADLINE, || async {
+    // Mid-separation: segment 0 done (its done event is copied below, so it must be a real
+    // one's copy), segment 1 taken (the window adapts to the 2 workers, so both may run at
+    // once), the song not yet assembled.
+    let running = wait_for("segment 0 done, segment 1 taken", SONG_DEADLINE, || async {
         let jobs = sys.jobs_of(id).await;
-        jobs.iter()
-            .find(|j| j.segment == 1 && j.state == "running")
-            .map(|j| j.worker.clone())
+        let done0 = jobs.iter().any(|j| j.segment == 0 && j.state == "done");
+        let taken1 = jobs
+            .iter()
+            .find(|j| j.segment == 1 && (j.state == "running" || j.state == "done"))
+            .map(|j| j.worker.clone());
+        taken1.filter(|_| done0)
     })
     .await;
     let r = record(&store, id).await;
     assert!(!r.tracks_ready, "the song is still separating");
     let window = 1;
-    publish_copy!(store, subjects::WORK_SEGMENT, &segment_copy(&r, 1, window));
-    publish_copy!(store, subjects::WORK_SEGMENT, &segment_copy(&r, 0, window));
+    let pool = subjects::work_segment(&r.model);
+    publish_copy!(store, &pool, &segment_copy(&r, 1, window));
+    publish_copy!(store, &pool, &segment_copy(&r, 0, window));
     let uploaded = MusicUploaded {
         music_id: music,
         incarnation: r.incarnation,
@@ -137,7 +143,7 @@ async fn a_second_copy_of_every_work_message_changes_nothing() {
     publish_copy!(store, subjects::WORK_UPLOADED, &uploaded);
     for index in 0..plan.count() {
         let work = segment_copy(&r, index, window);
-        publish_copy!(store, subjects::WORK_SEGMENT, &work);
+        publish_copy!(store, &subjects::work_segment(&work.model), &work);
         publish_copy!(store, subjects::WORK_SEPARATED, &work.done());
     }
     let mix_request = MixRequest {

@@ -314,7 +314,7 @@ async fn every_role_works_with_its_own_user_and_is_refused_the_rest() {
 
     // Purging a stream: the gateway's (reset, deletes), never a separator's.
     let purge = format!("$JS.API.STREAM.PURGE.{}", streams::WORK_STREAM);
-    let nothing = subjects::song_work(MusicId(1));
+    let [nothing, _] = subjects::song_work(MusicId(1));
     let work = separator
         .js
         .get_stream(streams::WORK_STREAM)
@@ -322,6 +322,31 @@ async fn every_role_works_with_its_own_user_and_is_refused_the_rest() {
         .expect("a separator looks up the work stream");
     assert!(work.purge().filter(&nothing).await.is_err());
     separator.refused("Publish", &purge).await;
+    // A separator pulls from any model's pool, never from another service's consumer.
+    let splitters = format!(
+        "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
+        streams::WORK_STREAM,
+        streams::SPLITTER_CONSUMER
+    );
+    separator
+        .client
+        .publish(splitters.clone(), "{\"batch\":1}".into())
+        .await
+        .unwrap();
+    separator.refused("Publish", &splitters).await;
+    // Nor re-points another service's consumer at segments (a create updates its filter).
+    let repoint = format!(
+        "$JS.API.CONSUMER.CREATE.{}.{}.{}",
+        streams::WORK_STREAM,
+        streams::SPLITTER_CONSUMER,
+        subjects::work_filter(subjects::WORK_SEGMENT)
+    );
+    separator
+        .client
+        .publish(repoint.clone(), "{}".into())
+        .await
+        .unwrap();
+    separator.refused("Publish", &repoint).await;
     let work = gateway.js.get_stream(streams::WORK_STREAM).await.unwrap();
     work.purge()
         .filter(&nothing)
@@ -373,7 +398,7 @@ async fn every_role_works_with_its_own_user_and_is_refused_the_rest() {
         .await
         .is_err());
     submitter.refused("Publish", &kv_info).await;
-    let segment = subjects::work(subjects::WORK_SEGMENT, MusicId(1));
+    let segment = subjects::work(&subjects::work_segment("0123abcd"), MusicId(1));
     assert!(submitter.publish(&segment).await.is_err());
     submitter.refused("Publish", &segment).await;
     let fake_event = subjects::api_event(MusicId(1));

@@ -152,8 +152,8 @@ impl Handler for PlansWithTheRegisteredModel {
             .lock()
             .unwrap()
             .push((delivery.attempt, Instant::now()));
-        let model = self.store.model().await.map_err(TestError)?;
-        let model = model.expect("a registered model");
+        let models = self.store.models().await.map_err(TestError)?;
+        let model = models.into_iter().next().expect("a registered model");
         let record = self
             .store
             .music(uploaded.music_id)
@@ -314,7 +314,7 @@ async fn a_registered_model_with_a_broken_segment_fails_the_song_after_redeliver
     .await;
     // The splitter plans with the model record read from NATS; this one panicked it before.
     let store = store(&sys).await;
-    let mut model = store.model().await.unwrap().unwrap();
+    let mut model = store.models().await.unwrap().remove(0);
     model.segment = 2;
     store.register_model(&model).await.unwrap();
     let id = sys
@@ -332,13 +332,19 @@ async fn a_registered_model_with_a_broken_segment_fails_the_song_after_redeliver
 
 // 3. Failure advisories are never lost.
 
+/// The separators' consumer of the one registered model (its pool).
+async fn pool(store: &Store) -> String {
+    let models = store.models().await.expect("the registered models");
+    streams::separator_consumer(&models.first().expect("a registered model").fingerprint)
+}
+
 /// Takes one message of the `separator` consumer the way a worker does (a pull request of one
 /// message) and never answers it, like a worker that dies with it; returns the segment.
 async fn take_and_die(store: &Store) -> SegmentWork {
     let subject = format!(
         "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
         streams::WORK_STREAM,
-        streams::SEPARATOR_CONSUMER
+        pool(store).await
     );
     let client = store.client().clone();
     wait_for("a segment to take", SONG_DEADLINE, || {
@@ -422,10 +428,7 @@ async fn a_crash_loop_while_no_mixer_runs_fails_the_segment_when_a_mixer_starts(
         .get_stream(streams::WORK_STREAM)
         .await
         .unwrap();
-    let info = work
-        .consumer_info(streams::SEPARATOR_CONSUMER)
-        .await
-        .unwrap();
+    let info = work.consumer_info(pool(&store).await).await.unwrap();
     assert_eq!((info.num_pending, info.num_ack_pending), (0, 0));
 }
 
@@ -449,10 +452,7 @@ async fn a_separator_started_with_other_settings_updates_the_shared_consumer() {
         .await
         .unwrap();
     let settings = || async {
-        let info = stream
-            .consumer_info(streams::SEPARATOR_CONSUMER)
-            .await
-            .unwrap();
+        let info = stream.consumer_info(pool(&store).await).await.unwrap();
         (info.config.ack_wait, info.config.max_deliver)
     };
     assert_eq!(settings().await, (Duration::from_secs(2), 4));

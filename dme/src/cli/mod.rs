@@ -1,6 +1,7 @@
-//! The command line for users: `dme separate`, `ls`, `status`, `jobs`, `workers`, `rm` and
-//! `reset`. It speaks only the gateway's HTTP API (no NATS, nothing of the services' code), so
-//! it works against any dme gateway, here or remote (`--url`, else `DME_URL`).
+//! The command line for users: `dme separate`, `ls`, `status`, `jobs`, `workers`, `models`, `rm`
+//! and `reset`. It speaks only the gateway's HTTP API (no NATS, nothing of the services' code),
+//! so it works against any dme gateway, here or remote (`--url`, else `DME_URL`); the one
+//! exception is `dme models add`, an operator's command that registers a model over NATS.
 //!
 //! Every command prints what a person needs on stdout, or with `--json` what a script needs
 //! (the API's JSON) and nothing else; progress and errors go to stderr; the exit code says
@@ -12,6 +13,7 @@
 //! - `separate`: `dme separate`: upload, select, follow, write the files;
 //! - `progress`: a bar per file on a terminal, one line per step otherwise;
 //! - `songs`: `ls`, `status`, `rm`; `jobs`: `jobs`; `system`: `workers`, `reset`;
+//! - `models`: `models`, `models add`;
 //! - `output`: tables and JSON on stdout.
 
 /// The exit codes, as every command's `--help` ends (a macro, so it can be `concat!`ed).
@@ -29,6 +31,7 @@ macro_rules! exit_codes {
 mod client;
 mod events;
 mod jobs;
+mod models;
 mod output;
 mod progress;
 mod separate;
@@ -87,6 +90,25 @@ pub struct ResetArgs {
     server: Server,
 }
 
+/// `dme models [add FILE]`.
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ModelsArgs {
+    #[command(subcommand)]
+    command: Option<ModelsCommand>,
+    #[command(flatten)]
+    server: Server,
+}
+
+/// What `dme models` does besides listing.
+#[derive(Subcommand)]
+pub enum ModelsCommand {
+    /// Offer a model: load it (checking the separators' contract) and register it over NATS,
+    /// so uploads for it are accepted and wait in the queue until a separator of it runs.
+    #[command(after_help = exit_codes!())]
+    Add(models::AddArgs),
+}
+
 /// The user commands.
 #[derive(Subcommand)]
 pub enum Command {
@@ -105,6 +127,10 @@ pub enum Command {
     /// List the workers serving the system, with their stats.
     #[command(after_help = exit_codes!())]
     Workers(Server),
+    /// List the models offered (name, fingerprint, stems, live separators, the default);
+    /// `dme models add FILE` offers one.
+    #[command(after_help = exit_codes!())]
+    Models(ModelsArgs),
     /// Delete a song: its record, jobs, files and queued work.
     #[command(after_help = exit_codes!())]
     Rm(SongArgs),
@@ -121,6 +147,10 @@ pub async fn run(command: Command) -> ExitCode {
         Command::Status(args) => songs::status(&args.server, args.id).await,
         Command::Jobs(args) => jobs::list(&args.server, args.id).await,
         Command::Workers(server) => system::workers(&server).await,
+        Command::Models(args) => match &args.command {
+            None => models::list(&args.server).await,
+            Some(ModelsCommand::Add(add)) => models::add(add).await,
+        },
         Command::Rm(args) => songs::remove(&args.server, args.id).await,
         Command::Reset(args) => system::reset(&args.server, args.yes).await,
     };

@@ -133,6 +133,28 @@ pub enum ModelSource {
     File(PathBuf),
 }
 
+/// The fingerprint a model registers under: blake3 of its file, hex, first 16 characters.
+fn fingerprint_of(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex()[..16].to_string()
+}
+
+/// The fingerprint the model of `source` registers under, read without loading it (no ONNX
+/// Runtime needed).
+///
+/// # Errors
+/// [`ModelError::Read`] for an unreadable file.
+pub fn fingerprint(source: &ModelSource) -> Result<String, ModelError> {
+    match source {
+        ModelSource::Embedded => Ok(fingerprint_of(DEFAULT_MODEL)),
+        ModelSource::File(path) => std::fs::read(path)
+            .map(|bytes| fingerprint_of(&bytes))
+            .map_err(|source| ModelError::Read {
+                path: path.clone(),
+                source,
+            }),
+    }
+}
+
 /// How to load a model.
 #[derive(Debug, Clone)]
 pub struct ModelOptions {
@@ -244,7 +266,7 @@ impl Model {
                 (bytes, name, Some(PathBuf::from(sidecar)))
             }
         };
-        let fingerprint = blake3::hash(&bytes).to_hex()[..16].to_string();
+        let fingerprint = fingerprint_of(&bytes);
         let cache = match source {
             ModelSource::File(path) => {
                 Some(optimized_cache_path(&options.cache_dir, path, &fingerprint))

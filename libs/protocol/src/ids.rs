@@ -95,9 +95,14 @@ impl Incarnation {
 }
 
 impl MusicId {
-    /// The id of a file whose blake3 content hash is `hash`.
-    pub fn from_content_hash(hash: &blake3::Hash) -> Self {
-        MusicId(truncate(hash))
+    /// The id of the song made of a file whose blake3 content hash is `hash`, separated by the
+    /// model whose fingerprint is `model`: the same file with two models is two songs (each
+    /// has its own stems), the same file with the same model is one.
+    pub fn of_upload(hash: &blake3::Hash, model: &str) -> Self {
+        let mut h = blake3::Hasher::new_derive_key("dme music id v2");
+        h.update(hash.as_bytes());
+        h.update(model.as_bytes());
+        MusicId(truncate(&h.finalize()))
     }
 }
 
@@ -127,8 +132,10 @@ mod tests {
 
     #[test]
     fn ids_are_stable_and_below_2_pow_53() {
-        let m = MusicId::from_content_hash(&blake3::hash(b"song"));
-        assert_eq!(m, MusicId::from_content_hash(&blake3::hash(b"song")));
+        let m = MusicId::of_upload(&blake3::hash(b"song"), "0123abcd");
+        assert_eq!(m, MusicId::of_upload(&blake3::hash(b"song"), "0123abcd"));
+        assert_ne!(m, MusicId::of_upload(&blake3::hash(b"song"), "4567ef01"));
+        assert_ne!(m, MusicId::of_upload(&blake3::hash(b"tune"), "0123abcd"));
         assert!(m.0 < 1 << 53 && m.0 > 0);
         let t = TrackId::of(m, "drums");
         assert_ne!(t, TrackId::of(m, "bass"));

@@ -39,17 +39,39 @@ impl MusicUploaded {
     }
 }
 
-/// Segments of one song in the separators' queue at once, unless configured otherwise
-/// (`DME_SEGMENT_WINDOW`). With several songs in flight each gets this many places, so a short
-/// song waits behind at most this many segments of a long one; 16 keeps up to 16 separators busy
-/// on a single song.
+/// Segments of one song in the separators' queue at once, at least, unless configured otherwise
+/// (`DME_SEGMENT_WINDOW`): the floor of the adaptive window ([`segment_window`]). With several
+/// songs in flight on a small pool each gets this many places, so a short song waits behind at
+/// most this many segments of a long one.
 pub const DEFAULT_SEGMENT_WINDOW: u32 = 16;
+
+/// The adaptive window's headroom: a song's share of the pool's workers plus a quarter of it
+/// (rounded up), so a worker that finishes finds a segment of the song already waiting while the
+/// release of the next one is on its way, without queueing a whole extra wave ahead of a new song.
+pub const WINDOW_HEADROOM_DIVISOR: u32 = 4;
+
+/// The window of a song (segments released ahead of the one a worker just finished): at least
+/// `floor` (`DME_SEGMENT_WINDOW`), else the song's fair share of the `workers` live in its model's
+/// pool (`workers / songs`, rounded up, `songs` being the songs with segments queued for that
+/// pool, this one included) plus headroom ([`WINDOW_HEADROOM_DIVISOR`]). One song alone gets
+/// every worker; n songs get a 1/n share each, so a new song's first segments wait behind about
+/// one wave of the pool, never behind the whole of a long song.
+pub fn segment_window(floor: u32, workers: u32, songs: u32) -> u32 {
+    let share = workers.div_ceil(songs.max(1));
+    let adaptive = share.saturating_add(share.div_ceil(WINDOW_HEADROOM_DIVISOR));
+    floor.max(adaptive).max(1)
+}
 
 /// [`crate::subjects::WORK_SEGMENT`]: separate one segment.
 ///
 /// The input window is in the object store at [`crate::objects::segment_input`]. Segments of one
-/// song are released `window` at a time: the worker that finishes segment `k` releases
-/// `k + window`, so many songs share the workers fairly instead of queueing one behind another.
+/// song are released a window at a time, and the released ones are always a prefix of the plan:
+/// the splitter releases `0..window`; the worker that finishes segment `k` releases, from the top
+/// down, the segments of `k + 1 ..= k + window` ([`SegmentWork::ahead`], the window as it is
+/// now), stopping at the first one JetStream reports as already released (message ids dedupe),
+/// below which everything is released. So many songs share the workers fairly instead of
+/// queueing one behind another, and a window that grows or shrinks between releases never
+/// leaves a segment unreleased.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SegmentWork {
     /// The song.
@@ -60,7 +82,8 @@ pub struct SegmentWork {
     pub index: u32,
     /// The song's segment plan.
     pub plan: SegmentPlan,
-    /// Segments of this song in the queue at once.
+    /// The song's window when this item was released (for logs: the worker that finishes it
+    /// uses the window as it is then).
     pub window: u32,
     /// Fingerprint of the model the plan was made for: a worker running another model refuses.
     pub model: String,
@@ -79,18 +102,28 @@ impl WorkItem for SegmentWork {
 }
 
 impl SegmentWork {
-    /// The work item that finishing this one releases, if any.
-    pub fn successor(&self) -> Option<SegmentWork> {
-        if self.window == 0 {
-            return None;
-        }
-        let index = self.index.checked_add(self.window)?;
-        self.plan.segment(index)?;
-        Some(SegmentWork {
+    /// The items that finishing this one releases with window `window`, highest index first:
+    /// segments `index + 1 ..= index + window` that lie in the plan. The releaser publishes
+    /// them in this order and stops at the first duplicate (see the type's docs).
+    pub fn ahead(&self, window: u32) -> impl Iterator<Item = SegmentWork> + '_ {
+        let count = self.plan.count();
+        let top = self
+            .index
+            .saturating_add(window)
+            .min(count.saturating_sub(1));
+        (self.index.saturating_add(1)..=top)
+            .rev()
+            .map(move |index| self.at(index, window))
+    }
+
+    /// The item of segment `index` of the same song, released with window `window`.
+    pub fn at(&self, index: u32, window: u32) -> SegmentWork {
+        SegmentWork {
             job_id: JobId::of(self.music_id, index),
             index,
+            window,
             ..self.clone()
-        })
+        }
     }
 
     /// The JetStream message id that makes a repeated publish of this item a no-op.
@@ -319,8 +352,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn successors_chain_through_the_plan() {
+    fn the_items_ahead_run_from_the_top_of_the_window_down_inside_the_plan() {
         let plan = SegmentPlan::new(100, 40, true); // 4 segments
+        assert_eq!(plan.count(), 4);
         let first = SegmentWork {
             music_id: MusicId(7),
             job_id: JobId::of(MusicId(7), 1),
@@ -330,10 +364,17 @@ mod tests {
             model: "m".into(),
             incarnation: Incarnation(9),
         };
-        let next = first.successor().unwrap();
-        assert_eq!(next.index, 3);
+        let ahead: Vec<SegmentWork> = first.ahead(2).collect();
+        assert_eq!(ahead.iter().map(|w| w.index).collect::<Vec<_>>(), [3, 2]);
+        let next = &ahead[0];
         assert_eq!(next.job_id, JobId::of(MusicId(7), 3));
         assert_eq!(next.incarnation, Incarnation(9));
+        // A window reaching past the plan stops at its last segment; one of 1 releases the next.
+        assert_eq!(first.ahead(50).map(|w| w.index).collect::<Vec<_>>(), [3, 2]);
+        assert_eq!(first.ahead(1).map(|w| w.index).collect::<Vec<_>>(), [2]);
+        assert_eq!(first.ahead(0).count(), 0);
+        assert_eq!(next.ahead(4).count(), 0);
+        assert_eq!(first.ahead(u32::MAX).count(), 2);
         assert_ne!(
             next.msg_id(),
             SegmentWork {
@@ -342,10 +383,26 @@ mod tests {
             }
             .msg_id()
         );
-        assert!(next.successor().is_none());
         let bytes = crate::encode(&first);
         assert_eq!(crate::decode::<SegmentWork>(&bytes).unwrap(), first);
         assert!(crate::decode::<SegmentWork>(b"\xff\x00garbage").is_err());
+    }
+
+    #[test]
+    fn the_window_is_a_fair_share_of_the_pool_with_a_floor() {
+        // A small pool: the floor rules.
+        assert_eq!(segment_window(16, 2, 1), 16);
+        assert_eq!(segment_window(16, 0, 0), 16);
+        // One song alone gets every worker, and a quarter more waiting.
+        assert_eq!(segment_window(16, 64, 1), 80);
+        assert_eq!(segment_window(2, 6, 1), 8);
+        // Several songs share it.
+        assert_eq!(segment_window(2, 6, 2), 4);
+        assert_eq!(segment_window(16, 64, 2), 40);
+        assert_eq!(segment_window(16, 64, 8), 16);
+        // Never 0, never overflowing.
+        assert_eq!(segment_window(0, 0, 5), 1);
+        assert!(segment_window(1, u32::MAX, 1) >= u32::MAX / 2);
     }
 
     /// A song's record at the start of its life, with two stems.

@@ -138,8 +138,8 @@ impl Role {
                 p.service(self);
                 p.declare_all();
                 p.worker(streams::WORK_STREAM, streams::SPLITTER_CONSUMER);
-                p.publish
-                    .push(subjects::work_filter(subjects::WORK_SEGMENT));
+                p.publish.push(format!("{}.*.*", subjects::WORK_SEGMENT));
+                p.pool_reads();
                 p.events();
                 p.kv_read(streams::MUSIC_BUCKET);
                 p.kv_write(streams::MUSIC_BUCKET);
@@ -151,11 +151,11 @@ impl Role {
             Role::Separator => {
                 p.service(self);
                 p.declare_all();
-                p.worker(streams::WORK_STREAM, streams::SEPARATOR_CONSUMER);
+                p.separator_pools();
                 p.publish
                     .push(subjects::work_filter(subjects::WORK_SEPARATED));
-                p.publish
-                    .push(subjects::work_filter(subjects::WORK_SEGMENT));
+                // Releases the next segment of a song (of its own model, any model's subject).
+                p.publish.push(format!("{}.*.*", subjects::WORK_SEGMENT));
                 // Fails the song of a segment it gives up on (a wrong model, a bad input): a
                 // terminated message raises no advisory for the mixer to act on.
                 p.kv_read(streams::MUSIC_BUCKET);
@@ -174,6 +174,7 @@ impl Role {
                 p.worker(streams::WORK_STREAM, streams::MIXER_ASSEMBLE_CONSUMER);
                 p.worker(streams::WORK_STREAM, streams::MIXER_MIX_CONSUMER);
                 p.worker(streams::ADVISORY_STREAM, streams::MIXER_ADVISORY_CONSUMER);
+                p.pool_reads();
                 // The reconciler drives any step again; the watchdog reads and removes the
                 // work item an advisory names.
                 p.publish.push(subjects::WORK_ALL.into());
@@ -321,6 +322,43 @@ impl Permissions {
     }
 
     /// Declares (creates or updates), pulls from and acks durable consumer `consumer`.
+    /// Reads the info of any model's pool consumer (its waiting and busy workers size a
+    /// song's segment window).
+    fn pool_reads(&mut self) {
+        self.publish
+            .push(js(&format!("CONSUMER.INFO.{}.*", streams::WORK_STREAM)));
+    }
+
+    /// Declares, pulls from and acks the pool consumer of any model
+    /// ([`streams::separator_consumer`]): its name is `separator-<fingerprint>`, which no
+    /// subject wildcard spells, so the work stream's consumers are allowed by `*`, creating one
+    /// only with a segment filter, and pulling from, acking or re-creating the other services'
+    /// consumers is denied by name.
+    fn separator_pools(&mut self) {
+        let stream = streams::WORK_STREAM;
+        self.publish.push(js(&format!("CONSUMER.INFO.{stream}.*")));
+        self.publish.push(js(&format!(
+            "CONSUMER.CREATE.{stream}.*.{}.>",
+            subjects::WORK_SEGMENT
+        )));
+        self.publish
+            .push(js(&format!("CONSUMER.MSG.NEXT.{stream}.*")));
+        self.publish.push(format!("$JS.ACK.{stream}.*.>"));
+        for other in [
+            streams::SPLITTER_CONSUMER,
+            streams::MIXER_ASSEMBLE_CONSUMER,
+            streams::MIXER_MIX_CONSUMER,
+        ] {
+            self.publish_deny
+                .push(js(&format!("CONSUMER.MSG.NEXT.{stream}.{other}")));
+            // Nor re-point one at segments (a create with the same name updates its filter).
+            self.publish_deny
+                .push(js(&format!("CONSUMER.CREATE.{stream}.{other}.>")));
+            self.publish_deny
+                .push(format!("$JS.ACK.{stream}.{other}.>"));
+        }
+    }
+
     fn durable(&mut self, stream: &str, consumer: &str) {
         self.publish
             .push(js(&format!("CONSUMER.INFO.{stream}.{consumer}")));

@@ -329,6 +329,20 @@ pub struct ModelInfo {
     pub sample_rate: u32,
 }
 
+impl ModelInfo {
+    /// What a simulated separator (`DME_FAKE_INFER_MS`, a test and benchmark aid) registers
+    /// instead of this model: another name and fingerprint, so its stems (the input and
+    /// silence) form a pool of their own and never reach a song cut for the real model.
+    pub fn simulated(&self) -> ModelInfo {
+        let fingerprint = blake3::hash(format!("{}:simulated", self.fingerprint).as_bytes());
+        ModelInfo {
+            name: format!("{}-simulated", self.name),
+            fingerprint: fingerprint.to_hex()[..16].to_string(),
+            ..self.clone()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

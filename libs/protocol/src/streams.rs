@@ -23,8 +23,23 @@ pub const ADVISORY_STREAM: &str = "DME_ADVISORIES";
 
 /// Durable consumer of [`subjects::WORK_UPLOADED`].
 pub const SPLITTER_CONSUMER: &str = "splitter";
-/// Durable consumer of [`subjects::WORK_SEGMENT`], shared by every separator worker.
-pub const SEPARATOR_CONSUMER: &str = "separator";
+/// Prefix of the separators' durable consumers: one per model ([`separator_consumer`]).
+pub const SEPARATOR_CONSUMER_PREFIX: &str = "separator-";
+
+/// The durable consumer of the segments cut for the model whose fingerprint is `model`
+/// (`separator-<fingerprint>`, filtering [`subjects::work_segment`]), shared by every separator
+/// running that model: a model's pool. (A work-queue stream forbids consumers whose filters
+/// overlap, so no consumer takes every model's segments.)
+pub fn separator_consumer(model: &str) -> String {
+    format!("{SEPARATOR_CONSUMER_PREFIX}{model}")
+}
+
+/// The model whose pool consumer `consumer` is, if it is one ([`separator_consumer`]).
+pub fn separator_consumer_model(consumer: &str) -> Option<&str> {
+    consumer
+        .strip_prefix(SEPARATOR_CONSUMER_PREFIX)
+        .filter(|m| !m.is_empty())
+}
 /// Durable consumer of [`subjects::WORK_SEPARATED`].
 pub const MIXER_ASSEMBLE_CONSUMER: &str = "mixer-assemble";
 /// Durable consumer of [`subjects::WORK_MIX`].
@@ -36,10 +51,22 @@ pub const MIXER_ADVISORY_CONSUMER: &str = "mixer-advisories";
 pub const MUSIC_BUCKET: &str = "dme-music";
 /// KV bucket of job (segment) records, keyed by job id.
 pub const JOB_BUCKET: &str = "dme-jobs";
-/// KV bucket of system-wide facts, such as the registered model ([`MODEL_KEY`]).
+/// KV bucket of system-wide facts, such as the registered models ([`model_key`]).
 pub const SYSTEM_BUCKET: &str = "dme-system";
-/// Key of the [`crate::records::ModelInfo`] in [`SYSTEM_BUCKET`].
-pub const MODEL_KEY: &str = "model";
+/// Prefix of the keys of registered models in [`SYSTEM_BUCKET`].
+pub const MODEL_KEY_PREFIX: &str = "model.";
+
+/// The key of the [`crate::records::ModelInfo`] of the model whose fingerprint is `model` in
+/// [`SYSTEM_BUCKET`]: `model.<fingerprint>`.
+pub fn model_key(model: &str) -> String {
+    format!("{MODEL_KEY_PREFIX}{model}")
+}
+
+/// The subject JetStream keeps `key` of KV bucket `bucket` on (`$KV.<bucket>.<key>`; `>` as the
+/// key matches every key below a prefix).
+pub fn kv_subject(bucket: &str, key: &str) -> String {
+    format!("$KV.{bucket}.{key}")
+}
 /// Object store of originals, segments, stems, tracks and mixes.
 pub const FILE_BUCKET: &str = "dme-files";
 

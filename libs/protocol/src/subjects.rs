@@ -3,15 +3,19 @@
 //! for a while for live progress.
 //!
 //! A work message travels on its kind's subject followed by its song's id
-//! (`dme.work.segment.<music_id>`, see [`work`]), so what is queued for one song can be counted
+//! (`dme.work.uploaded.<music_id>`, see [`work`]), so what is queued for one song can be counted
 //! or dropped by subject ([`song_work`]); each consumer takes every song's ([`work_filter`]).
+//! Segments are the one kind split further, by the model they were cut for
+//! (`dme.work.segment.<fingerprint>.<music_id>`, see [`work_segment`]): each model's pool of
+//! separators has its own consumer, and a worker never receives another model's segment.
 
 use crate::MusicId;
 
 /// `dme.work.uploaded`: an upload was stored; the splitter decodes and cuts it. Payload:
 /// [`crate::messages::MusicUploaded`].
 pub const WORK_UPLOADED: &str = "dme.work.uploaded";
-/// `dme.work.segment`: one segment to separate. Payload: [`crate::messages::SegmentWork`].
+/// `dme.work.segment`: prefix of the segments to separate, one kind per model
+/// ([`work_segment`]). Payload: [`crate::messages::SegmentWork`].
 pub const WORK_SEGMENT: &str = "dme.work.segment";
 /// `dme.work.separated`: one segment was separated; its stems are in the object store. Payload:
 /// [`crate::messages::SegmentDone`].
@@ -31,9 +35,21 @@ pub fn work_filter(kind: &str) -> String {
     format!("{kind}.*")
 }
 
-/// Every kind of work queued for `music`.
-pub fn song_work(music: MusicId) -> String {
-    format!("dme.work.*.{music}")
+/// The kind of work of the segments cut for the model whose fingerprint is `model`:
+/// `dme.work.segment.<fingerprint>`, so a segment's subject is
+/// `work(&work_segment(model), music)` and its pool's consumer filters
+/// `work_filter(&work_segment(model))`. (A fingerprint is hex, so it is one subject token.)
+pub fn work_segment(model: &str) -> String {
+    format!("{WORK_SEGMENT}.{model}")
+}
+
+/// The filters of every kind of work queued for `music`: the kinds of one word
+/// (`dme.work.*.<music>`) and the segments of every model (`dme.work.*.*.<music>`).
+pub fn song_work(music: MusicId) -> [String; 2] {
+    [
+        format!("dme.work.*.{music}"),
+        format!("dme.work.*.*.{music}"),
+    ]
 }
 
 /// `dme.event`: prefix of progress events, `dme.event.<music_id>`. Payload:
@@ -56,7 +72,7 @@ pub const API_SERVICE: &str = "dme-api";
 
 /// The JSON API's endpoints: each is `dme.api.<subject>` and is named `<name>` in the micro
 /// service's info. Bodies are the HTTP API's JSON.
-pub const API_ENDPOINTS: [(&str, &str); 9] = [
+pub const API_ENDPOINTS: [(&str, &str); 10] = [
     ("music-upload", "music.upload"),
     ("music-list", "music.list"),
     ("music-get", "music.get"),
@@ -65,6 +81,7 @@ pub const API_ENDPOINTS: [(&str, &str); 9] = [
     ("music-retry", "music.retry"),
     ("job-list", "job.list"),
     ("job-get", "job.get"),
+    ("model-list", "model.list"),
     ("reset", "reset"),
 ];
 
@@ -96,6 +113,11 @@ pub fn answerable(reply: Option<&str>) -> bool {
 /// The header naming the file of an inline upload on `dme.api.music.upload` (its extension is
 /// the decoder's hint, its stem the song's name when the file has no title tag).
 pub const FILE_NAME_HEADER: &str = "Dme-File-Name";
+
+/// The header naming the model (by name or fingerprint, see `dme.api.model.list`) an upload on
+/// `dme.api.music.upload` is separated with, as `POST /music?model=` does; without it, the
+/// default model.
+pub const MODEL_HEADER: &str = "Dme-Model";
 
 /// `$SRV.PING`: NATS micro-service discovery; every micro service answers with its name, id,
 /// version and metadata (`nats micro ping`).
@@ -149,10 +171,21 @@ mod tests {
 
     #[test]
     fn a_songs_work_is_matched_by_its_kinds_filter_and_its_songs_subject() {
-        let subject = work(WORK_SEGMENT, MusicId(42));
-        assert_eq!(subject, "dme.work.segment.42");
-        assert_eq!(work_filter(WORK_SEGMENT), "dme.work.segment.*");
-        assert_eq!(song_work(MusicId(42)), "dme.work.*.42");
-        assert!(subject.starts_with("dme.work."), "inside {WORK_ALL}");
+        let subject = work(WORK_UPLOADED, MusicId(42));
+        assert_eq!(subject, "dme.work.uploaded.42");
+        assert_eq!(work_filter(WORK_UPLOADED), "dme.work.uploaded.*");
+        let segment = work(&work_segment("0123abcd"), MusicId(42));
+        assert_eq!(segment, "dme.work.segment.0123abcd.42");
+        assert_eq!(
+            work_filter(&work_segment("0123abcd")),
+            "dme.work.segment.0123abcd.*"
+        );
+        assert_eq!(
+            song_work(MusicId(42)),
+            ["dme.work.*.42".to_string(), "dme.work.*.*.42".to_string()]
+        );
+        for s in [subject, segment] {
+            assert!(s.starts_with("dme.work."), "inside {WORK_ALL}");
+        }
     }
 }

@@ -12,7 +12,7 @@ use futures::TryStreamExt;
 use crate::{nats, Result, Store};
 
 /// Every kind of work, by its label (the subject's last word: `segment` for
-/// [`subjects::WORK_SEGMENT`]).
+/// [`subjects::WORK_SEGMENT`], whose subjects, one kind per model, all count as `segment`).
 const WORK_KINDS: [&str; 4] = [
     subjects::WORK_UPLOADED,
     subjects::WORK_SEGMENT,

@@ -33,6 +33,7 @@ mod census;
 pub mod compressed;
 mod connect;
 mod events;
+mod fleet;
 mod jobs;
 mod kv;
 mod model;
@@ -52,6 +53,7 @@ use dme_protocol::DecodeError;
 pub use args::{Credentials, CredentialsError, NatsArgs, SpoolArgs, DEFAULT_STORE_MAX_BYTES};
 pub use capacity::StoreUsage;
 pub use events::{EventBounds, ProgressFeed, StoredProgress};
+pub use fleet::PoolLoad;
 pub use objects::{ChunkedObjectReader, ObjectReader, Unpacked, OBJECT_READ_IDLE};
 pub use spool::{Spool, SpoolDir, Swept, PROCESS_LOCK};
 pub use uploads::UploadBucket;
@@ -110,6 +112,9 @@ pub enum StoreError {
     /// A compare-and-swap update lost every race it ran (see `kv::CAS_ATTEMPTS`).
     #[error("too much contention updating {0}")]
     Contention(String),
+    /// A value that cannot be stored as asked (a model whose fingerprint is not hex).
+    #[error("invalid: {0}")]
+    Invalid(String),
 }
 
 /// Wraps a NATS error as [`StoreError::Nats`] for `op`, or as [`StoreError::Full`] when NATS

@@ -32,16 +32,17 @@ const PULL_RETRY: Duration = Duration::from_millis(500);
 const MIN_PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 
 impl Store {
-    /// Publishes a work message of `kind` (a `WORK_*` subject) and waits for JetStream to store
-    /// it, on its song's subject ([`subjects::work`]). With `msg_id`, a second publish of the
-    /// same id within [`streams::DUPLICATE_WINDOW`] is dropped by the server.
+    /// Publishes a work message of `kind` (a `WORK_*` subject, or a model's
+    /// [`subjects::work_segment`]) and waits for JetStream to store it, on its song's subject
+    /// ([`subjects::work`]). With `msg_id`, a second publish of the same id within
+    /// [`streams::DUPLICATE_WINDOW`] is dropped by the server.
     ///
     /// # Errors
     /// On NATS failure (the message may or may not be stored; publishing again is safe with a
     /// `msg_id`).
     pub async fn publish<T: Serialize + WorkItem>(
         &self,
-        kind: &'static str,
+        kind: &str,
         message: &T,
         msg_id: Option<&str>,
     ) -> Result<()> {
@@ -63,7 +64,8 @@ impl Store {
         Ok(())
     }
 
-    /// The durable work consumer `name` of work `kind` (a `WORK_*` subject) for every song,
+    /// The durable work consumer `name` of work `kind` (a `WORK_*` subject, or a model's
+    /// [`subjects::work_segment`]) for every song,
     /// created if missing, with `redelivery`'s settings (see [`Store::durable_consumer`]).
     ///
     /// # Errors
@@ -159,17 +161,19 @@ impl Store {
             .get_stream(streams::WORK_STREAM)
             .await
             .map_err(nats("get work stream"))?;
-        let mut counts = stream
-            .info_with_subjects(subjects::song_work(music))
-            .await
-            .map_err(nats("work stream subjects"))?;
         let mut total = 0;
-        while let Some((_, count)) = counts
-            .try_next()
-            .await
-            .map_err(nats("work stream subjects"))?
-        {
-            total += u64::try_from(count).unwrap_or(0);
+        for filter in subjects::song_work(music) {
+            let mut counts = stream
+                .info_with_subjects(filter)
+                .await
+                .map_err(nats("work stream subjects"))?;
+            while let Some((_, count)) = counts
+                .try_next()
+                .await
+                .map_err(nats("work stream subjects"))?
+            {
+                total += u64::try_from(count).unwrap_or(0);
+            }
         }
         Ok(total)
     }
@@ -184,11 +188,13 @@ impl Store {
             .get_stream(streams::WORK_STREAM)
             .await
             .map_err(nats("get work stream"))?;
-        stream
-            .purge()
-            .filter(subjects::song_work(music))
-            .await
-            .map_err(nats("purge a song's work"))?;
+        for filter in subjects::song_work(music) {
+            stream
+                .purge()
+                .filter(filter)
+                .await
+                .map_err(nats("purge a song's work"))?;
+        }
         Ok(())
     }
 
@@ -640,7 +646,11 @@ mod tests {
 
     #[test]
     fn drift_names_each_changed_setting() {
-        let wanted = streams::work_consumer("separator", "dme.work.segment", Redelivery::SEPARATOR);
+        let wanted = streams::work_consumer(
+            "separator-0123abcd",
+            "dme.work.segment.0123abcd.*",
+            Redelivery::SEPARATOR,
+        );
         let mut current = consumer::Config {
             durable_name: wanted.durable_name.clone(),
             description: wanted.description.clone(),

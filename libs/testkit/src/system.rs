@@ -49,6 +49,9 @@ pub struct Options {
     /// `DME_NATS_URL` of every service instead of the system's own nats-server (which then
     /// runs unused): the comma-separated URLs of a [`crate::cluster::NatsCluster`], say.
     pub nats_url: Option<String>,
+    /// Model files offered with `dme models add FILE` before any service starts (so the
+    /// gateway serves with a registered model even without separators).
+    pub offer: Vec<PathBuf>,
 }
 
 impl Default for Options {
@@ -62,6 +65,7 @@ impl Default for Options {
             service_env: Vec::new(),
             https_ca: None,
             nats_url: None,
+            offer: Vec::new(),
         }
     }
 }
@@ -157,6 +161,9 @@ impl System {
             dme: dme.into(),
             separators_started: 0,
         };
+        for model in system.options.offer.clone() {
+            system.offer(&model);
+        }
         for _ in 0..system.options.separators {
             system.add_separator();
         }
@@ -193,6 +200,30 @@ impl System {
             cmd.env(k, v);
         }
         cmd
+    }
+
+    /// Registers the model in `file` with `dme models add FILE` (as the separator's NATS user
+    /// when the system has users), and waits for it to finish.
+    ///
+    /// # Panics
+    /// When the command fails.
+    pub fn offer(&self, file: &Path) {
+        let path = file.to_str().expect("a UTF-8 model path");
+        let mut command = self.command("models", &["add", path]);
+        for (_, k, v) in self
+            .options
+            .service_env
+            .iter()
+            .filter(|(s, _, _)| s == "separator")
+        {
+            command.env(k, v);
+        }
+        let out = command.output().expect("dme models add runs");
+        assert!(
+            out.status.success(),
+            "dme models add {path} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Spawns `dme <service> <args>`.

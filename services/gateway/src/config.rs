@@ -130,9 +130,19 @@ pub struct GatewayConfig {
     /// get 507: the store's use plus the new song's estimated peak must stay below it.
     #[arg(long, env = "DME_STORE_HIGH_WATER", default_value_t = DEFAULT_STORE_HIGH_WATER, value_parser = parse_share)]
     pub store_high_water: f64,
-    /// Where uploads are spooled while they arrive.
+    /// The model an upload that names none is separated with (a name or a fingerprint, see
+    /// `GET /models`); unset, the only model offered, else the only one with live separators
+    /// (an upload must choose when that leaves several). `dme up` sets its own model.
+    #[arg(long, env = "DME_DEFAULT_MODEL")]
+    pub default_model: Option<String>,
+    /// Where uploads are spooled while they arrive, and downloads kept.
     #[command(flatten)]
     pub spool: SpoolArgs,
+    /// Megabytes of the spool folder that may hold copies of recent downloads, so repeated
+    /// and `Range` requests read a local file (least recently used evicted first; a file over
+    /// a quarter of it is never kept); 0 keeps none.
+    #[arg(long, env = "DME_DOWNLOAD_CACHE_MB", default_value_t = DEFAULT_DOWNLOAD_CACHE_MB)]
+    pub download_cache_mb: u64,
     /// Seconds without progress after which a song in work is reported as `stalled`.
     #[arg(long, env = "DME_STALL_AFTER_S", default_value_t = DEFAULT_STALL_AFTER_S)]
     pub stall_after_s: u64,
@@ -171,6 +181,18 @@ pub const DEFAULT_SSE_HEARTBEAT_S: u64 = 15;
 /// Event streams served at once by default: each holds a connection and an ordered consumer on
 /// the NATS server; 1 000 stays within the default connection limit (two workers of 1 024).
 pub const DEFAULT_MAX_EVENT_STREAMS: usize = 1_000;
+
+/// Default of [`GatewayConfig::download_cache_mb`]: 1 GiB holds the four stems and a mix of
+/// three or four 3-minute songs in float WAV (about 64 MB each), more in 16-bit WAV, FLAC or
+/// MP3, the files a page plays from; the largest file kept is 256 MB (25 minutes of float WAV).
+pub const DEFAULT_DOWNLOAD_CACHE_MB: u64 = 1024;
+
+impl GatewayConfig {
+    /// Bytes the download cache may hold ([`GatewayConfig::download_cache_mb`]).
+    pub fn download_cache_bytes(&self) -> u64 {
+        self.download_cache_mb.saturating_mul(1 << 20)
+    }
+}
 
 /// A share of the store: a number in (0, 1].
 fn parse_share(raw: &str) -> Result<f64, String> {

@@ -37,7 +37,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::routes::{events, jobs, lifecycle, music, system};
+use crate::routes::{events, jobs, lifecycle, models, music, system};
 use crate::upload::{self, sanitise_file_name};
 use crate::{ApiError, AppState, GatewayError};
 
@@ -79,6 +79,7 @@ enum Endpoint {
     Retry,
     JobList,
     JobGet,
+    ModelList,
     Reset,
 }
 
@@ -94,6 +95,7 @@ impl Endpoint {
             "music-retry" => Endpoint::Retry,
             "job-list" => Endpoint::JobList,
             "job-get" => Endpoint::JobGet,
+            "model-list" => Endpoint::ModelList,
             "reset" => Endpoint::Reset,
             _ => return None,
         })
@@ -286,14 +288,22 @@ impl Api {
             }
             Endpoint::JobList => json(&jobs::ids(state).await?),
             Endpoint::JobGet => json(&jobs::job_of(state, &id_field(body, "job_id")?).await?),
+            Endpoint::ModelList => json(&models::offered(state).await?),
             Endpoint::Reset => json(&system::reset_all(state).await?),
         }
     }
 
-    /// `dme.api.music.upload`: the body is the file, or names one in the uploads bucket.
+    /// `dme.api.music.upload`: the body is the file, or names one in the uploads bucket. The
+    /// model is the [`subjects::MODEL_HEADER`] header's (or the bucket form's `model` field),
+    /// else the default, as `POST /music?model=` chooses it.
     async fn upload(&self, message: &async_nats::Message) -> Result<music::Music, ApiError> {
         let state = &self.state;
         let body = &message.payload;
+        let header = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(subjects::MODEL_HEADER))
+            .map(|v| v.as_str().to_string());
         if body.is_empty() {
             return Err(ApiError::BadRequest(format!(
                 "empty upload: send the audio file as the body (named by the {} header), or \
@@ -304,7 +314,8 @@ impl Api {
         }
         // No audio format starts with `{`: such a body names a file in the bucket.
         if body.first() == Some(&b'{') {
-            let name = object_field(body)?;
+            let (name, field) = object_field(body)?;
+            let model = models::choose(state, field.or(header).as_deref()).await?;
             let uploads = state.store.upload_bucket().await.map_err(|e| {
                 tracing::warn!(error = %dme_storage::error_chain(&e), "the uploads bucket is unavailable");
                 ApiError::Unavailable(format!(
@@ -330,7 +341,7 @@ impl Api {
                 })
             });
             let spooled = upload::spool(content, sanitise_file_name(&name), state).await?;
-            let song = music::store(state, spooled, NATS_CLIENT.into()).await?;
+            let song = music::store(state, spooled, NATS_CLIENT.into(), &model).await?;
             uploads.delete(&name).await?;
             return Ok(song);
         }
@@ -340,9 +351,10 @@ impl Api {
             .and_then(|h| h.get(subjects::FILE_NAME_HEADER))
             .map(|v| sanitise_file_name(v.as_str()))
             .unwrap_or_default();
+        let model = models::choose(state, header.as_deref()).await?;
         let content = futures::stream::iter([Ok::<_, ApiError>(body.clone())]);
         let spooled = upload::spool(content, file_name, state).await?;
-        music::store(state, spooled, NATS_CLIENT.into()).await
+        music::store(state, spooled, NATS_CLIENT.into(), &model).await
     }
 }
 
@@ -404,15 +416,24 @@ fn selection(body: &[u8]) -> Result<(String, Vec<u8>), ApiError> {
     Ok((id, rest))
 }
 
-/// The file name of a `{"object": "<name>"}` upload body.
+/// The file name and the model (if any) of a `{"object": "<name>", "model": "<model>"}`
+/// upload body.
 ///
 /// # Errors
 /// 400 for any other body.
-fn object_field(body: &[u8]) -> Result<String, ApiError> {
-    let form = r#"the audio file itself, or {"object": "<name in the uploads bucket>"}"#;
+fn object_field(body: &[u8]) -> Result<(String, Option<String>), ApiError> {
+    let form = r#"the audio file itself, or {"object": "<name in the uploads bucket>"} (with an optional "model")"#;
     let fields = object(body, form)?;
+    let model = match fields.get("model") {
+        None => None,
+        Some(serde_json::Value::String(m)) => Some(m.clone()),
+        Some(_) => return Err(ApiError::BadRequest(format!("the body must be {form}"))),
+    };
+    let allowed = 1 + usize::from(model.is_some());
     match (fields.len(), fields.get("object")) {
-        (1, Some(serde_json::Value::String(name))) if !name.is_empty() => Ok(name.clone()),
+        (n, Some(serde_json::Value::String(name))) if !name.is_empty() && n == allowed => {
+            Ok((name.clone(), model))
+        }
         _ => Err(ApiError::BadRequest(format!("the body must be {form}"))),
     }
 }
@@ -498,7 +519,15 @@ mod tests {
         let (id, rest) = selection(br#"{"music_id": 7, "tracks": ["vocals", 3]}"#).unwrap();
         assert_eq!(id, "7");
         assert_eq!(rest, br#"{"tracks":["vocals",3]}"#);
-        assert_eq!(object_field(br#"{"object": "a.mp3"}"#).unwrap(), "a.mp3");
+        assert_eq!(
+            object_field(br#"{"object": "a.mp3"}"#).unwrap(),
+            ("a.mp3".to_string(), None)
+        );
+        assert_eq!(
+            object_field(br#"{"object": "a.mp3", "model": "six"}"#).unwrap(),
+            ("a.mp3".to_string(), Some("six".to_string()))
+        );
+        assert!(object_field(br#"{"object": "a", "model": 1}"#).is_err());
         assert!(object_field(br#"{"object": ""}"#).is_err());
         assert!(object_field(br#"{"object": "a", "b": 1}"#).is_err());
     }

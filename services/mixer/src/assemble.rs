@@ -99,7 +99,16 @@ impl Assembler {
         }
         let all_in = !record.separated.is_empty() && record.separated.iter().all(|d| *d);
         if all_in && !record.tracks_ready && record.state != MusicState::Failed {
-            self.assemble(record).await?;
+            if let Err(e) = self.assemble(record).await {
+                // A copy of the last segment's event, handled at the same time, may have
+                // assembled the song and deleted its segments under this assembly's feet:
+                // then there is nothing left to do, and nothing failed.
+                if self.assembled_elsewhere(done).await {
+                    tracing::info!(music = %done.music_id, "assembled by a copy of this event meanwhile");
+                    return Ok(());
+                }
+                return Err(e);
+            }
         } else if redelivered
             && record.tracks_ready
             && record.state != MusicState::Failed
@@ -108,6 +117,14 @@ impl Assembler {
             self.mixdown.make_pending(&record).await?;
         }
         Ok(())
+    }
+
+    /// Whether the song's tracks of `done`'s life are ready now (another delivery assembled them).
+    async fn assembled_elsewhere(&self, done: &SegmentDone) -> bool {
+        matches!(
+            self.store.music(done.music_id).await,
+            Ok(Some(r)) if r.incarnation == done.incarnation && r.tracks_ready
+        )
     }
 
     /// Blends every segment into one track per stem, stores the tracks, marks them ready,

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use dme_protocol::messages::{
-    MixRequest, MusicUploaded, SegmentDone, SegmentWork, DEFAULT_SEGMENT_WINDOW,
+    segment_window, MixRequest, MusicUploaded, SegmentDone, SegmentWork, DEFAULT_SEGMENT_WINDOW,
 };
 use dme_protocol::records::{MusicRecord, MusicState};
 use dme_protocol::{now_ms, subjects, Incarnation, JobId, MusicId};
@@ -35,7 +35,8 @@ pub(crate) struct Reconciler {
 enum Next {
     /// Cutting the uploaded song (no plan yet).
     Cut,
-    /// Separating these segments (the lowest not yet separated, at most a window of them).
+    /// Separating these segments (the lowest not yet separated, at most a window of them, the
+    /// window adapted to the model's pool like the splitter's and the separators').
     Segments(Vec<u32>),
     /// Assembling the stems (every segment is separated, the tracks are not there).
     Assembly { last: u32 },
@@ -46,14 +47,15 @@ enum Next {
 }
 
 impl Next {
-    /// What comes next for `record`, a song in work.
-    fn of(record: &MusicRecord) -> Next {
+    /// What comes next for `record`, a song in work whose segments are released `window` at a
+    /// time.
+    fn of(record: &MusicRecord, window: u32) -> Next {
         let Some(plan) = record.plan else {
             return Next::Cut;
         };
         let waiting: Vec<u32> = (0..plan.count())
             .filter(|k| record.separated.get(*k as usize) != Some(&true))
-            .take(DEFAULT_SEGMENT_WINDOW as usize)
+            .take(window.max(1) as usize)
             .collect();
         if !waiting.is_empty() {
             return Next::Segments(waiting);
@@ -134,7 +136,11 @@ impl Reconciler {
     /// not be dropped as its duplicate).
     async fn drive(&self, record: &MusicRecord) -> Result<(), StoreError> {
         let (music, incarnation) = (record.music_id, record.incarnation);
-        let next = Next::of(record);
+        let window = match self.store.pool_load(&record.model).await {
+            Ok(load) => segment_window(DEFAULT_SEGMENT_WINDOW, load.workers, load.songs.max(1)),
+            Err(_) => DEFAULT_SEGMENT_WINDOW,
+        };
+        let next = Next::of(record, window);
         tracing::warn!(
             %music, state = record.state.as_str(), ?next,
             "song in work with nothing queued: driving its next step again"
@@ -159,12 +165,12 @@ impl Reconciler {
                         job_id: JobId::of(music, index),
                         index,
                         plan,
-                        window: DEFAULT_SEGMENT_WINDOW,
+                        window,
                         model: record.model.clone(),
                         incarnation,
                     };
                     self.store
-                        .publish(subjects::WORK_SEGMENT, &work, None)
+                        .publish(&subjects::work_segment(&work.model), &work, None)
                         .await?;
                 }
                 Ok(())
@@ -248,27 +254,27 @@ mod tests {
     #[test]
     fn the_record_names_the_next_step() {
         let mut r = record();
-        assert_eq!(Next::of(&r), Next::Cut);
+        assert_eq!(Next::of(&r, DEFAULT_SEGMENT_WINDOW), Next::Cut);
         let plan = SegmentPlan::new(100 * 40, 40, true);
         let count = plan.count() as usize;
         r.plan = Some(plan);
         r.separated = vec![false; count];
         r.separated[0] = true;
         r.separated[2] = true;
-        let Next::Segments(waiting) = Next::of(&r) else {
+        let Next::Segments(waiting) = Next::of(&r, DEFAULT_SEGMENT_WINDOW) else {
             panic!("segments wait");
         };
         assert_eq!(waiting.len(), DEFAULT_SEGMENT_WINDOW as usize);
         assert_eq!(&waiting[..3], &[1, 3, 4]);
         r.separated = vec![true; count];
         assert_eq!(
-            Next::of(&r),
+            Next::of(&r, DEFAULT_SEGMENT_WINDOW),
             Next::Assembly {
                 last: count as u32 - 1
             }
         );
         r.tracks_ready = true;
-        assert_eq!(Next::of(&r), Next::Finish);
+        assert_eq!(Next::of(&r, DEFAULT_SEGMENT_WINDOW), Next::Finish);
         r.mixes = vec![
             MixRecord {
                 key: "0".into(),
@@ -283,8 +289,11 @@ mod tests {
                 ready: false,
             },
         ];
-        assert_eq!(Next::of(&r), Next::Mix("0-1".into()));
+        assert_eq!(
+            Next::of(&r, DEFAULT_SEGMENT_WINDOW),
+            Next::Mix("0-1".into())
+        );
         r.mixes[1].ready = true;
-        assert_eq!(Next::of(&r), Next::Mix("0".into()));
+        assert_eq!(Next::of(&r, DEFAULT_SEGMENT_WINDOW), Next::Mix("0".into()));
     }
 }

@@ -51,10 +51,13 @@ impl FailedItem {
     /// What `consumer` was doing with `work`.
     fn of(consumer: &str, work: &AnyWork) -> FailedItem {
         match (consumer, work.index) {
-            (streams::SEPARATOR_CONSUMER, Some(index)) => FailedItem::Segment {
-                index,
-                job: work.job_id,
-            },
+            // Each model's pool has its own consumer (`separator-<fingerprint>`).
+            (pool, Some(index)) if streams::separator_consumer_model(pool).is_some() => {
+                FailedItem::Segment {
+                    index,
+                    job: work.job_id,
+                }
+            }
             (streams::MIXER_ASSEMBLE_CONSUMER, index) => FailedItem::Assembly { index },
             (streams::MIXER_MIX_CONSUMER, _) => FailedItem::Mix,
             (streams::SPLITTER_CONSUMER, _) => FailedItem::Cut,
@@ -154,7 +157,8 @@ mod tests {
 
     #[test]
     fn the_consumer_names_the_failed_item() {
-        let seg = FailedItem::of(streams::SEPARATOR_CONSUMER, &work(Some(3)));
+        let pool = streams::separator_consumer("0123abcd");
+        let seg = FailedItem::of(&pool, &work(Some(3)));
         assert_eq!(seg.describe(), "segment 3");
         // A separated segment names its segment and job too, but its assembly failed.
         let assembly = FailedItem::of(streams::MIXER_ASSEMBLE_CONSUMER, &work(Some(3)));

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use dme_protocol::messages::DEFAULT_SEGMENT_WINDOW;
 use dme_protocol::streams::Redelivery;
 use dme_storage::NatsArgs;
 
@@ -44,6 +45,18 @@ pub struct SeparatorConfig {
     /// Deliveries of one segment before it is declared poison and its song failed.
     #[arg(long, env = "DME_SEPARATOR_MAX_DELIVER", default_value_t = Redelivery::SEPARATOR.max_deliver)]
     pub max_deliver: i64,
+    /// The smallest window of a song: segments released ahead of one this worker finishes
+    /// (the splitter's setting of the same name; the window grows past it to the song's share
+    /// of the live workers of the pool).
+    #[arg(long, env = "DME_SEGMENT_WINDOW", default_value_t = DEFAULT_SEGMENT_WINDOW)]
+    pub segment_window: u32,
+    /// Test and benchmark aid, never for production: instead of running the model, wait this
+    /// many milliseconds per segment and make stems of the right shape cheaply (the first stem
+    /// is the segment's input, every other stem silence), so one machine can run many
+    /// lightweight workers (a simulated fleet). The model is still loaded (for its contract)
+    /// but not warmed up.
+    #[arg(long, env = "DME_FAKE_INFER_MS")]
+    pub fake_infer_ms: Option<u64>,
 }
 
 impl SeparatorConfig {
@@ -54,6 +67,11 @@ impl SeparatorConfig {
             max_deliver: self.max_deliver.max(1),
             ..Redelivery::SEPARATOR
         }
+    }
+
+    /// The fixed time of a simulated model run, when [`SeparatorConfig::fake_infer_ms`] is set.
+    pub fn fake_inference(&self) -> Option<Duration> {
+        self.fake_infer_ms.map(Duration::from_millis)
     }
 
     /// This worker's id.

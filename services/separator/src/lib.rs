@@ -1,17 +1,23 @@
 //! The separator worker: runs the separation model on one segment at a time.
 //!
-//! Consumes: [`subjects::WORK_SEGMENT`] through the durable consumer
-//! [`streams::SEPARATOR_CONSUMER`], shared by every separator on every machine (scaling = starting
-//! more of them), and each segment's input window from the object store.
+//! Consumes: the segments cut for its model ([`subjects::work_segment`]) through its model's
+//! durable consumer ([`streams::separator_consumer`]), shared by every separator of that model on
+//! every machine (a pool: scaling = starting more of them; separators of other models form
+//! other pools and never see these segments), and each segment's input window from the object
+//! store.
 //! Produces: the segment's stems (cut back to the segment) in the object store, the job record,
-//! [`subjects::WORK_SEPARATED`], and the song's next segment in its fairness window
-//! ([`SegmentWork::successor`]).
+//! [`subjects::WORK_SEPARATED`], and the song's segments ahead of the finished one in its
+//! fairness window ([`SegmentWork::ahead`]). The window adapts to the pool: at least
+//! `DME_SEGMENT_WINDOW`, else the song's share of the pool's live workers
+//! ([`dme_protocol::messages::segment_window`], the pool's load re-read every
+//! [`WINDOW_REFRESH`]), so one song alone keeps every worker busy and several share them.
 //! Guarantees: a message is acked only after its stems and its done event are stored, so a worker
 //! killed at any point loses nothing (JetStream redelivers after the ack wait); in-progress acks
 //! keep a slow but alive worker's segment; a segment that cannot succeed (corrupt input, a model
 //! that keeps failing on it) is terminated after a bounded number of deliveries and its song
 //! marked failed with the reason. The model is warmed up and registered in the system bucket
-//! before any work is pulled.
+//! before any work is pulled. With `DME_FAKE_INFER_MS` (a test and benchmark aid) the model is
+//! not run: each segment waits that long and gets stems of the right shape ([`fake_stems`]).
 //!
 //! # Layout
 //! - `config`: [`SeparatorConfig`]. `error`: [`SeparatorError`] (start-up), [`SeparateError`]
@@ -28,13 +34,14 @@
 mod config;
 mod error;
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::PullConsumer;
 pub use config::SeparatorConfig;
 use dme_model::{Model, ModelOptions, ModelSource};
-use dme_protocol::messages::SegmentWork;
+use dme_protocol::messages::{segment_window, SegmentWork};
 use dme_protocol::records::{JobRecord, ModelInfo, MusicState};
 use dme_protocol::streams::Redelivery;
 use dme_protocol::{objects, streams, subjects, Segment};
@@ -45,6 +52,12 @@ use dme_telemetry::metrics::{MetricsServer, Readiness, INFERENCE_SECONDS, SEGMEN
 use dme_telemetry::Service;
 pub use error::{SeparateError, SeparatorError};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+
+/// How often a separator re-reads its pool's load (live workers, songs queued) for the window:
+/// two cheap JetStream API requests, so a window follows workers joining and songs arriving
+/// within about a second, a fraction of a segment's time on any real model.
+pub const WINDOW_REFRESH: Duration = Duration::from_secs(1);
 
 /// A separator process: one model, one segment at a time (the model uses the cores it is given).
 pub struct Separator {
@@ -75,18 +88,28 @@ impl Service for Separator {
             })?;
         let model = load_warm_model(&config).await?;
         readiness.set("model", || true);
-        let info = model.info().clone();
+        // A simulated separator is a pool of its own: its stems are not the model's.
+        let info = match config.fake_inference() {
+            Some(_) => model.info().simulated(),
+            None => model.info().clone(),
+        };
         let store = Store::connect_with(&config.nats, &worker_id).await?;
         readiness.set("nats", presence::connected(store.client()));
         store.register_model(&info).await?;
         let redelivery = config.redelivery();
+        // This model's pool: segments cut for another model never reach this worker.
         let consumer = store
             .work_consumer(
-                streams::SEPARATOR_CONSUMER,
-                subjects::WORK_SEGMENT,
+                &streams::separator_consumer(&info.fingerprint),
+                &subjects::work_segment(&info.fingerprint),
                 redelivery,
             )
             .await?;
+        let window = Arc::new(SongWindow::start(
+            store.clone(),
+            info.fingerprint.clone(),
+            config.segment_window,
+        ));
         let tally = Arc::new(Tally::default());
         let metadata = presence::metadata(
             metrics.as_ref().map(MetricsServer::addr),
@@ -111,6 +134,8 @@ impl Service for Separator {
             worker_id,
             last: Arc::default(),
             tally,
+            window,
+            fake: config.fake_inference(),
         });
         Ok(Separator {
             consumer,
@@ -176,7 +201,10 @@ async fn load_warm_model(config: &SeparatorConfig) -> Result<Model, SeparatorErr
     let cfg = config.clone();
     let model = tokio::task::spawn_blocking(move || {
         let mut model = load_model(&cfg)?;
-        model.warm_up()?;
+        // A simulated worker never runs it: warming it up would only cost memory.
+        if cfg.fake_infer_ms.is_none() {
+            model.warm_up()?;
+        }
         Ok::<_, SeparatorError>(model)
     })
     .await
@@ -212,6 +240,49 @@ struct Worker {
     last: Arc<Mutex<Option<Separated>>>,
     /// Segments separated, failed attempts and inference times, for the status.
     tally: Arc<Tally>,
+    /// The songs' window as the pool's load says it is now.
+    window: Arc<SongWindow>,
+    /// `DME_FAKE_INFER_MS`: a simulated model run of this length instead of the model.
+    fake: Option<Duration>,
+}
+
+/// The window of the songs of one pool, kept up to date by a background task that re-reads the
+/// pool's load every [`WINDOW_REFRESH`] (stopped when this is dropped). Until the first read,
+/// and whenever a read fails, the window is the floor (`DME_SEGMENT_WINDOW`): releases go on.
+struct SongWindow {
+    current: Arc<AtomicU32>,
+    _refresh: AbortOnDropHandle<()>,
+}
+
+impl SongWindow {
+    /// Starts following the load of the pool of `model`, with `floor` as the smallest window.
+    fn start(store: Store, model: String, floor: u32) -> SongWindow {
+        let floor = floor.max(1);
+        let current = Arc::new(AtomicU32::new(floor));
+        let shared = current.clone();
+        let refresh = tokio::spawn(async move {
+            loop {
+                let window = match store.pool_load(&model).await {
+                    Ok(load) => segment_window(floor, load.workers, load.songs),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "pool load not read; window at its floor");
+                        floor
+                    }
+                };
+                shared.store(window, Ordering::Relaxed);
+                tokio::time::sleep(WINDOW_REFRESH).await;
+            }
+        });
+        SongWindow {
+            current,
+            _refresh: AbortOnDropHandle::new(refresh),
+        }
+    }
+
+    /// The window now.
+    fn get(&self) -> u32 {
+        self.current.load(Ordering::Relaxed)
+    }
 }
 
 /// A model input window, by its hash, and the model's output for it. The model is a pure
@@ -258,8 +329,12 @@ impl Worker {
     async fn separate(&self, work: &SegmentWork, attempt: u32) -> Result<(), SeparateError> {
         match self.status(work).await? {
             Status::Dropped | Status::Assembled => return Ok(()),
-            // Already done by a worker whose ack was lost: make sure the window moves on.
-            Status::AlreadyDone => return self.release_successor(work).await,
+            // Already done by a worker whose ack was lost (or that died while it released the
+            // segments ahead): make sure the window moves on. Only a redelivery walks the whole
+            // window: a first delivery found done is a copy someone published again, and
+            // walking the window for each copy could multiply copies once their message ids
+            // left JetStream's duplicate window.
+            Status::AlreadyDone => return self.release_ahead(work, attempt > 1).await,
             Status::ToDo => {}
         }
         self.check_model(work)?;
@@ -304,7 +379,7 @@ impl Worker {
             music = %work.music_id, index = work.index, attempt, ms = time_ms,
             samples = seg.len, "segment separated"
         );
-        self.release_successor(work).await
+        self.release_ahead(work, false).await
     }
 
     /// Whether the segment still needs separating.
@@ -403,6 +478,13 @@ impl Worker {
     /// Runs the model on a planar f32 window, off the executor: `[S, 2, window]` samples. A
     /// window equal to the last one gets the last output (see [`Separated`]).
     async fn run_model(&self, input: Vec<f32>) -> Result<Arc<Vec<f32>>, SeparateError> {
+        if let Some(took) = self.fake {
+            tokio::time::sleep(took).await;
+            let sources = self.info.sources.len();
+            return tokio::task::spawn_blocking(move || Arc::new(fake_stems(&input, sources)))
+                .await
+                .map_err(SeparateError::Task);
+        }
         let (model, last) = (self.model.clone(), self.last.clone());
         tokio::task::spawn_blocking(move || {
             let mut hasher = blake3::Hasher::new();
@@ -426,15 +508,56 @@ impl Worker {
         .map_err(SeparateError::Task)?
     }
 
-    /// Publishes the song's next segment in its fairness window, if any.
-    async fn release_successor(&self, work: &SegmentWork) -> Result<(), SeparateError> {
-        if let Some(next) = work.successor() {
+    /// Releases the song's segments ahead of `work` in its window as it is now, from the top
+    /// down, and stops at the first JetStream reports as released before: the released segments
+    /// are a prefix of the plan (see [`SegmentWork`]), so everything below it is released too.
+    /// Nor does it go below `work.index + work.window` (what releasing `work` released the
+    /// successor at): only a window that grew releases more than one segment, so the walk never
+    /// depends on JetStream remembering message ids (15 minutes) to stop.
+    /// A `thorough` release (a redelivered segment found done already: its first worker may
+    /// have died halfway through this walk) goes on past duplicates and that floor, skipping
+    /// only the segments the song's record shows separated.
+    async fn release_ahead(&self, work: &SegmentWork, thorough: bool) -> Result<(), SeparateError> {
+        let window = self.window.get();
+        let floor = work.index.saturating_add(work.window.min(window).max(1));
+        let separated = if thorough {
             self.store
-                .publish(subjects::WORK_SEGMENT, &next, Some(&next.msg_id()))
+                .music(work.music_id)
+                .await?
+                .map(|r| r.separated)
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let kind = subjects::work_segment(&work.model);
+        for next in work.ahead(window) {
+            if !thorough && next.index < floor {
+                break;
+            }
+            if separated.get(next.index as usize) == Some(&true) {
+                continue;
+            }
+            let fresh = self
+                .store
+                .publish_fresh(&kind, &next, &next.msg_id())
                 .await?;
+            if !fresh && !thorough {
+                break;
+            }
         }
         Ok(())
     }
+}
+
+/// A simulated model run's output for a planar stereo window (`DME_FAKE_INFER_MS`): `sources`
+/// stems of `[2, window]` samples, the first the input itself and every other silence. The stems
+/// still sum to the input, and silence packs to almost nothing, so a simulated fleet moves
+/// about as many bytes per segment as its inputs.
+pub fn fake_stems(input: &[f32], sources: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(input.len().saturating_mul(sources.max(1)));
+    out.extend_from_slice(input);
+    out.resize(input.len().saturating_mul(sources.max(1)), 0.0);
+    out
 }
 
 /// Cuts the model's output for a window back to its segment, as planar f32 bytes: lanes are

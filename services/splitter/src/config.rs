@@ -10,7 +10,9 @@ pub struct SplitterConfig {
     /// Where NATS is.
     #[command(flatten)]
     pub nats: NatsArgs,
-    /// Segments of one song queued at once (fair sharing of the separators between songs).
+    /// The smallest window of a song: segments queued at once (fair sharing of the separators
+    /// between songs); the window grows past it to the song's share of its model's live
+    /// separators, so one song alone keeps every one busy.
     #[arg(long, env = "DME_SEGMENT_WINDOW", default_value_t = DEFAULT_SEGMENT_WINDOW)]
     pub segment_window: u32,
     /// Address of this process's metrics and health listener (`/metrics`, `/healthz`,

@@ -27,8 +27,8 @@ pub enum SplitterError {
 /// Why one song could not be cut.
 #[derive(Debug, thiserror::Error)]
 pub enum SplitError {
-    /// No separator has registered its model, so the segment length is unknown (transient).
-    #[error("no separator has registered a model yet")]
+    /// The song's model is not registered, so its segment length is unknown (transient).
+    #[error("the song's model is not registered (yet)")]
     NoModel,
     /// The original is not in the object store (permanent).
     #[error("the uploaded file is missing from storage")]

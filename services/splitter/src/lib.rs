@@ -5,8 +5,9 @@
 //! (its segment length and stems).
 //! Produces: each segment's model input window in the object store (see
 //! [`dme_protocol::objects::segment_input`]), one job record per segment, the song's
-//! [`SegmentPlan`] on its record, and the first `segment_window` work items on
-//! [`subjects::WORK_SEGMENT`] (separators release the rest as they finish).
+//! [`SegmentPlan`] on its record, and the first window of work items on
+//! [`subjects::WORK_SEGMENT`] (at least `segment_window`, else the song's share of its model's
+//! live separators; separators release the rest as they finish).
 //! Guarantees: decoding streams to temporary files, so memory stays bounded whatever the song's
 //! length; the geometry is exactly demucs' `apply_model` ([`dme_segment`]); a redelivered upload
 //! is cut again idempotently (objects overwritten, jobs created once, work items deduplicated by
@@ -32,7 +33,7 @@ use std::time::Duration;
 
 pub use config::{SplitterConfig, DEFAULT_SEGMENT_WINDOW};
 use decoded::DecodedSong;
-use dme_protocol::messages::{MusicUploaded, ProgressEvent, SegmentWork};
+use dme_protocol::messages::{segment_window, MusicUploaded, ProgressEvent, SegmentWork};
 use dme_protocol::records::{JobRecord, JobState, ModelInfo, MusicRecord, MusicState, TrackRecord};
 use dme_protocol::{
     now_ms, objects, streams, subjects, Incarnation, JobId, MusicId, Segment, SegmentPlan,
@@ -170,7 +171,12 @@ impl Cutter {
             // Cut before (this is a redelivery): only make sure the first window is queued.
             return self.release_first_window(&record, plan).await;
         }
-        let model = self.store.model().await?.ok_or(SplitError::NoModel)?;
+        // The model the song was uploaded for (its pool separates it), not whichever runs.
+        let model = self
+            .store
+            .model(&record.model)
+            .await?
+            .ok_or(SplitError::NoModel)?;
         if model.segment < MIN_MODEL_SEGMENT {
             return Err(SplitError::ModelSegment(model.segment));
         }
@@ -320,13 +326,24 @@ impl Cutter {
         }
     }
 
-    /// Queues the song's first `segment_window` segments (deduplicated by message id).
+    /// Queues the song's first window of segments, in order (deduplicated by message id): at
+    /// least `segment_window`, else the song's share of its model's pool
+    /// ([`dme_protocol::messages::segment_window`]; the pool's load not read costs only the
+    /// adaptation, never the release).
     async fn release_first_window(
         &self,
         record: &MusicRecord,
         plan: SegmentPlan,
     ) -> Result<(), SplitError> {
-        let window = self.config.segment_window.max(1);
+        let floor = self.config.segment_window.max(1);
+        let window = match self.store.pool_load(&record.model).await {
+            // This song has nothing queued yet (or is counted already: then it gets a little less).
+            Ok(load) => segment_window(floor, load.workers, load.songs.saturating_add(1)),
+            Err(e) => {
+                tracing::debug!(error = %e, "pool load not read; window at its floor");
+                floor
+            }
+        };
         for index in 0..window.min(plan.count()) {
             let work = SegmentWork {
                 music_id: record.music_id,
@@ -338,7 +355,11 @@ impl Cutter {
                 incarnation: record.incarnation,
             };
             self.store
-                .publish(subjects::WORK_SEGMENT, &work, Some(&work.msg_id()))
+                .publish(
+                    &subjects::work_segment(&work.model),
+                    &work,
+                    Some(&work.msg_id()),
+                )
                 .await?;
         }
         Ok(())

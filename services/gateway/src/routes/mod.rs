@@ -5,6 +5,7 @@ pub(crate) mod events;
 mod files;
 pub(crate) mod jobs;
 pub(crate) mod lifecycle;
+pub(crate) mod models;
 pub(crate) mod music;
 mod openapi;
 mod page;
@@ -62,6 +63,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(resource("/readyz").route(web::get().to(system::ready)))
     .service(resource("/metrics").route(web::get().to(system::metrics)))
     .service(resource("/workers").route(web::get().to(workers::list)))
+    .service(resource("/models").route(web::get().to(models::list)))
     .service(resource("/").route(web::get().to(page::index)))
     .service(resource("/ui/{file}").route(web::get().to(page::asset)))
     .configure(|cfg| openapi::configure(cfg, resource))

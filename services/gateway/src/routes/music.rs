@@ -5,14 +5,14 @@ use std::sync::{Arc, LazyLock, Mutex};
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use dme_protocol::messages::{MixRequest, ProgressEvent};
-use dme_protocol::records::{Gain, MixRecord, MusicRecord, MusicState, TrackRecord};
+use dme_protocol::records::{Gain, MixRecord, ModelInfo, MusicRecord, MusicState, TrackRecord};
 use dme_protocol::{now_ms, objects, subjects, Incarnation, MusicId, TrackId};
 use futures::StreamExt;
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::openapi::{AudioBytes, ErrorBody, Selection, SongState, UploadForm};
-use super::{base_url, load_music};
+use super::{base_url, load_music, models};
 use crate::admission::{self, Cost};
 use crate::upload;
 use crate::{ApiError, AppState};
@@ -39,7 +39,8 @@ struct Track {
 /// api.yaml's `Musica`, extended with what the probe found and where processing is.
 #[derive(Serialize, ToSchema)]
 pub(crate) struct Music {
-    /// The song's id, derived from the file's content: the same bytes are the same song.
+    /// The song's id, derived from the file's content and its model: the same bytes with the
+    /// same model are the same song.
     #[schema(value_type = u64, example = 123345678)]
     music_id: MusicId,
     /// Its title (from its tags, else the file's name).
@@ -170,6 +171,10 @@ pub(crate) struct Progress {
         ("name" = Option<String>, Query,
             description = "The file's name for a raw body (else `X-File-Name`, else the \
                 `filename` of `Content-Disposition`)"),
+        ("model" = Option<String>, Query,
+            description = "The model to separate the song with, by name or fingerprint (see \
+                `GET /models`); else the default (`DME_DEFAULT_MODEL`), else the only model \
+                offered. The same file with two models is two songs"),
         ("X-File-Name" = Option<String>, Header, description = "The file's name for a raw body"),
     ),
     request_body(
@@ -183,7 +188,9 @@ pub(crate) struct Progress {
     responses(
         (status = 200, description = "The song stored (or found: the same bytes again)",
             body = Music),
-        (status = 400, description = "A malformed body (a form without a file)", body = ErrorBody),
+        (status = 400, description = "A malformed body (a form without a file), a model that \
+            is not offered, or no model named while several are offered and none is the \
+            default (the message lists the models)", body = ErrorBody),
         (status = 408, description = "The body paused or took too long", body = ErrorBody),
         (status = 409, description = "A different file already has this id", body = ErrorBody),
         (status = 413, description = "Over the size or duration limit, or a song that could \
@@ -191,7 +198,7 @@ pub(crate) struct Progress {
         (status = 415, description = "Not audio, or a codec dme cannot decode", body = ErrorBody),
         (status = 429, description = "This client has too much work in flight",
             body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds"))),
-        (status = 503, description = "No separator has registered a model yet, or NATS is away",
+        (status = 503, description = "No model is registered yet, or NATS is away",
             body = ErrorBody),
         (status = 507, description = "The store is too full for a new song",
             body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds"))),
@@ -202,27 +209,41 @@ pub async fn upload(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let requested = requested_model(&req)?;
+    // Chosen once the body is read: an answer sent while a client still sends a large body
+    // reaches it as a reset connection, not as the JSON that says what to change.
     let spooled = upload::receive(&req, payload, &state).await?;
+    let model = models::choose(&state, requested.as_deref()).await?;
     let client = admission::client_key(&req, &state.config.trusted_proxies);
-    Ok(HttpResponse::Ok().json(store(&state, spooled, client).await?))
+    Ok(HttpResponse::Ok().json(store(&state, spooled, client, &model).await?))
 }
 
-/// Stores a received upload as a song for `client` (whose work in flight admission counts) and
-/// answers it as `POST /music` does: the HTTP and the NATS upload both end here.
+/// The `model` query parameter of an upload, if any.
+fn requested_model(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let query = web::Query::<HashMap<String, String>>::from_query(req.query_string())
+        .map_err(|e| ApiError::BadRequest(format!("malformed query: {e}")))?;
+    Ok(query.get("model").cloned())
+}
+
+/// Stores a received upload as a song of `model` (see [`models::choose`]) for `client` (whose
+/// work in flight admission counts) and answers it as `POST /music` does: the HTTP and the NATS
+/// upload both end here. The song's id comes from the file's content and the model: the same
+/// file with another model is another song.
 ///
 /// # Errors
 /// 413 for a song longer than the limit, 415 for what is not audio, 409 for a hash collision,
-/// 429/507 from admission, 503 when no separator ever registered a model or NATS is away.
+/// 429/507 from admission, 503 when NATS is away.
 pub(crate) async fn store(
     state: &AppState,
     spooled: upload::Spooled,
     client: String,
+    model: &ModelInfo,
 ) -> Result<Music, ApiError> {
-    let music_id = MusicId::from_content_hash(&spooled.hash);
+    let music_id = MusicId::of_upload(&spooled.hash, &model.fingerprint);
     let hash = spooled.hash.to_hex().to_string();
     let _storing = UploadInFlight::wait_for_turn(music_id).await;
     if let Some(existing) = state.store.music(music_id).await? {
-        return existing_upload(state, existing, &hash).await;
+        return existing_upload(state, existing, &hash, model).await;
     }
     let probe = upload::probe(&spooled).await?;
     if probe.duration_s > state.config.max_duration_s {
@@ -231,11 +252,6 @@ pub(crate) async fn store(
             probe.duration_s, state.config.max_duration_s
         )));
     }
-    let model = state.store.model().await?.ok_or_else(|| {
-        ApiError::Unavailable(
-            "no separator has registered a model yet: start a separator and retry".into(),
-        )
-    })?;
     // Tags are the client's words too: cleaned as a file name is, so no control character,
     // bidirectional override or megabyte of text reaches a page, a log line or a header.
     let name = probe
@@ -305,7 +321,7 @@ pub(crate) async fn store(
         let existing = state.store.music(music_id).await?.ok_or_else(|| {
             ApiError::Internal(format!("record {music_id} vanished after a create race").into())
         })?;
-        return existing_upload(state, existing, &hash).await;
+        return existing_upload(state, existing, &hash, model).await;
     }
     dme_storage::song::publish_uploaded(&state.store, &record).await?;
     tracing::info!(%music_id, name = %record.name, size = record.size, codec = %record.codec, "song uploaded");
@@ -359,8 +375,9 @@ async fn existing_upload(
     state: &AppState,
     existing: MusicRecord,
     hash: &str,
+    model: &ModelInfo,
 ) -> Result<Music, ApiError> {
-    if existing.content_hash != hash {
+    if existing.content_hash != hash || existing.model != model.fingerprint {
         return Err(ApiError::Conflict(format!(
             "a different file already has id {}; this upload cannot be stored",
             existing.music_id

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{Modify, OpenApi, ToSchema};
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
-use super::{events, files, jobs, lifecycle, music, page, peaks, system, workers};
+use super::{events, files, jobs, lifecycle, models, music, page, peaks, system, workers};
 
 /// Where the document is served, and where the docs page reads it.
 pub(super) const OPENAPI_PATH: &str = "/openapi.json";
@@ -75,6 +75,7 @@ const DOCS_CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self
         system::ready,
         system::metrics,
         workers::list,
+        models::list,
         openapi_json,
         docs,
         page::index,
@@ -345,13 +346,13 @@ pub(crate) struct Readiness {
     /// `ready`, or `not ready`.
     #[schema(example = "ready")]
     status: String,
-    /// Each check (`nats`: connected; `model`: a separator registered one), and whether it
-    /// passes.
+    /// Each check (`nats`: connected; `model`: at least one model is registered), and whether
+    /// it passes.
     #[schema(example = json!({"nats": true, "model": true}))]
     checks: std::collections::BTreeMap<String, bool>,
 }
 
-/// The model the separators run, as `GET /healthz` shows it.
+/// The model an upload without a choice gets (see `GET /models`), as `GET /healthz` shows it.
 #[derive(Serialize, ToSchema)]
 pub(crate) struct HealthModel {
     /// Its short name.
@@ -373,8 +374,9 @@ pub(crate) struct Health {
     /// `ok`.
     #[schema(example = "ok")]
     status: String,
-    /// The registered model; null until a separator has registered one, or while NATS cannot
-    /// be read.
+    /// The model an upload without a choice gets (`DME_DEFAULT_MODEL`, else the only one
+    /// registered); null until one is registered, while several are and none is the default
+    /// (see `GET /models`), or while NATS cannot be read.
     #[schema(required = true)]
     model: Option<HealthModel>,
 }

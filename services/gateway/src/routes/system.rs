@@ -39,8 +39,9 @@ pub(crate) async fn reset_all(state: &AppState) -> Result<serde_json::Value, Api
 const HEALTH_MODEL_WAIT: Duration = Duration::from_secs(2);
 
 /// `GET /healthz`: alive. Always 200 `{"status": "ok", "model": ...}` while the process serves,
-/// NATS or not; `model` is the model the separators run, null until one has registered or while
-/// it cannot be read (NATS away: `/readyz` says so).
+/// NATS or not; `model` is the model an upload without a choice gets (see `GET /models`), null
+/// until one is registered, while several are and none is the default, or while it cannot be
+/// read (NATS away: `/readyz` says so).
 #[utoipa::path(
     get,
     path = "/healthz",
@@ -54,8 +55,8 @@ const HEALTH_MODEL_WAIT: Duration = Duration::from_secs(2);
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     let connected = dme_storage::presence::connected(state.store.client());
     let model = if connected() {
-        match tokio::time::timeout(HEALTH_MODEL_WAIT, state.store.model()).await {
-            Ok(Ok(model)) => model,
+        match tokio::time::timeout(HEALTH_MODEL_WAIT, super::models::choose(&state, None)).await {
+            Ok(Ok(model)) => Some(model),
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "model not read for /healthz");
                 None
@@ -70,8 +71,9 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     })) }))
 }
 
-/// `GET /readyz`: ready to take songs: connected to NATS, with a model registered by a
-/// separator. 200 `{"status": "ready", "checks": {...}}`, else 503 with the failing checks.
+/// `GET /readyz`: ready to take songs: connected to NATS, with at least one model registered
+/// (by a separator, or `dme models add`: songs wait in the queue until a separator of theirs
+/// runs). 200 `{"status": "ready", "checks": {...}}`, else 503 with the failing checks.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -87,7 +89,7 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let readiness = dme_telemetry::metrics::Readiness::default();
     let nats = dme_storage::presence::connected(state.store.client());
     readiness.set("nats", nats);
-    let model = matches!(state.store.model().await, Ok(Some(_)));
+    let model = matches!(state.store.models().await, Ok(models) if !models.is_empty());
     readiness.set("model", move || model);
     let (ready, body) = readiness.report();
     if ready {
