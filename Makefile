@@ -61,7 +61,7 @@ test-chaos: setup
 # Figures of a real system on this machine (issue 15): pipeline overhead against the
 # single-process loop, re-mix, the gateway under load (Debian's wrk), decoding against ffmpeg,
 # peak memory. Writes bench/results/*.json and docs/BENCHMARKS.md; release builds; about
-# 15 minutes on 2 cores. Not part of `make test`. DME_BENCH_ONLY=pipeline,remix,load,decoding
+# 15 minutes on 2 cores. Not part of `make test`. DME_BENCH_ONLY=pipeline,remix,load,decoding,fleet
 # runs some groups (the others' JSON files are kept), DME_BENCH_RUNS the pipeline's runs.
 .PHONY: bench
 bench: setup
