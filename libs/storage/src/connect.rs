@@ -210,16 +210,24 @@ impl Store {
             {
                 Ok(files) => files,
                 // Another service created it at the same moment: JetStream then refuses the
-                // second reservation of its maximum (10047) instead of answering that it exists.
-                Err(create) => js
-                    .get_object_store(streams::FILE_BUCKET)
-                    .await
-                    .map_err(|_| {
+                // second reservation of its maximum (10047) instead of answering that it exists,
+                // and the other creation may not be visible yet: look again for a while.
+                Err(create) => {
+                    let mut found = None;
+                    for _ in 0..FILE_BUCKET_LOOKUPS {
+                        if let Ok(files) = js.get_object_store(streams::FILE_BUCKET).await {
+                            found = Some(files);
+                            break;
+                        }
+                        tokio::time::sleep(FILE_BUCKET_LOOKUP_PAUSE).await;
+                    }
+                    found.ok_or_else(|| {
                         nats(
                             "declare file bucket (is DME_STORE_MAX_BYTES above the server's \
                              max_file_store?)",
                         )(create)
-                    })?,
+                    })?
+                }
             },
         };
         wait_for_leaders(&js).await?;
@@ -288,6 +296,13 @@ async fn wait_for_leaders(js: &jetstream::Context) -> Result<()> {
     }
     Ok(())
 }
+
+/// Looks for a file bucket another service was creating when this one's creation was refused,
+/// [`FILE_BUCKET_LOOKUP_PAUSE`] apart: seen in tests, a concurrent creation became visible
+/// after the refusal; 25 looks (5 s) cover a loaded machine.
+const FILE_BUCKET_LOOKUPS: usize = 25;
+/// The pause between two of those looks.
+const FILE_BUCKET_LOOKUP_PAUSE: Duration = Duration::from_millis(200);
 
 /// Whether `e` says JetStream is not ready yet rather than refusing: a request that timed out
 /// or found nobody to answer, as while a cluster elects a leader (a server of a 3-node cluster
