@@ -38,22 +38,7 @@ pub struct AddArgs {
 /// The request's; a gateway without `/models` (404) is [`CliError::Server`].
 pub async fn list(server: &Server) -> Result<(), CliError> {
     let client = Client::new(&server.url)?.with_token(server.token.as_deref())?;
-    let models = match client.get_json("/models").await {
-        Err(CliError::Refused {
-            status: 404,
-            what,
-            message,
-        }) => {
-            return Err(CliError::Server {
-                what,
-                status: 404,
-                message: format!(
-                    "{message}: this gateway does not list models (it is older than this CLI)"
-                ),
-            })
-        }
-        other => other?,
-    };
+    let models = super::system::listing(&client, "/models", "models").await?;
     if server.json {
         return output::json(&models);
     }

@@ -15,22 +15,7 @@ use super::Server;
 /// newer server.
 pub async fn workers(server: &Server) -> Result<(), CliError> {
     let client = Client::new(&server.url)?.with_token(server.token.as_deref())?;
-    let workers = match client.get_json("/workers").await {
-        Err(CliError::Refused {
-            status: 404,
-            what,
-            message,
-        }) => {
-            return Err(CliError::Server {
-                what,
-                status: 404,
-                message: format!(
-                    "{message}: this gateway does not list workers (it is older than this CLI)"
-                ),
-            })
-        }
-        other => other?,
-    };
+    let workers = listing(&client, "/workers", "workers").await?;
     if server.json {
         return output::json(&workers);
     }
@@ -86,4 +71,29 @@ pub async fn reset(server: &Server, yes: bool) -> Result<(), CliError> {
         "reset {}: every song, job and file deleted",
         client.base()
     ))
+}
+
+/// `GET path`, a listing of `noun` that older gateways do not serve: their 404 says so.
+///
+/// # Errors
+/// As [`Client::get_json`], a 404 as the server's error naming the older gateway.
+pub(crate) async fn listing(
+    client: &Client,
+    path: &str,
+    noun: &str,
+) -> Result<serde_json::Value, CliError> {
+    match client.get_json(path).await {
+        Err(CliError::Refused {
+            status: 404,
+            what,
+            message,
+        }) => Err(CliError::Server {
+            what,
+            status: 404,
+            message: format!(
+                "{message}: this gateway does not list {noun} (it is older than this CLI)"
+            ),
+        }),
+        other => other,
+    }
 }
