@@ -4,10 +4,12 @@
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use async_nats::jetstream::object_store::{DeleteErrorKind, GetErrorKind, InfoErrorKind, Object};
+use async_nats::jetstream::consumer::push::OrderedConfig;
+use async_nats::jetstream::object_store::{DeleteErrorKind, InfoErrorKind, ObjectStore};
 use dme_protocol::MusicId;
 use futures::{StreamExt, TryStreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
@@ -25,30 +27,32 @@ pub type Unpacked<R> = ZstdStream<R, zstd::stream::raw::Decoder<'static>>;
 pub const OBJECT_READ_IDLE: Duration = Duration::from_secs(30);
 
 /// A streaming reader of one object that fails with `TimedOut` after [`OBJECT_READ_IDLE`]
-/// without data, instead of hanging.
+/// without data, instead of hanging. Its chunks are pushed by the server through an ordered
+/// consumer made when the reader is opened, so a refused or timed-out consumer is an error of
+/// [`Store::object_reader`] (async-nats' own `Object` reader makes that consumer on the first
+/// read and panics when it fails, as it did on a loaded CI machine).
 pub struct ObjectReader {
-    inner: Object,
+    inner: tokio_util::io::StreamReader<ChunkStream, bytes::Bytes>,
+    size: u64,
+    digest: Option<String>,
     idle: Pin<Box<tokio::time::Sleep>>,
 }
 
-impl ObjectReader {
-    pub(crate) fn new(inner: Object) -> Self {
-        ObjectReader {
-            inner,
-            idle: Box::pin(tokio::time::sleep(OBJECT_READ_IDLE)),
-        }
-    }
+/// An object's chunks in order, ending after the last one.
+type ChunkStream =
+    Pin<Box<dyn futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static>>;
 
+impl ObjectReader {
     /// Size of the object in bytes.
     pub fn size(&self) -> u64 {
-        self.inner.info.size as u64
+        self.size
     }
 
     /// The object's content digest as NATS stores it (`SHA-256=<base64url>`), computed when it
     /// was written: the same bytes always have the same digest. `None` for an object written by
     /// a client that records none.
     pub fn digest(&self) -> Option<&str> {
-        self.inner.info.digest.as_deref()
+        self.digest.as_deref()
     }
 }
 
@@ -171,6 +175,83 @@ impl AsyncRead for ChunkedObjectReader {
             this.chunk = message.payload;
         }
     }
+}
+
+/// A reader of object `name` of `bucket`, or `None` if it does not exist (see [`ObjectReader`]).
+///
+/// # Errors
+/// On NATS failure, or when the object is a link to another (this project writes none).
+pub(crate) async fn open_object(
+    js: &async_nats::jetstream::Context,
+    bucket: &ObjectStore,
+    name: &str,
+) -> Result<Option<ObjectReader>> {
+    let info = match bucket.info(name).await {
+        Ok(info) if !info.deleted => info,
+        Ok(_) => return Ok(None),
+        Err(e) if e.kind() == InfoErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(nats("object info")(e)),
+    };
+    if info.options.as_ref().is_some_and(|o| o.link.is_some()) {
+        return Err(StoreError::Read {
+            name: name.to_string(),
+            source: std::io::Error::other("the object is a link, which dme does not follow"),
+        });
+    }
+    let size = info.size as u64;
+    let chunks: ChunkStream = if info.chunks == 0 {
+        Box::pin(futures::stream::empty())
+    } else {
+        let stream = js
+            .get_stream_no_info(format!("OBJ_{}", info.bucket))
+            .await
+            .map_err(nats("object stream"))?;
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                deliver_subject: js.client().new_inbox(),
+                filter_subject: format!("$O.{}.C.{}", info.bucket, info.nuid),
+                ..Default::default()
+            })
+            .await
+            .map_err(nats("object consumer"))?;
+        let messages = consumer.messages().await.map_err(nats("object messages"))?;
+        let read = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = read.clone();
+        let chunks = messages.take(info.chunks).map(move |message| {
+            let payload = message
+                .map_err(|e| std::io::Error::other(format!("object chunk: {e}")))?
+                .message
+                .payload;
+            let total =
+                counted.fetch_add(payload.len() as u64, Ordering::Relaxed) + payload.len() as u64;
+            if total > size {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("the object's chunks hold more than its size, {size} bytes"),
+                ));
+            }
+            Ok(payload)
+        });
+        // The last chunk read, the bytes must be the object's size.
+        let end = futures::stream::once(async move {
+            let total = read.load(Ordering::Relaxed);
+            if total == size {
+                Ok(bytes::Bytes::new())
+            } else {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("the object's chunks hold {total} bytes, its size is {size}"),
+                ))
+            }
+        });
+        Box::pin(chunks.chain(end))
+    };
+    Ok(Some(ObjectReader {
+        inner: tokio_util::io::StreamReader::new(chunks),
+        size,
+        digest: info.digest,
+        idle: Box::pin(tokio::time::sleep(OBJECT_READ_IDLE)),
+    }))
 }
 
 fn unpacked<R>(name: &str, reader: R) -> Result<Unpacked<R>> {
@@ -308,11 +389,7 @@ impl Store {
     /// # Errors
     /// On NATS failure.
     pub async fn object_reader(&self, name: &str) -> Result<Option<ObjectReader>> {
-        match self.files.get(name).await {
-            Ok(o) => Ok(Some(ObjectReader::new(o))),
-            Err(e) if e.kind() == GetErrorKind::NotFound => Ok(None),
-            Err(e) => Err(nats("get object")(e)),
-        }
+        open_object(&self.js, &self.files, name).await
     }
 
     /// A [`ChunkedObjectReader`] of object `name`, or `None` if it does not exist.

@@ -1,7 +1,7 @@
 //! The uploads bucket (`dme-uploads`): where a NATS user puts a file (`nats object put
 //! dme-uploads song.mp3`) before asking `dme.api.music.upload` to make it a song.
 
-use async_nats::jetstream::object_store::{GetErrorKind, ObjectStore};
+use async_nats::jetstream::object_store::ObjectStore;
 use dme_protocol::streams;
 
 use crate::{nats, ObjectReader, Result, Store};
@@ -9,6 +9,7 @@ use crate::{nats, ObjectReader, Result, Store};
 /// The uploads bucket, opened (and created when missing) by the gateway.
 #[derive(Clone)]
 pub struct UploadBucket {
+    js: async_nats::jetstream::Context,
     bucket: ObjectStore,
 }
 
@@ -35,7 +36,10 @@ impl Store {
                     .map_err(|_| nats("declare uploads bucket")(create))?,
             },
         };
-        Ok(UploadBucket { bucket })
+        Ok(UploadBucket {
+            js: self.js.clone(),
+            bucket,
+        })
     }
 }
 
@@ -46,11 +50,7 @@ impl UploadBucket {
     /// # Errors
     /// On NATS failure.
     pub async fn open(&self, name: &str) -> Result<Option<ObjectReader>> {
-        match self.bucket.get(name).await {
-            Ok(object) => Ok(Some(ObjectReader::new(object))),
-            Err(e) if e.kind() == GetErrorKind::NotFound => Ok(None),
-            Err(e) => Err(nats("open an uploaded file")(e)),
-        }
+        crate::objects::open_object(&self.js, &self.bucket, name).await
     }
 
     /// Deletes the file `name` (done with it: it is a song now). A file already gone is fine.
