@@ -46,6 +46,34 @@ const SIZE_DEADLINE: Duration = Duration::from_secs(300);
 /// Songs are cut and separators are up within this, or the bench gives up.
 const READY_DEADLINE: Duration = Duration::from_secs(240);
 
+/// What the figures do not say by themselves: where the gap at 64 comes from, measured while
+/// the group ran on this 2-core machine (per-process CPU sampled from `/proc` every 2 s during
+/// a 64-worker run).
+const NOTES: &str = "Where the gap at 64 workers comes from (measured before the release \
+fix below): every simulated worker is a process on the same 2 cores, and a size's workers \
+start their first segments at the same moment, so every wave ends in a burst. Per segment a \
+worker unpacks its input, packs and stores its stems (about 2.5 MB compressed) and the server \
+stores them: about 80 ms of CPU across all processes (about one core on average while a \
+64-worker run timed its 256 segments in 21 s). A 64-worker wave asks for some 5 CPU-seconds at \
+once, and the slowest worker of each burst starts its next segment later: at 64 workers the \
+spread from a wave's first to its last done event grew 1.45, 2.5, 3.35 and 4.0 s over the four \
+waves (0.1 to 0.3 s at 8 workers, 0.6 to 1.7 s at 32). Workers on machines of their own do not \
+share these cores. The mixer, which makes the per-segment compare-and-swap on each song's \
+record, used about 2 CPU-seconds over a whole 64-worker run (perf: 1,035 samples at 499 Hz). \
+Changed for these figures: (1) a release bug: a finished segment released only up to the \
+window as it was now and stopped at the first segment already released, but segments finish \
+out of order, so a window that shrank between two releases, or a walk under way below \
+another, left segments released by nobody until the mixer's reconciler found the song idle \
+(dme/tests/fleet.rs took 78 to 228 s with those stalls, 16 s after the fix); (2) a separator \
+reads its pool's load only when it releases segments and its reading is over a second old \
+(before: every second in the background, three JetStream API requests, so 64 idle workers \
+asked 192 times a second); (3) it reads a segment's input by direct gets instead of creating \
+an ordered consumer per object, and marks its job started while it reads; (4) the bench's \
+clock starts at the first delivery after the pool is resumed, not at the resume (a pull \
+request that waited through the pause is answered only when re-issued, up to 2 s later: 1 \
+worker read 0.90 of ideal timed from the resume, 0.97 timed from the delivery). At 64 workers \
+before all of these: 0.764 and 0.772; with (2) to (4): 0.789.";
+
 /// One size's measurement.
 struct Point {
     workers: usize,
@@ -65,7 +93,13 @@ pub async fn fleet(svg: &Path) -> Value {
         .clone();
     let frames = (SONG_SECONDS * 44_100.0) as u64;
     let per_song = SegmentPlan::new(frames, info.segment, info.fixed).count() as usize;
-    let most = *SIZES.iter().max().expect("sizes");
+    // `DME_BENCH_FLEET_SIZES=1,64` measures some sizes only (a quicker look).
+    let sizes: Vec<usize> = std::env::var("DME_BENCH_FLEET_SIZES").map_or(SIZES.to_vec(), |v| {
+        v.split(',')
+            .map(|n| n.trim().parse().expect("DME_BENCH_FLEET_SIZES: numbers"))
+            .collect()
+    });
+    let most = *sizes.iter().max().expect("sizes");
     // One wave more than timed, so the last timed wave is full.
     let songs_for = |n: usize| ((WAVES + 1) * n).div_ceil(per_song).max(1);
     let mut mp3s = Vec::new();
@@ -73,7 +107,7 @@ pub async fn fleet(svg: &Path) -> Value {
         mp3s.push(song_mp3(500 + seed as u64));
     }
     let mut points = Vec::new();
-    for n in SIZES {
+    for n in sizes {
         let p = size(n, songs_for(n), &mp3s, &info.simulated().fingerprint).await;
         eprintln!(
             "bench: fleet {n:>2} workers: {:.2} segments/s of {:.2} ideal ({:.3}), {} songs",
@@ -120,12 +154,13 @@ pub async fn fleet(svg: &Path) -> Value {
              waits {FAKE_INFER_MS} ms, its stems are the input and silence) on 3-minute songs \
              of {per_song} segments (the embedded model's geometry), a fresh system per N; the \
              pool is paused while the songs are cut and until every separator waits, then the \
-             first {WAVES} full waves ({WAVES} × N segments) are timed from the resume to the \
-             last of their done events. Ideal = N × 1000 / {FAKE_INFER_MS} segments/s. \
+             first {WAVES} full waves ({WAVES} × N segments) are timed from the first delivery \
+             after the resume to the last of their done events. Ideal = N × 1000 / {FAKE_INFER_MS} segments/s. \
              Peak RSS of one fake separator: {} MiB. Plot: docs/bench/fleet.svg.",
             rss / 1024
         ),
         "figures": figures,
+        "notes": NOTES,
         "points": points.iter().map(|p| json!({
             "workers": p.workers,
             "songs": p.songs,
@@ -215,15 +250,31 @@ async fn size(n: usize, songs: usize, mp3s: &[Vec<u8>], fingerprint: &str) -> Po
         .request(pause, "{}".into())
         .await
         .expect("the pool resumes");
-    let t0 = Instant::now();
     assert!(
         !String::from_utf8_lossy(&resumed.payload).contains("\"error\""),
         "resume refused"
     );
+    // The clock starts when the first segment is in a worker's hands: a pull request that
+    // waited through the pause is answered only when it is asked again (up to the pull's 2 s
+    // expiry later), a lag of the bench's pause and not of the fleet.
+    loop {
+        let stream = js.get_stream(streams::WORK_STREAM).await.expect("stream");
+        let info = stream.consumer_info(&consumer).await.expect("the pool");
+        if info.num_ack_pending > 0 || info.delivered.stream_sequence > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < ready,
+            "no segment delivered after the resume"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let t0 = Instant::now();
     let timed = WAVES * n;
     let mut seen = HashSet::new();
     let deadline = t0 + SIZE_DEADLINE;
     let mut last = t0;
+    let mut times = Vec::new();
     while seen.len() < timed {
         let left = deadline.saturating_duration_since(Instant::now());
         let message = tokio::time::timeout(left, done_events.next())
@@ -235,13 +286,22 @@ async fn size(n: usize, songs: usize, mp3s: &[Vec<u8>], fingerprint: &str) -> Po
         };
         if seen.insert((done.music_id, done.index)) {
             last = Instant::now();
+            times.push(last.duration_since(t0).as_secs_f64());
         }
     }
+    // Each wave's first and last done event: how far the waves spread.
+    eprintln!(
+        "bench: fleet {n}: waves done (first, last) at {:?} s",
+        times
+            .chunks(n)
+            .map(|w| (round(w[0], 2), round(w[w.len() - 1], 2)))
+            .collect::<Vec<_>>()
+    );
     let seconds = last.duration_since(t0).as_secs_f64();
     let separator_rss_kib = sys
         .separators
         .first()
-        .map_or(0, |p| memory(p.id(), "VmHWM"));
+        .map_or(0, |p| memory(p.id(), "VmHWM") / 1024);
     drop(sys);
     Point {
         workers: n,

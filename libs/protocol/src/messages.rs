@@ -65,13 +65,13 @@ pub fn segment_window(floor: u32, workers: u32, songs: u32) -> u32 {
 /// [`crate::subjects::WORK_SEGMENT`]: separate one segment.
 ///
 /// The input window is in the object store at [`crate::objects::segment_input`]. Segments of one
-/// song are released a window at a time, and the released ones are always a prefix of the plan:
-/// the splitter releases `0..window`; the worker that finishes segment `k` releases, from the top
-/// down, the segments of `k + 1 ..= k + window` ([`SegmentWork::ahead`], the window as it is
-/// now), stopping at the first one JetStream reports as already released (message ids dedupe),
-/// below which everything is released. So many songs share the workers fairly instead of
-/// queueing one behind another, and a window that grows or shrinks between releases never
-/// leaves a segment unreleased.
+/// song are released a window at a time: the splitter releases `0..window`; the worker that
+/// finishes segment `k`, released with window `w`, releases `k + min(w, window) ..= k +
+/// max(w, window)` ([`SegmentWork::ahead`], `window` being the window as it is now; message ids
+/// drop what was released before). So many songs share the workers fairly instead of queueing
+/// one behind another, and a window that grows or shrinks between releases, with segments
+/// finishing out of order, leaves no segment unreleased: each finished segment releases the
+/// one its own release promised.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SegmentWork {
     /// The song.
@@ -103,8 +103,8 @@ impl WorkItem for SegmentWork {
 
 impl SegmentWork {
     /// The items that finishing this one releases with window `window`, highest index first:
-    /// segments `index + 1 ..= index + window` that lie in the plan. The releaser publishes
-    /// them in this order and stops at the first duplicate (see the type's docs).
+    /// segments `index + 1 ..= index + window` that lie in the plan (the separator's release
+    /// walks part of them, see its `release_ahead`).
     pub fn ahead(&self, window: u32) -> impl Iterator<Item = SegmentWork> + '_ {
         let count = self.plan.count();
         let top = self

@@ -1,14 +1,8 @@
 //! The fleet as the segment window sees it: how many separators of a model's pool are live and
-//! how many songs have segments queued for it ([`Store::pool_load`]), and the release of a
-//! song's segments ahead of a finished one ([`Store::publish_fresh`], which says whether
-//! JetStream stored the message or dropped it as a duplicate).
+//! how many songs have segments queued for it ([`Store::pool_load`]).
 
-use async_nats::jetstream;
-use bytes::Bytes;
-use dme_protocol::messages::WorkItem;
 use dme_protocol::{streams, subjects};
 use futures::TryStreamExt;
-use serde::Serialize;
 
 use crate::{nats, Result, Store};
 
@@ -34,7 +28,7 @@ impl Store {
     pub async fn pool_load(&self, model: &str) -> Result<PoolLoad> {
         let stream = self
             .js
-            .get_stream(streams::WORK_STREAM)
+            .get_stream_no_info(streams::WORK_STREAM)
             .await
             .map_err(nats("get work stream"))?;
         let kind = subjects::work_segment(model);
@@ -61,34 +55,5 @@ impl Store {
             Err(_) => 0, // no pool yet: nobody to share
         };
         Ok(PoolLoad { workers, songs })
-    }
-
-    /// Publishes a work message of `kind` with message id `msg_id` (see [`Store::publish`]);
-    /// true when JetStream stored it, false when it dropped it as a duplicate of a message
-    /// published with the same id within [`streams::DUPLICATE_WINDOW`].
-    ///
-    /// # Errors
-    /// On NATS failure (the message may or may not be stored; publishing again is safe).
-    pub async fn publish_fresh<T: Serialize + WorkItem>(
-        &self,
-        kind: &str,
-        message: &T,
-        msg_id: &str,
-    ) -> Result<bool> {
-        let subject = match message.music_id() {
-            Some(music) => subjects::work(kind, music),
-            None => kind.to_string(),
-        };
-        let publish = jetstream::message::PublishMessage::build()
-            .payload(Bytes::from(dme_protocol::encode(message)))
-            .message_id(msg_id);
-        let ack = self
-            .js
-            .send_publish(subject, publish)
-            .await
-            .map_err(nats("publish"))?
-            .await
-            .map_err(nats("publish ack"))?;
-        Ok(!ack.duplicate)
     }
 }

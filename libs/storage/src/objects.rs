@@ -335,18 +335,16 @@ impl Store {
     }
 
     /// A reader of the compressed object `name` that decompresses as it goes, or `None` if the
-    /// object does not exist. For workers, which read at once (see [`ObjectReader`]).
+    /// object does not exist. For workers, which read at once: it fetches chunk after chunk
+    /// with direct gets ([`ChunkedObjectReader`]), which costs the server no consumer.
     ///
     /// # Errors
     /// On NATS failure.
     pub async fn unpacked_object_reader(
         &self,
         name: &str,
-    ) -> Result<Option<Unpacked<ObjectReader>>> {
-        let Some(reader) = self.object_reader(name).await? else {
-            return Ok(None);
-        };
-        Ok(Some(unpacked(name, reader)?))
+    ) -> Result<Option<Unpacked<ChunkedObjectReader>>> {
+        self.unpacked_chunked_reader(name).await
     }
 
     /// A reader of the compressed object `name` that fetches a chunk at a time and decompresses
@@ -370,10 +368,12 @@ impl Store {
     /// # Errors
     /// On NATS failure or a broken object.
     pub async fn get_object(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        let Some(mut object) = self.object_reader(name).await? else {
+        // Direct gets, chunk after chunk: a worker reading a segment's input costs the server
+        // no consumer to make and later drop.
+        let Some(mut object) = self.chunked_object_reader(name).await? else {
             return Ok(None);
         };
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(usize::try_from(object.size()).unwrap_or(0));
         object
             .read_to_end(&mut out)
             .await

@@ -9,8 +9,8 @@
 //! [`subjects::WORK_SEPARATED`], and the song's segments ahead of the finished one in its
 //! fairness window ([`SegmentWork::ahead`]). The window adapts to the pool: at least
 //! `DME_SEGMENT_WINDOW`, else the song's share of the pool's live workers
-//! ([`dme_protocol::messages::segment_window`], the pool's load re-read every
-//! [`WINDOW_REFRESH`]), so one song alone keeps every worker busy and several share them.
+//! ([`dme_protocol::messages::segment_window`], the pool's load read at a release at most
+//! every [`WINDOW_REFRESH`]), so one song alone keeps every worker busy and several share them.
 //! Guarantees: a message is acked only after its stems and its done event are stored, so a worker
 //! killed at any point loses nothing (JetStream redelivers after the ack wait); in-progress acks
 //! keep a slow but alive worker's segment; a segment that cannot succeed (corrupt input, a model
@@ -34,7 +34,6 @@
 mod config;
 mod error;
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,11 +51,11 @@ use dme_telemetry::metrics::{MetricsServer, Readiness, INFERENCE_SECONDS, SEGMEN
 use dme_telemetry::Service;
 pub use error::{SeparateError, SeparatorError};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::AbortOnDropHandle;
 
-/// How often a separator re-reads its pool's load (live workers, songs queued) for the window:
-/// two cheap JetStream API requests, so a window follows workers joining and songs arriving
-/// within about a second, a fraction of a segment's time on any real model.
+/// How old a separator's reading of its pool's load (live workers, songs queued) may be when it
+/// releases segments: a reading is two JetStream API requests, so a window follows workers
+/// joining and songs arriving within about a second, a fraction of a segment's time on any
+/// real model, and a large pool does not flood the server with them.
 pub const WINDOW_REFRESH: Duration = Duration::from_secs(1);
 
 /// A separator process: one model, one segment at a time (the model uses the cores it is given).
@@ -105,7 +104,7 @@ impl Service for Separator {
                 redelivery,
             )
             .await?;
-        let window = Arc::new(SongWindow::start(
+        let window = Arc::new(SongWindow::new(
             store.clone(),
             info.fingerprint.clone(),
             config.segment_window,
@@ -246,42 +245,48 @@ struct Worker {
     fake: Option<Duration>,
 }
 
-/// The window of the songs of one pool, kept up to date by a background task that re-reads the
-/// pool's load every [`WINDOW_REFRESH`] (stopped when this is dropped). Until the first read,
-/// and whenever a read fails, the window is the floor (`DME_SEGMENT_WINDOW`): releases go on.
+/// The window of the songs of one pool, read from the pool's load when a release needs it and
+/// the last read is older than [`WINDOW_REFRESH`] (one read at a time per process). An idle
+/// worker asks nothing, and a pool of N workers releasing every T seconds asks about N / T
+/// times a second, not N. Until the first read, and whenever a read fails, the window is the
+/// floor (`DME_SEGMENT_WINDOW`): releases go on.
 struct SongWindow {
-    current: Arc<AtomicU32>,
-    _refresh: AbortOnDropHandle<()>,
+    store: Store,
+    model: String,
+    floor: u32,
+    /// The window and when it was read (`None`: never).
+    last: tokio::sync::Mutex<Option<(u32, Instant)>>,
 }
 
 impl SongWindow {
-    /// Starts following the load of the pool of `model`, with `floor` as the smallest window.
-    fn start(store: Store, model: String, floor: u32) -> SongWindow {
-        let floor = floor.max(1);
-        let current = Arc::new(AtomicU32::new(floor));
-        let shared = current.clone();
-        let refresh = tokio::spawn(async move {
-            loop {
-                let window = match store.pool_load(&model).await {
-                    Ok(load) => segment_window(floor, load.workers, load.songs),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "pool load not read; window at its floor");
-                        floor
-                    }
-                };
-                shared.store(window, Ordering::Relaxed);
-                tokio::time::sleep(WINDOW_REFRESH).await;
-            }
-        });
+    /// The window of the pool of `model`, with `floor` as the smallest.
+    fn new(store: Store, model: String, floor: u32) -> SongWindow {
         SongWindow {
-            current,
-            _refresh: AbortOnDropHandle::new(refresh),
+            store,
+            model,
+            floor: floor.max(1),
+            last: tokio::sync::Mutex::new(None),
         }
     }
 
-    /// The window now.
-    fn get(&self) -> u32 {
-        self.current.load(Ordering::Relaxed)
+    /// The window now: the last one read, or a fresh read when that is older than
+    /// [`WINDOW_REFRESH`].
+    async fn get(&self) -> u32 {
+        let mut last = self.last.lock().await;
+        if let Some((window, at)) = *last {
+            if at.elapsed() < WINDOW_REFRESH {
+                return window;
+            }
+        }
+        let window = match self.store.pool_load(&self.model).await {
+            Ok(load) => segment_window(self.floor, load.workers, load.songs),
+            Err(e) => {
+                tracing::debug!(error = %e, "pool load not read; window at its floor");
+                self.floor
+            }
+        };
+        *last = Some((window, Instant::now()));
+        window
     }
 }
 
@@ -342,9 +347,13 @@ impl Worker {
             .plan
             .segment(work.index)
             .ok_or(SeparateError::OutsidePlan(work.index))?;
-        self.update_job(work, |job| job.start(&self.worker_id, attempt))
-            .await;
-        let input = self.load_input(work, &seg).await?;
+        // The job record (a view for people) is marked started while the input is read: two
+        // round trips fewer before the model runs.
+        let (_, input) = tokio::join!(
+            self.update_job(work, |job| job.start(&self.worker_id, attempt)),
+            self.load_input(work, &seg)
+        );
+        let input = input?;
         let started = Instant::now();
         let output = self.run_model(input).await?;
         let took = started.elapsed();
@@ -508,18 +517,24 @@ impl Worker {
         .map_err(SeparateError::Task)?
     }
 
-    /// Releases the song's segments ahead of `work` in its window as it is now, from the top
-    /// down, and stops at the first JetStream reports as released before: the released segments
-    /// are a prefix of the plan (see [`SegmentWork`]), so everything below it is released too.
-    /// Nor does it go below `work.index + work.window` (what releasing `work` released the
-    /// successor at): only a window that grew releases more than one segment, so the walk never
-    /// depends on JetStream remembering message ids (15 minutes) to stop.
+    /// Releases the song's segments ahead of `work`: from `work.index + max(w, window)` down
+    /// to `work.index + min(w, window)`, where `w` is the window `work` was released with
+    /// (what its release promised to release when it finishes: `work.index + w`) and `window`
+    /// the window as it is now. A window that stays the same costs one publish per segment; one
+    /// that grows releases the new segments at once; one that shrinks still keeps the promise,
+    /// since segments finish out of order: the finisher of `k - 1` may come after the finisher
+    /// of `k`, and releasing only `k - 1 + window` then left `k - 1 + w` released by nobody (a
+    /// simulated fleet whose window changed stalled songs that way until the mixer's reconciler
+    /// found them). Nor does the walk stop at a segment JetStream reports as released before
+    /// (another walk may be under way below it), so it never depends on JetStream remembering
+    /// message ids (15 minutes) to stop: its length is bounded by the windows.
     /// A `thorough` release (a redelivered segment found done already: its first worker may
-    /// have died halfway through this walk) goes on past duplicates and that floor, skipping
-    /// only the segments the song's record shows separated.
+    /// have died halfway through this walk) goes down to `work.index + 1`, skipping only the
+    /// segments the song's record shows separated.
     async fn release_ahead(&self, work: &SegmentWork, thorough: bool) -> Result<(), SeparateError> {
-        let window = self.window.get();
+        let window = self.window.get().await;
         let floor = work.index.saturating_add(work.window.min(window).max(1));
+        let top = work.window.max(window);
         let separated = if thorough {
             self.store
                 .music(work.music_id)
@@ -530,20 +545,17 @@ impl Worker {
             Vec::new()
         };
         let kind = subjects::work_segment(&work.model);
-        for next in work.ahead(window) {
-            if !thorough && next.index < floor {
+        for ahead in work.ahead(top) {
+            if !thorough && ahead.index < floor {
                 break;
             }
+            let next = work.at(ahead.index, window);
             if separated.get(next.index as usize) == Some(&true) {
                 continue;
             }
-            let fresh = self
-                .store
-                .publish_fresh(&kind, &next, &next.msg_id())
+            self.store
+                .publish(&kind, &next, Some(&next.msg_id()))
                 .await?;
-            if !fresh && !thorough {
-                break;
-            }
         }
         Ok(())
     }
