@@ -72,7 +72,11 @@ an ordered consumer per object, and marks its job started while it reads; (4) th
 clock starts at the first delivery after the pool is resumed, not at the resume (a pull \
 request that waited through the pause is answered only when re-issued, up to 2 s later: 1 \
 worker read 0.90 of ideal timed from the resume, 0.97 timed from the delivery). At 64 workers \
-before all of these: 0.764 and 0.772; with (2) to (4): 0.789.";
+before all of these: 0.764 and 0.772; with (2) to (4): 0.789; with (1) to (4), the table: \
+lower, and the waves spread wider (2.5 to 5.5 s), since the fixed walk publishes |w - window| \
++ 1 segments, one round trip each, where the old one stopped at the first duplicate, and the \
+windows read during the bursts vary (a worker between its ack and its next pull is not \
+counted). Not done yet: publishing a walk's segments pipelined instead of one round trip each.";
 
 /// One size's measurement.
 struct Point {
