@@ -66,12 +66,12 @@ pub fn segment_window(floor: u32, workers: u32, songs: u32) -> u32 {
 ///
 /// The input window is in the object store at [`crate::objects::segment_input`]. Segments of one
 /// song are released a window at a time: the splitter releases `0..window`; the worker that
-/// finishes segment `k`, released with window `w`, releases `k + min(w, window) ..= k +
-/// max(w, window)` ([`SegmentWork::ahead`], `window` being the window as it is now; message ids
-/// drop what was released before). So many songs share the workers fairly instead of queueing
-/// one behind another, and a window that grows or shrinks between releases, with segments
-/// finishing out of order, leaves no segment unreleased: each finished segment releases the
-/// one its own release promised.
+/// finishes segment `k`, released with window `w`, releases `k + 1 ..= k + max(w, window)`
+/// ([`SegmentWork::ahead`], `window` being the window as it is now; message ids drop what was
+/// released before). So many songs share the workers fairly instead of queueing one behind
+/// another, and whatever the window does between releases, and in whatever order segments
+/// finish, no segment is left unreleased: the lowest unreleased one's predecessor was
+/// released, and its walk includes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SegmentWork {
     /// The song.
@@ -82,8 +82,8 @@ pub struct SegmentWork {
     pub index: u32,
     /// The song's segment plan.
     pub plan: SegmentPlan,
-    /// The song's window when this item was released (for logs: the worker that finishes it
-    /// uses the window as it is then).
+    /// The song's window when this item was released: the worker that finishes it releases up
+    /// to `index + max(window, the window then)`.
     pub window: u32,
     /// Fingerprint of the model the plan was made for: a worker running another model refuses.
     pub model: String,

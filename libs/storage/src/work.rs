@@ -64,6 +64,40 @@ impl Store {
         Ok(())
     }
 
+    /// Publishes the work messages `items` of `kind` (each with its message id, see
+    /// [`Store::publish`]) pipelined: every publish is sent before any acknowledgement is
+    /// awaited, so a batch costs about one round trip.
+    ///
+    /// # Errors
+    /// On NATS failure (some messages may be stored; publishing again is safe).
+    pub async fn publish_batch<T: Serialize + WorkItem>(
+        &self,
+        kind: &str,
+        items: &[T],
+        msg_id: impl Fn(&T) -> String,
+    ) -> Result<()> {
+        let mut acks = Vec::with_capacity(items.len());
+        for item in items {
+            let subject = match item.music_id() {
+                Some(music) => subjects::work(kind, music),
+                None => kind.to_string(),
+            };
+            let publish = jetstream::message::PublishMessage::build()
+                .payload(Bytes::from(dme_protocol::encode(item)))
+                .message_id(msg_id(item));
+            acks.push(
+                self.js
+                    .send_publish(subject, publish)
+                    .await
+                    .map_err(nats("publish"))?,
+            );
+        }
+        for ack in acks {
+            ack.await.map_err(nats("publish ack"))?;
+        }
+        Ok(())
+    }
+
     /// The durable work consumer `name` of work `kind` (a `WORK_*` subject, or a model's
     /// [`subjects::work_segment`]) for every song,
     /// created if missing, with `redelivery`'s settings (see [`Store::durable_consumer`]).

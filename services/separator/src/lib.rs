@@ -517,24 +517,21 @@ impl Worker {
         .map_err(SeparateError::Task)?
     }
 
-    /// Releases the song's segments ahead of `work`: from `work.index + max(w, window)` down
-    /// to `work.index + min(w, window)`, where `w` is the window `work` was released with
-    /// (what its release promised to release when it finishes: `work.index + w`) and `window`
-    /// the window as it is now. A window that stays the same costs one publish per segment; one
-    /// that grows releases the new segments at once; one that shrinks still keeps the promise,
-    /// since segments finish out of order: the finisher of `k - 1` may come after the finisher
-    /// of `k`, and releasing only `k - 1 + window` then left `k - 1 + w` released by nobody (a
-    /// simulated fleet whose window changed stalled songs that way until the mixer's reconciler
-    /// found them). Nor does the walk stop at a segment JetStream reports as released before
-    /// (another walk may be under way below it), so it never depends on JetStream remembering
-    /// message ids (15 minutes) to stop: its length is bounded by the windows.
+    /// Releases the song's segments `work.index + 1 ..= work.index + max(w, window)`, where `w`
+    /// is the window `work` was released with and `window` the window as it is now, published
+    /// pipelined (about one round trip); message ids drop those released before. Covering
+    /// every segment from `work.index + 1` up is what keeps a song from stalling: the lowest
+    /// segment nobody released always has its predecessor released, and the predecessor's walk
+    /// includes it, however the window changed and in whatever order segments finished. (Walks
+    /// that started higher, at `work.index + min(w, window)`, or stopped at the first
+    /// duplicate, left segments released by nobody until the mixer's reconciler found the song
+    /// idle.) The walk's length is bounded by the windows, so it never relies on JetStream
+    /// remembering message ids (15 minutes).
     /// A `thorough` release (a redelivered segment found done already: its first worker may
-    /// have died halfway through this walk) goes down to `work.index + 1`, skipping only the
-    /// segments the song's record shows separated.
+    /// have died halfway through this walk) skips the segments the song's record shows
+    /// separated.
     async fn release_ahead(&self, work: &SegmentWork, thorough: bool) -> Result<(), SeparateError> {
         let window = self.window.get().await;
-        let floor = work.index.saturating_add(work.window.min(window).max(1));
-        let top = work.window.max(window);
         let separated = if thorough {
             self.store
                 .music(work.music_id)
@@ -544,19 +541,15 @@ impl Worker {
         } else {
             Vec::new()
         };
+        let next: Vec<SegmentWork> = work
+            .ahead(work.window.max(window))
+            .filter(|ahead| separated.get(ahead.index as usize) != Some(&true))
+            .map(|ahead| work.at(ahead.index, window))
+            .collect();
         let kind = subjects::work_segment(&work.model);
-        for ahead in work.ahead(top) {
-            if !thorough && ahead.index < floor {
-                break;
-            }
-            let next = work.at(ahead.index, window);
-            if separated.get(next.index as usize) == Some(&true) {
-                continue;
-            }
-            self.store
-                .publish(&kind, &next, Some(&next.msg_id()))
-                .await?;
-        }
+        self.store
+            .publish_batch(&kind, &next, SegmentWork::msg_id)
+            .await?;
         Ok(())
     }
 }
