@@ -64,10 +64,9 @@ Changed for these figures: (1) a release bug: a finished segment released only u
 window as it was now and stopped at the first segment already released, but segments finish \
 out of order, so a window that shrank between two releases, or a walk under way below \
 another, left segments released by nobody until the mixer's reconciler found the song idle \
-(dme/tests/fleet.rs took 78 to 228 s with those stalls, 16 s after the fix); the table was \
-measured with a walk from k + min(w, window) to k + max(w, window), one round trip per \
-publish, which a review then showed can still leave a gap; the walk now covers k + 1 to k + \
-max(w, window), pipelined, and has not been measured here yet; (2) a separator \
+(dme/tests/fleet.rs took 78 to 228 s with those stalls, 16 s after the fix); a finished \
+segment now releases k + 1 to k + max(w, window), published pipelined (a first fix, from \
+k + min(w, window), could still leave a gap, as a review showed); (2) a separator \
 reads its pool's load only when it releases segments and its reading is over a second old \
 (before: every second in the background, three JetStream API requests, so 64 idle workers \
 asked 192 times a second); (3) it reads a segment's input by direct gets instead of creating \
@@ -75,11 +74,10 @@ an ordered consumer per object, and marks its job started while it reads; (4) th
 clock starts at the first delivery after the pool is resumed, not at the resume (a pull \
 request that waited through the pause is answered only when re-issued, up to 2 s later: 1 \
 worker read 0.90 of ideal timed from the resume, 0.97 timed from the delivery). At 64 workers \
-before all of these: 0.764 and 0.772; with (2) to (4): 0.789; with (1) to (4), the table: \
-lower, and the waves spread wider (2.5 to 5.5 s), since that walk published |w - window| + 1 \
-segments one round trip each where the old one stopped at the first duplicate, and the \
-windows read during the bursts vary (a worker between its ack and its next pull is not \
-counted).";
+before all of these: 0.764 and 0.772; with (2) to (4): 0.789; with (1) to (4), the table, \
+lower, with the waves spreading wider (2.8 to 5.6 s): 0.670 with the first fix of (1), 0.662 \
+with the pipelined one, so the walk's round trips are not what costs; why releasing every \
+segment costs 64 workers more than the stalling walk did is not found yet.";
 
 /// One size's measurement.
 struct Point {

@@ -200,6 +200,15 @@ pub(crate) async fn open_object(
     }
     let size = info.size as u64;
     let chunks: ChunkStream = if info.chunks == 0 {
+        if size != 0 {
+            return Err(StoreError::Read {
+                name: name.to_string(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("the object has no chunks, its size is {size}"),
+                ),
+            });
+        }
         Box::pin(futures::stream::empty())
     } else {
         let stream = js
@@ -335,16 +344,19 @@ impl Store {
     }
 
     /// A reader of the compressed object `name` that decompresses as it goes, or `None` if the
-    /// object does not exist. For workers, which read at once: it fetches chunk after chunk
-    /// with direct gets ([`ChunkedObjectReader`]), which costs the server no consumer.
+    /// object does not exist. For workers that read a whole long object at once (the mixer's
+    /// tracks): its chunks are pushed (see [`ObjectReader`]), not fetched one round trip each.
     ///
     /// # Errors
     /// On NATS failure.
     pub async fn unpacked_object_reader(
         &self,
         name: &str,
-    ) -> Result<Option<Unpacked<ChunkedObjectReader>>> {
-        self.unpacked_chunked_reader(name).await
+    ) -> Result<Option<Unpacked<ObjectReader>>> {
+        let Some(reader) = self.object_reader(name).await? else {
+            return Ok(None);
+        };
+        Ok(Some(unpacked(name, reader)?))
     }
 
     /// A reader of the compressed object `name` that fetches a chunk at a time and decompresses

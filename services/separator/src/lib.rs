@@ -248,8 +248,8 @@ struct Worker {
 /// The window of the songs of one pool, read from the pool's load when a release needs it and
 /// the last read is older than [`WINDOW_REFRESH`] (one read at a time per process). An idle
 /// worker asks nothing, and a pool of N workers releasing every T seconds asks about N / T
-/// times a second, not N. Until the first read, and whenever a read fails, the window is the
-/// floor (`DME_SEGMENT_WINDOW`): releases go on.
+/// times a second, not N. Until the first read the window is the floor (`DME_SEGMENT_WINDOW`);
+/// a read that fails keeps the last one: releases go on.
 struct SongWindow {
     store: Store,
     model: String,
@@ -281,8 +281,10 @@ impl SongWindow {
         let window = match self.store.pool_load(&self.model).await {
             Ok(load) => segment_window(self.floor, load.workers, load.songs),
             Err(e) => {
-                tracing::debug!(error = %e, "pool load not read; window at its floor");
-                self.floor
+                // The last reading stands (the floor before any): a failed read says nothing
+                // about the pool, and a window swinging to the floor and back makes long walks.
+                tracing::debug!(error = %e, "pool load not read; window unchanged");
+                last.map_or(self.floor, |(window, _)| window)
             }
         };
         *last = Some((window, Instant::now()));
