@@ -67,7 +67,7 @@ pub fn segment_window(floor: u32, workers: u32, songs: u32) -> u32 {
 /// The input window is in the object store at [`crate::objects::segment_input`]. Segments of one
 /// song are released a window at a time: the splitter releases `0..window`; the worker that
 /// finishes segment `k`, released with window `w`, releases `k + 1 ..= k + max(w, window)`
-/// ([`SegmentWork::ahead`], `window` being the window as it is now; message ids drop what was
+/// ([`SegmentWork::released_on_finish`], `window` being the window as it is now; message ids drop what was
 /// released before). So many songs share the workers fairly instead of queueing one behind
 /// another, and whatever the window does between releases, and in whatever order segments
 /// finish, no segment is left unreleased: the lowest unreleased one's predecessor was
@@ -102,9 +102,16 @@ impl WorkItem for SegmentWork {
 }
 
 impl SegmentWork {
-    /// The items that finishing this one releases with window `window`, highest index first:
-    /// segments `index + 1 ..= index + window` that lie in the plan (the separator's release
-    /// walks part of them, see its `release_ahead`).
+    /// The items that finishing this one releases when the song's window is `window` now:
+    /// segments `index + 1 ..= index + max(self.window, window)` that lie in the plan, each
+    /// released with `window` (see the type's docs for why the walk starts at `index + 1`).
+    pub fn released_on_finish(&self, window: u32) -> impl Iterator<Item = SegmentWork> + '_ {
+        self.ahead(self.window.max(window))
+            .map(move |ahead| self.at(ahead.index, window))
+    }
+
+    /// The items of segments `index + 1 ..= index + window` that lie in the plan, released with
+    /// window `window`, highest index first.
     pub fn ahead(&self, window: u32) -> impl Iterator<Item = SegmentWork> + '_ {
         let count = self.plan.count();
         let top = self
@@ -528,5 +535,79 @@ mod tests {
         let advisory = MaxDeliveries::from_json(json).unwrap();
         assert_eq!((advisory.stream_seq, advisory.deliveries), (42, 5));
         assert!(MaxDeliveries::from_json(b"{}").is_err());
+    }
+
+    /// Songs whose segments finish in any order while the window changes at every release:
+    /// every segment is released. The reviewer's counterexample (window 2, segment 1 finishing
+    /// before segment 0, then window 3) left segments 4, 7, 10, ... unreleased under a walk
+    /// from `k + min(w, window)`.
+    #[test]
+    fn segments_finishing_in_any_order_under_any_window_are_all_released() {
+        let plan = SegmentPlan::new(40 * 10, 10, true); // 40 segments
+        let count = plan.count();
+        let first = |window: u32| SegmentWork {
+            music_id: MusicId(7),
+            job_id: JobId::of(MusicId(7), 0),
+            index: 0,
+            plan,
+            window,
+            model: "m".into(),
+            incarnation: Incarnation(1),
+        };
+        let run = |mut next_window: Box<dyn FnMut() -> u32>,
+                   mut pick: Box<dyn FnMut(usize) -> usize>| {
+            let w0 = next_window();
+            let song = first(w0);
+            // The splitter releases `0..w0`.
+            let mut released: std::collections::BTreeMap<u32, SegmentWork> =
+                (0..w0.min(count)).map(|i| (i, song.at(i, w0))).collect();
+            let mut pending: Vec<u32> = released.keys().copied().collect();
+            while !pending.is_empty() {
+                let k = pending.remove(pick(pending.len()));
+                let window = next_window();
+                let finished = released[&k].clone();
+                for next in finished.released_on_finish(window) {
+                    if let std::collections::btree_map::Entry::Vacant(e) =
+                        released.entry(next.index)
+                    {
+                        pending.push(next.index);
+                        e.insert(next);
+                    }
+                }
+            }
+            released.len() as u32
+        };
+        // The counterexample: window 2, then 3; segment 1 finishes first, then in order.
+        let mut windows = vec![2, 2, 3].into_iter();
+        let mut order = vec![1, 0].into_iter();
+        assert_eq!(
+            run(
+                Box::new(move || windows.next().unwrap_or(3)),
+                Box::new(move |_| order.next().unwrap_or(0)),
+            ),
+            count
+        );
+        // Pseudo-random windows (1 to 9) and finishing orders.
+        for seed in 0..200u64 {
+            let mut x = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let rand = move || {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (x >> 33) as u32
+            };
+            let rand = std::rc::Rc::new(std::cell::RefCell::new(rand));
+            let (a, b) = (rand.clone(), rand.clone());
+            assert_eq!(
+                run(
+                    Box::new(move || 1 + (a.borrow_mut())() % 9),
+                    Box::new(move |n| (b.borrow_mut())() as usize % n),
+                ),
+                count,
+                "seed {seed}"
+            );
+        }
     }
 }

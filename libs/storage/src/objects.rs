@@ -177,15 +177,15 @@ impl AsyncRead for ChunkedObjectReader {
     }
 }
 
-/// A reader of object `name` of `bucket`, or `None` if it does not exist (see [`ObjectReader`]).
+/// The info of object `name` of `bucket`, `None` when it does not exist or was deleted.
 ///
 /// # Errors
-/// On NATS failure, or when the object is a link to another (this project writes none).
-pub(crate) async fn open_object(
-    js: &async_nats::jetstream::Context,
+/// On NATS failure, or when the object is a link to another (this project writes none, and
+/// neither reader follows one).
+async fn live_info(
     bucket: &ObjectStore,
     name: &str,
-) -> Result<Option<ObjectReader>> {
+) -> Result<Option<async_nats::jetstream::object_store::ObjectInfo>> {
     let info = match bucket.info(name).await {
         Ok(info) if !info.deleted => info,
         Ok(_) => return Ok(None),
@@ -198,6 +198,21 @@ pub(crate) async fn open_object(
             source: std::io::Error::other("the object is a link, which dme does not follow"),
         });
     }
+    Ok(Some(info))
+}
+
+/// A reader of object `name` of `bucket`, or `None` if it does not exist (see [`ObjectReader`]).
+///
+/// # Errors
+/// On NATS failure, or when the object is a link to another (this project writes none).
+pub(crate) async fn open_object(
+    js: &async_nats::jetstream::Context,
+    bucket: &ObjectStore,
+    name: &str,
+) -> Result<Option<ObjectReader>> {
+    let Some(info) = live_info(bucket, name).await? else {
+        return Ok(None);
+    };
     let size = info.size as u64;
     let chunks: ChunkStream = if info.chunks == 0 {
         if size != 0 {
@@ -409,11 +424,8 @@ impl Store {
     /// # Errors
     /// On NATS failure.
     pub async fn chunked_object_reader(&self, name: &str) -> Result<Option<ChunkedObjectReader>> {
-        let info = match self.files.info(name).await {
-            Ok(info) if !info.deleted => info,
-            Ok(_) => return Ok(None),
-            Err(e) if e.kind() == InfoErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(nats("object info")(e)),
+        let Some(info) = live_info(&self.files, name).await? else {
+            return Ok(None);
         };
         let stream = self
             .js

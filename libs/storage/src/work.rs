@@ -31,6 +31,25 @@ const PULL_RETRY: Duration = Duration::from_millis(500);
 /// server.
 const MIN_PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 
+/// The subject (its song's, [`subjects::work`]) and the message of work item `message` of
+/// `kind`, with `msg_id` when given.
+fn work_message<T: Serialize + WorkItem>(
+    kind: &str,
+    message: &T,
+    msg_id: Option<&str>,
+) -> (String, jetstream::message::PublishMessage) {
+    let subject = match message.music_id() {
+        Some(music) => subjects::work(kind, music),
+        None => kind.to_string(),
+    };
+    let mut publish = jetstream::message::PublishMessage::build()
+        .payload(Bytes::from(dme_protocol::encode(message)));
+    if let Some(id) = msg_id {
+        publish = publish.message_id(id);
+    }
+    (subject, publish)
+}
+
 impl Store {
     /// Publishes a work message of `kind` (a `WORK_*` subject, or a model's
     /// [`subjects::work_segment`]) and waits for JetStream to store it, on its song's subject
@@ -46,15 +65,7 @@ impl Store {
         message: &T,
         msg_id: Option<&str>,
     ) -> Result<()> {
-        let subject = match message.music_id() {
-            Some(music) => subjects::work(kind, music),
-            None => kind.to_string(),
-        };
-        let mut publish = jetstream::message::PublishMessage::build()
-            .payload(Bytes::from(dme_protocol::encode(message)));
-        if let Some(id) = msg_id {
-            publish = publish.message_id(id);
-        }
+        let (subject, publish) = work_message(kind, message, msg_id);
         self.js
             .send_publish(subject, publish)
             .await
@@ -78,13 +89,7 @@ impl Store {
     ) -> Result<()> {
         let mut acks = Vec::with_capacity(items.len());
         for item in items {
-            let subject = match item.music_id() {
-                Some(music) => subjects::work(kind, music),
-                None => kind.to_string(),
-            };
-            let publish = jetstream::message::PublishMessage::build()
-                .payload(Bytes::from(dme_protocol::encode(item)))
-                .message_id(msg_id(item));
+            let (subject, publish) = work_message(kind, item, Some(&msg_id(item)));
             acks.push(
                 self.js
                     .send_publish(subject, publish)

@@ -7,7 +7,7 @@
 //! store.
 //! Produces: the segment's stems (cut back to the segment) in the object store, the job record,
 //! [`subjects::WORK_SEPARATED`], and the song's segments ahead of the finished one in its
-//! fairness window ([`SegmentWork::ahead`]). The window adapts to the pool: at least
+//! fairness window ([`SegmentWork::released_on_finish`]). The window adapts to the pool: at least
 //! `DME_SEGMENT_WINDOW`, else the song's share of the pool's live workers
 //! ([`dme_protocol::messages::segment_window`], the pool's load read at a release at most
 //! every [`WINDOW_REFRESH`]), so one song alone keeps every worker busy and several share them.
@@ -519,7 +519,8 @@ impl Worker {
         .map_err(SeparateError::Task)?
     }
 
-    /// Releases the song's segments `work.index + 1 ..= work.index + max(w, window)`, where `w`
+    /// Releases the song's segments `work.index + 1 ..= work.index + max(w, window)`
+    /// ([`SegmentWork::released_on_finish`]), where `w`
     /// is the window `work` was released with and `window` the window as it is now, published
     /// pipelined (about one round trip); message ids drop those released before. Covering
     /// every segment from `work.index + 1` up is what keeps a song from stalling: the lowest
@@ -544,9 +545,8 @@ impl Worker {
             Vec::new()
         };
         let next: Vec<SegmentWork> = work
-            .ahead(work.window.max(window))
-            .filter(|ahead| separated.get(ahead.index as usize) != Some(&true))
-            .map(|ahead| work.at(ahead.index, window))
+            .released_on_finish(window)
+            .filter(|next| separated.get(next.index as usize) != Some(&true))
             .collect();
         let kind = subjects::work_segment(&work.model);
         self.store
