@@ -505,9 +505,15 @@ pub async fn consume<H: Handler>(
     tracker.wait().await;
 }
 
+/// Pulls one message, waiting up to [`PULL_EXPIRES`] for one (a long poll: `batch`, not
+/// `fetch`, whose no-wait request the server answers at once when nothing is pending, so an
+/// idle worker asked again and again, about a hundred times a second). A pull that comes back
+/// empty long before its expiry (a paused or changing consumer) waits [`PULL_RETRY`] before
+/// the next.
 async fn pull_one(consumer: &PullConsumer) -> Option<Message> {
+    let asked = std::time::Instant::now();
     let batch = consumer
-        .fetch()
+        .batch()
         .max_messages(1)
         .expires(PULL_EXPIRES)
         .messages()
@@ -520,7 +526,12 @@ async fn pull_one(consumer: &PullConsumer) -> Option<Message> {
                 tokio::time::sleep(PULL_RETRY).await;
                 None
             }
-            None => None,
+            None => {
+                if asked.elapsed() < PULL_EXPIRES / 2 {
+                    tokio::time::sleep(PULL_RETRY).await;
+                }
+                None
+            }
         },
         Err(e) => {
             tracing::debug!(error = %e, "pull request failed");
