@@ -11,6 +11,8 @@
 //! neither overwrite nor delete what the song uploaded again makes. Only the original is per song:
 //! it is the uploaded bytes themselves, the same in every life.
 
+use std::io::Write;
+
 use crate::records::Gain;
 use crate::{DecodeError, Incarnation, MusicId};
 
@@ -127,16 +129,40 @@ pub const PACK_LEVEL: i32 = 1;
 pub const MAX_UNPACKED_BYTES: usize = 1 << 30;
 
 /// Flattens planar lanes (all of equal length) into little-endian f32 bytes, compressed as one
-/// zstd frame that records its decompressed size.
+/// zstd frame that records its decompressed size. The lanes are streamed into the compressor
+/// as they lie in memory: no flattened copy of them is made (on a little-endian machine).
 pub fn pack_planar(lanes: &[&[f32]]) -> Vec<u8> {
-    let total: usize = lanes.iter().map(|l| l.len()).sum();
-    let mut raw = Vec::with_capacity(total * 4);
-    for lane in lanes {
-        for v in *lane {
-            raw.extend_from_slice(&v.to_le_bytes());
+    let total: usize = lanes.iter().map(|l| l.len() * 4).sum();
+    let packed = (|| {
+        let mut packer = zstd::stream::write::Encoder::new(Vec::new(), PACK_LEVEL)?;
+        packer.set_pledged_src_size(Some(total as u64))?;
+        packer.include_contentsize(true)?;
+        for lane in lanes {
+            le_bytes(lane, |bytes| packer.write_all(bytes))?;
         }
+        packer.finish()
+    })();
+    packed.expect("zstd compresses into a Vec")
+}
+
+/// Calls `each` with the little-endian bytes of `samples`: their own memory on a
+/// little-endian machine, converted copies of blocks of them elsewhere.
+fn le_bytes(
+    samples: &[f32],
+    mut each: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    if cfg!(target_endian = "little") {
+        return each(bytemuck::cast_slice(samples));
     }
-    pack(&raw)
+    let mut block = Vec::with_capacity(64 * 1024);
+    for part in samples.chunks(16 * 1024) {
+        block.clear();
+        for v in part {
+            block.extend_from_slice(&v.to_le_bytes());
+        }
+        each(&block)?;
+    }
+    Ok(())
 }
 
 /// Compresses planar little-endian f32 bytes as [`pack_planar`] does.
@@ -144,13 +170,13 @@ pub fn pack(raw: &[u8]) -> Vec<u8> {
     zstd::bulk::compress(raw, PACK_LEVEL).expect("zstd compresses into a Vec")
 }
 
-/// Decompresses [`pack_planar`]'s bytes and splits the little-endian f32 samples into `lanes`
-/// planar buffers of equal length.
+/// Decompresses [`pack_planar`]'s bytes into its samples, every lane one after another,
+/// decompressed straight into the returned buffer (no copy of the bytes is made).
 ///
 /// # Errors
 /// When the bytes are not one zstd frame that records its size (at most
-/// [`MAX_UNPACKED_BYTES`]), or do not hold a whole number of samples for `lanes` lanes.
-pub fn unpack_planar(packed: &[u8], lanes: usize) -> Result<Vec<Vec<f32>>, DecodeError> {
+/// [`MAX_UNPACKED_BYTES`]), or do not hold a whole number of samples.
+pub fn unpack_samples(packed: &[u8]) -> Result<Vec<f32>, DecodeError> {
     let corrupt = |reason: String| DecodeError {
         what: "packed planar f32 audio",
         reason: format!("{} bytes: {reason}", packed.len()),
@@ -164,31 +190,49 @@ pub fn unpack_planar(packed: &[u8], lanes: usize) -> Result<Vec<Vec<f32>>, Decod
         .ok()
         .filter(|s| *s <= MAX_UNPACKED_BYTES)
         .ok_or_else(|| corrupt(format!("claims {size} bytes unpacked")))?;
-    let bytes = zstd::bulk::decompress(packed, size).map_err(|e| corrupt(e.to_string()))?;
-    if bytes.len() != size {
+    if !size.is_multiple_of(4) {
+        return Err(DecodeError {
+            what: "planar f32 audio",
+            reason: format!("{size} bytes is not a whole number of samples"),
+        });
+    }
+    let mut samples = vec![0.0f32; size / 4];
+    let unpacked = zstd::bulk::decompress_to_buffer(packed, bytemuck::cast_slice_mut(&mut samples))
+        .map_err(|e| corrupt(e.to_string()))?;
+    if unpacked != size {
         return Err(corrupt(format!(
-            "{} bytes unpacked, {size} claimed",
-            bytes.len()
+            "{unpacked} bytes unpacked, {size} claimed"
         )));
     }
-    if lanes == 0 || !bytes.len().is_multiple_of(4 * lanes) {
+    if cfg!(target_endian = "big") {
+        for v in &mut samples {
+            *v = f32::from_bits(u32::from_le(v.to_bits()));
+        }
+    }
+    Ok(samples)
+}
+
+/// Decompresses [`pack_planar`]'s bytes and splits the samples into `lanes` planar buffers of
+/// equal length.
+///
+/// # Errors
+/// As [`unpack_samples`], and when the samples are not a whole number of `lanes`-lane samples.
+pub fn unpack_planar(packed: &[u8], lanes: usize) -> Result<Vec<Vec<f32>>, DecodeError> {
+    let samples = unpack_samples(packed)?;
+    if lanes == 0 || !samples.len().is_multiple_of(lanes) {
         return Err(DecodeError {
             what: "planar f32 audio",
             reason: format!(
                 "{} bytes is not a whole number of {lanes}-lane samples",
-                bytes.len()
+                samples.len() * 4
             ),
         });
     }
-    let (samples, _) = bytes.as_chunks::<4>();
     let n = samples.len() / lanes;
     if n == 0 {
         return Ok(vec![Vec::new(); lanes]);
     }
-    Ok(samples
-        .chunks_exact(n)
-        .map(|lane| lane.iter().map(|c| f32::from_le_bytes(*c)).collect())
-        .collect())
+    Ok(samples.chunks_exact(n).map(<[f32]>::to_vec).collect())
 }
 
 #[cfg(test)]
@@ -226,6 +270,34 @@ mod tests {
             unpack_planar(&empty, 3).unwrap(),
             vec![Vec::<f32>::new(); 3]
         );
+    }
+
+    #[test]
+    fn packed_lanes_unpack_as_one_buffer_bit_for_bit() {
+        // Lanes of another length than the compressor's blocks, with values whose bits matter.
+        let a: Vec<f32> = (0..100_003).map(|i| (i as f32 * 0.001).sin()).collect();
+        let b = [f32::NAN, -0.0, f32::INFINITY, f32::MIN_POSITIVE / 2.0];
+        let packed = pack_planar(&[&a, &b]);
+        let same_as_bulk = pack(
+            &a.iter()
+                .chain(&b)
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>(),
+        );
+        let back = unpack_samples(&packed).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let expected: Vec<f32> = a.iter().chain(&b).copied().collect();
+        assert_eq!(bits(&back), bits(&expected));
+        assert_eq!(
+            bits(&unpack_samples(&same_as_bulk).unwrap()),
+            bits(&expected)
+        );
+        assert!(unpack_samples(&packed[..packed.len() - 1]).is_err());
+        let three_bytes = pack(&[1, 2, 3]);
+        assert!(unpack_samples(&three_bytes)
+            .unwrap_err()
+            .reason
+            .contains("whole number"));
     }
 
     #[test]

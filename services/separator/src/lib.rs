@@ -465,16 +465,13 @@ impl Worker {
         let packed = self.store.get_object(&name).await?;
         let packed = packed.ok_or_else(|| SeparateError::InputMissing(name.clone()))?;
         let bytes = packed.len();
-        let input = tokio::task::spawn_blocking(move || objects::unpack_planar(&packed, 1))
+        let input = tokio::task::spawn_blocking(move || objects::unpack_samples(&packed))
             .await
             .map_err(SeparateError::Task)?;
         let window = seg.window_len as usize;
         let expected = window.saturating_mul(2);
-        let input: Vec<f32> = match input {
-            Ok(lanes) => lanes.into_iter().flatten().collect(),
-            // Stored bytes that are not packed audio never will be: permanent, like a bad size.
-            Err(_) => Vec::new(),
-        };
+        // Stored bytes that are not packed audio never will be: permanent, like a bad size.
+        let input = input.unwrap_or_default();
         if input.len() != expected {
             return Err(SeparateError::InputSize {
                 name,
