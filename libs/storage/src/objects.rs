@@ -285,6 +285,13 @@ fn unpacked<R>(name: &str, reader: R) -> Result<Unpacked<R>> {
     })
 }
 
+/// Chunk size of objects stored from memory ([`Store::put_object`]: segment inputs and stems,
+/// about 2.5 MB each for the default model): a quarter of the messages, acknowledged one after
+/// another, of async-nats' default 128 KiB, and well under a server's smallest usual
+/// `max_payload` (1 MiB, its default). Streamed objects (uploads, tracks, mixes) keep the
+/// default: their readers hand over 128 KiB at a time.
+const PUT_CHUNK_BYTES: usize = 512 * 1024;
+
 impl Store {
     /// Stores `bytes` as object `name`, replacing any object of that name.
     ///
@@ -292,7 +299,16 @@ impl Store {
     /// On NATS failure.
     pub async fn put_object(&self, name: &str, bytes: &[u8]) -> Result<()> {
         let mut reader = bytes;
-        self.put_object_from(name, &mut reader).await
+        let meta = async_nats::jetstream::object_store::ObjectMetadata {
+            name: name.to_string(),
+            chunk_size: Some(PUT_CHUNK_BYTES),
+            ..Default::default()
+        };
+        self.files
+            .put(meta, &mut reader)
+            .await
+            .map_err(nats("put object"))?;
+        Ok(())
     }
 
     /// Stores what `reader` yields as object `name`, streaming (bounded memory).
