@@ -36,8 +36,8 @@ pub const SIZES: [usize; 7] = [1, 2, 4, 8, 16, 32, 64];
 /// core of this machine (README, "A big model loads slowly"). Every segment still costs the
 /// machine real work beside it: its input read and unpacked, its stems packed and stored, the
 /// server storing them, the mixer's bookkeeping and assembly. The bench measures that work
-/// ([`Point::cpu`]): about 110 ms of CPU per segment in all, so 64 workers at 8 s ask for
-/// about 0.9 of this machine's 2 cores, and a shortfall is the system's coordination rather
+/// ([`Point::cpu`]): about 100 ms of CPU per segment in all at 64 workers, so 64 workers at
+/// 8 s ask for about 0.8 of this machine's 2 cores, and a shortfall is the system's coordination rather
 /// than a host with no CPU left. (At 4 s, the value before, 64 workers asked for 1.8 cores
 /// of 2: see [`NOTES`].)
 pub const FAKE_INFER_MS: u64 = 8_000;
@@ -48,7 +48,9 @@ fn delay_ms() -> u64 {
     std::env::var("DME_BENCH_FLEET_DELAY_MS").map_or(FAKE_INFER_MS, |v| {
         v.trim()
             .parse()
-            .expect("DME_BENCH_FLEET_DELAY_MS: milliseconds")
+            .ok()
+            .filter(|ms| *ms > 0)
+            .expect("DME_BENCH_FLEET_DELAY_MS: milliseconds, more than 0")
     })
 }
 
@@ -73,7 +75,8 @@ its simulated model run. At 4 s, 64 workers used about 60 ms of CPU per segment 
 separators (reading and unpacking the input, packing and storing the stems), 38 ms in the \
 nats-server and 13 ms in the mixer: 16 segments a second asked for about 1.8 of the 2 cores, \
 and a wave's work comes all at once, so the host, not the coordination, set the figure: \
-0.62 to 0.69 of ideal in five runs of 64 workers at 4 s (0.662 in the curve before this one). \
+0.62 to 0.69 of ideal in five runs of 64 workers at 4 s, all on this machine (the curve \
+before this one, 0.662 at 64, was measured on another, an Intel Xeon of 2 cores). \
 At 8 s the same fleet leaves most of the host idle (the host CPU column). Changed for these \
 figures: (1) a pull is a long poll (async-nats' batch instead of fetch, whose requests the \
 server answered at once while nothing was queued, so idle workers asked about a hundred \

@@ -25,6 +25,10 @@ use crate::{error_chain, nats, Result, Store};
 
 /// How long one pull waits for a message before asking again (and noticing shutdown).
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
+/// How long after [`PULL_EXPIRES`] a pull stops waiting for the server's answer: long enough
+/// that a message the server hands over at the last moment still arrives (one dropped would
+/// wait out its ack wait), short enough that a request the server lost is soon asked again.
+const PULL_SLACK: Duration = Duration::from_secs(1);
 /// Pause after a failed pull (server restarting) before trying again.
 const PULL_RETRY: Duration = Duration::from_millis(500);
 /// Shortest interval between in-progress acks, whatever the ack wait: more often only loads the
@@ -507,9 +511,12 @@ pub async fn consume<H: Handler>(
 
 /// Pulls one message, waiting up to [`PULL_EXPIRES`] for one (a long poll: `batch`, not
 /// `fetch`, whose no-wait request the server answers at once when nothing is pending, so an
-/// idle worker asked again and again, about a hundred times a second). A pull that comes back
-/// empty long before its expiry (a paused or changing consumer) waits [`PULL_RETRY`] before
-/// the next.
+/// idle worker asked again and again, about a hundred times a second). The wait ends on this
+/// side [`PULL_SLACK`] after the expiry at the latest: a request the server lost (it
+/// restarted, or the client moved to another server of a cluster) is asked again then, not
+/// when async-nats' own timer (5 s later) gives up on it. A pull that comes back empty long
+/// before its expiry (a request refused, a subscription closed) waits [`PULL_RETRY`] before
+/// the next, so nothing spins.
 async fn pull_one(consumer: &PullConsumer) -> Option<Message> {
     let asked = std::time::Instant::now();
     let batch = consumer
@@ -519,7 +526,10 @@ async fn pull_one(consumer: &PullConsumer) -> Option<Message> {
         .messages()
         .await;
     match batch {
-        Ok(mut batch) => match batch.next().await {
+        Ok(mut batch) => match tokio::time::timeout(PULL_EXPIRES + PULL_SLACK, batch.next())
+            .await
+            .unwrap_or(None)
+        {
             Some(Ok(m)) => Some(m),
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "pull failed");
