@@ -82,9 +82,9 @@ impl AsyncRead for ObjectReader {
     }
 }
 
-/// A reader of one object that fetches each stored chunk (128 or 512 KiB) only when the one before is
-/// used up (a JetStream direct get per chunk), so it holds at most one chunk however slowly it
-/// is read. [`ObjectReader`] is pushed its chunks by the server, which may run up to the
+/// A reader of one object that fetches each stored chunk (128 or 512 KiB) only when the one
+/// before is used up (a JetStream direct get per chunk), so it holds at most one chunk however
+/// slowly it is read. [`ObjectReader`] is pushed its chunks by the server, which may run up to the
 /// connection's pending limit (64 MiB) ahead of a slow reader: right for a worker that reads
 /// at once, wrong for an HTTP download paced by its client.
 ///
@@ -286,10 +286,10 @@ fn unpacked<R>(name: &str, reader: R) -> Result<Unpacked<R>> {
 }
 
 /// Chunk size of objects stored from memory ([`Store::put_object`]: segment inputs and stems,
-/// about 2.5 MB each for the default model, and small ones such as waveform peaks): a quarter of the messages, acknowledged one after
-/// another, of async-nats' default 128 KiB, and well under a server's smallest usual
-/// `max_payload` (1 MiB, its default). Streamed objects (uploads, tracks, mixes) keep the
-/// default: their readers hand over 128 KiB at a time.
+/// about 2.5 MB each for the default model, and small ones such as waveform peaks): a quarter
+/// of the messages, acknowledged one after another, of async-nats' default 128 KiB, and well
+/// under a server's smallest usual `max_payload` (1 MiB, its default). Streamed objects
+/// (uploads, tracks, mixes) keep the default: their readers hand over 128 KiB at a time.
 const PUT_CHUNK_BYTES: usize = 512 * 1024;
 
 impl Store {
