@@ -37,8 +37,8 @@ pub const SIZES: [usize; 7] = [1, 2, 4, 8, 16, 32, 64];
 /// machine real work beside it: its input read and unpacked, its stems packed and stored, the
 /// server storing them, the mixer's bookkeeping and assembly. The bench measures that work
 /// ([`Point::cpu`]): about 100 ms of CPU per segment in all at 64 workers, so 64 workers at
-/// 8 s ask for about 0.8 of this machine's 2 cores, and a shortfall is the system's coordination rather
-/// than a host with no CPU left. (At 4 s, the value before, 64 workers asked for 1.8 cores
+/// 8 s ask for about 0.8 of this machine's 2 cores, and a shortfall is the system's
+/// coordination rather than a host with no CPU left. (At 4 s, the value before, 64 workers asked for 1.8 cores
 /// of 2: see [`NOTES`].)
 pub const FAKE_INFER_MS: u64 = 8_000;
 
@@ -85,8 +85,8 @@ times a second: 64 waiting separators used about a core, the server 0.6 of the o
 sample buffer, without flattened copies (separators' CPU per segment at 4 s: 75 ms before, \
 60 ms after); (3) segment inputs and stems are stored in 512 KiB chunks instead of 128 KiB, \
 a quarter of the acknowledged round trips (64 workers at 4 s, one run each: 0.687 \
-after, 0.637 before). Where a segment's time goes at 64 workers and 8 s (one run, median per segment: \
-8.99 s against 8.0): reading its input 0.21 s, packing its stems 0.07 s, storing them \
+after, 0.637 before). Where a segment's time goes at 64 workers and 8 s (one run, median \
+per segment: 8.99 s against 8.0): reading its input 0.21 s, packing its stems 0.07 s, storing them \
 0.35 s, status checks, job record, done event and release under 0.03 s each; the 90th \
 percentiles (1.1 s reading, 0.65 s storing) are the waves' bursts, when many workers finish \
 at once on the same 2 cores. The server's CPU per segment (about 30 ms at 64 workers: \
