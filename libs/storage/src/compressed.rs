@@ -10,7 +10,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, ReadBuf};
 use zstd::stream::raw::{Decoder, Encoder, InBuffer, Operation, OutBuffer};
@@ -18,8 +18,14 @@ use zstd::stream::raw::{Decoder, Encoder, InBuffer, Operation, OutBuffer};
 /// The zstd level of every compressed object (see the module docs).
 pub const LEVEL: i32 = 1;
 
-/// Bytes read from the inner reader at a time: an object-store chunk.
-const INPUT_BYTES: usize = 128 * 1024;
+/// Bytes compressed from the inner reader at a time: the store's largest chunk (see
+/// `objects::PUT_CHUNK_BYTES`), so that a put of the compressed stream stores chunks about
+/// that large.
+const COMPRESS_INPUT_BYTES: usize = 512 * 1024;
+
+/// Bytes read from the inner reader at a time when decompressing: many downloads hold one
+/// each, and zstd's blocks are 128 KiB.
+const DECOMPRESS_INPUT_BYTES: usize = 128 * 1024;
 
 /// An [`AsyncRead`] that compresses ([`ZstdStream::compress`]) or decompresses
 /// ([`ZstdStream::decompress`]) what its inner reader yields, holding one input buffer and
@@ -37,6 +43,8 @@ pub struct ZstdStream<R, O> {
     /// The decoder's last hint was 0: a frame ended and all of it was written out.
     frame_done: bool,
     finished: bool,
+    /// An error met after bytes were written in the same read: returned by the next read.
+    error: Option<io::Error>,
 }
 
 impl<R> ZstdStream<R, Encoder<'static>> {
@@ -45,7 +53,7 @@ impl<R> ZstdStream<R, Encoder<'static>> {
     /// # Errors
     /// When zstd cannot allocate its context.
     pub fn compress(inner: R) -> io::Result<Self> {
-        Ok(Self::new(inner, Encoder::new(LEVEL)?))
+        Ok(Self::new(inner, Encoder::new(LEVEL)?, COMPRESS_INPUT_BYTES))
     }
 }
 
@@ -55,7 +63,7 @@ impl<R> ZstdStream<R, Decoder<'static>> {
     /// # Errors
     /// When zstd cannot allocate its context.
     pub fn decompress(inner: R) -> io::Result<Self> {
-        Ok(Self::new(inner, Decoder::new()?))
+        Ok(Self::new(inner, Decoder::new()?, DECOMPRESS_INPUT_BYTES))
     }
 }
 
@@ -65,16 +73,17 @@ impl<R, O> ZstdStream<R, O> {
         &self.inner
     }
 
-    fn new(inner: R, op: O) -> Self {
+    fn new(inner: R, op: O, input: usize) -> Self {
         ZstdStream {
             inner,
             op,
-            input: vec![0; INPUT_BYTES].into_boxed_slice(),
+            input: vec![0; input].into_boxed_slice(),
             start: 0,
             end: 0,
             inner_done: false,
             frame_done: false,
             finished: false,
+            error: None,
         }
     }
 }
@@ -117,6 +126,38 @@ impl Finish for Decoder<'static> {
     const DECODES: bool = true;
 }
 
+impl<R: AsyncRead + Unpin, O: Finish + Unpin> ZstdStream<R, O> {
+    /// Reads more input when the last is used up, and runs zstd once over what is at hand
+    /// into `buf`; returns the bytes it wrote there.
+    fn step(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<usize>> {
+        if self.start == self.end && !self.inner_done {
+            let mut input = ReadBuf::new(&mut self.input);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut input) {
+                Poll::Ready(Ok(())) => {}
+                other => return other.map_ok(|()| 0),
+            }
+            let n = input.filled().len();
+            (self.start, self.end) = (0, n);
+            self.inner_done = n == 0;
+        }
+        let out = buf.initialize_unfilled();
+        let mut out = OutBuffer::around(out);
+        if self.start < self.end {
+            let mut input = InBuffer::around(&self.input[self.start..self.end]);
+            let hint = self.op.run(&mut input, &mut out).map_err(invalid)?;
+            self.start += input.pos();
+            if O::DECODES {
+                self.frame_done = hint == 0;
+            }
+        } else {
+            self.finished = self.op.finish_into(&mut out, self.frame_done)?;
+        }
+        let n = out.pos();
+        buf.advance(n);
+        Poll::Ready(Ok(n))
+    }
+}
+
 impl<R: AsyncRead + Unpin, O: Finish + Unpin> AsyncRead for ZstdStream<R, O> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -124,36 +165,28 @@ impl<R: AsyncRead + Unpin, O: Finish + Unpin> AsyncRead for ZstdStream<R, O> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if buf.remaining() == 0 {
-            return Poll::Ready(Ok(()));
+        if let Some(e) = this.error.take() {
+            return Poll::Ready(Err(e));
         }
+        // Fills `buf` as far as the input at hand allows: a caller that stores each read as
+        // one chunk (an object-store put) gets chunks of its buffer's size, not zstd's blocks.
+        let mut produced = false;
         loop {
-            if this.finished {
+            if this.finished || buf.remaining() == 0 {
                 return Poll::Ready(Ok(()));
             }
-            if this.start == this.end && !this.inner_done {
-                let mut input = ReadBuf::new(&mut this.input);
-                ready!(Pin::new(&mut this.inner).poll_read(cx, &mut input))?;
-                let n = input.filled().len();
-                (this.start, this.end) = (0, n);
-                this.inner_done = n == 0;
-            }
-            let out = buf.initialize_unfilled();
-            let mut out = OutBuffer::around(out);
-            if this.start < this.end {
-                let mut input = InBuffer::around(&this.input[this.start..this.end]);
-                let hint = this.op.run(&mut input, &mut out).map_err(invalid)?;
-                this.start += input.pos();
-                if O::DECODES {
-                    this.frame_done = hint == 0;
+            match this.step(cx, buf) {
+                Poll::Ready(Ok(n)) => produced |= n > 0,
+                // What is already in `buf` goes now; the input is asked again next time.
+                Poll::Pending if produced => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+                // A read that fails returns no bytes (tokio's contract): the bytes go first,
+                // the error with the next read.
+                Poll::Ready(Err(e)) if produced => {
+                    this.error = Some(e);
+                    return Poll::Ready(Ok(()));
                 }
-            } else {
-                this.finished = this.op.finish_into(&mut out, this.frame_done)?;
-            }
-            let n = out.pos();
-            if n > 0 {
-                buf.advance(n);
-                return Poll::Ready(Ok(()));
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             }
         }
     }
@@ -195,9 +228,7 @@ mod tests {
         let (packed, back) = round_trip(&silence).await;
         assert!(back == silence);
         assert!(packed < 4096, "8 MiB of zeros took {packed} bytes");
-        let noise: Vec<u8> = (0u32..3_000_000)
-            .flat_map(|i| ((i.wrapping_mul(2_654_435_761) >> 7) as f32).to_le_bytes())
-            .collect();
+        let noise = noise(3_000_000);
         assert!(round_trip(&noise).await.1 == noise);
         assert!(round_trip(&[]).await.1.is_empty());
     }
@@ -224,5 +255,97 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    }
+
+    /// Random-looking bytes zstd cannot shrink much: music-like f32 samples.
+    fn noise(samples: u32) -> Vec<u8> {
+        (0..samples)
+            .flat_map(|i| ((i.wrapping_mul(2_654_435_761) >> 7) as f32).to_le_bytes())
+            .collect()
+    }
+
+    /// Yields its data `step` bytes a read, answering `Pending` (and waking at once) before
+    /// each: a socket or a file read by tokio.
+    struct Trickle {
+        data: Vec<u8>,
+        at: usize,
+        step: usize,
+        ready: bool,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if !self.ready {
+                self.ready = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            self.ready = false;
+            let n = self
+                .step
+                .min(buf.remaining())
+                .min(self.data.len() - self.at);
+            buf.put_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A put stores each read as a chunk: a read must fill the caller's buffer with what the
+    /// input at hand gives, not stop at zstd's first 128 KiB block, and must hand over what
+    /// it has when its input is not ready rather than wait.
+    #[tokio::test]
+    async fn a_read_gives_what_the_input_at_hand_makes_and_never_waits_holding_bytes() {
+        let data = noise(1 << 20);
+        let chunk = 512 * 1024;
+        let mut reads = Vec::new();
+        let mut packed = ZstdStream::compress(data.as_slice()).unwrap();
+        loop {
+            let mut buf = Vec::with_capacity(chunk);
+            if packed.read_buf(&mut buf).await.unwrap() == 0 {
+                break;
+            }
+            reads.push(buf);
+        }
+        let first = reads.first().map_or(0, Vec::len);
+        assert!(first > 256 * 1024, "the first read gave {first} bytes");
+        let (mut whole, mut back) = (reads.concat(), Vec::new());
+        ZstdStream::decompress(whole.as_slice())
+            .unwrap()
+            .read_to_end(&mut back)
+            .await
+            .unwrap();
+        assert!(back == data);
+
+        // Input that trickles in: every read still returns, and the bytes round trip.
+        let trickle = Trickle {
+            data: data.clone(),
+            at: 0,
+            step: 100_000,
+            ready: false,
+        };
+        whole.clear();
+        ZstdStream::compress(trickle)
+            .unwrap()
+            .read_to_end(&mut whole)
+            .await
+            .unwrap();
+        back.clear();
+        let trickle = Trickle {
+            data: whole,
+            at: 0,
+            step: 7_000,
+            ready: false,
+        };
+        ZstdStream::decompress(trickle)
+            .unwrap()
+            .read_to_end(&mut back)
+            .await
+            .unwrap();
+        assert!(back == data);
     }
 }

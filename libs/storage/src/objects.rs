@@ -23,7 +23,7 @@ pub type Unpacked<R> = ZstdStream<R, zstd::stream::raw::Decoder<'static>>;
 
 /// Longest wait for the next chunk of an object being read. An object deleted while it is read
 /// (a reset) never delivers its remaining chunks: without this, its reader would wait forever.
-/// A chunk is 128 or 512 KiB, so 30 s without one is never a slow network.
+/// A chunk is at most 512 KiB, so 30 s without one is never a slow network.
 pub const OBJECT_READ_IDLE: Duration = Duration::from_secs(30);
 
 /// A streaming reader of one object that fails with `TimedOut` after [`OBJECT_READ_IDLE`]
@@ -82,7 +82,7 @@ impl AsyncRead for ObjectReader {
     }
 }
 
-/// A reader of one object that fetches each stored chunk (128 or 512 KiB) only when the one
+/// A reader of one object that fetches each stored chunk (at most 512 KiB) only when the one
 /// before is used up (a JetStream direct get per chunk), so it holds at most one chunk however
 /// slowly it is read. [`ObjectReader`] is pushed its chunks by the server, which may run up to the
 /// connection's pending limit (64 MiB) ahead of a slow reader: right for a worker that reads
@@ -285,11 +285,10 @@ fn unpacked<R>(name: &str, reader: R) -> Result<Unpacked<R>> {
     })
 }
 
-/// Chunk size of objects stored from memory ([`Store::put_object`]: segment inputs and stems,
-/// about 2.5 MB each for the default model, and small ones such as waveform peaks): a quarter
-/// of the messages, acknowledged one after another, of async-nats' default 128 KiB, and well
-/// under a server's smallest usual `max_payload` (1 MiB, its default). Streamed objects
-/// (uploads, tracks, mixes) keep the default: their readers hand over 128 KiB at a time.
+/// Largest chunk of a stored object: a quarter of the messages, acknowledged one after
+/// another, of async-nats' default 128 KiB, and well under a server's smallest usual
+/// `max_payload` (1 MiB, its default). A put stores each read of its reader as a chunk, so a
+/// streamed object's chunks are as large as its reader's reads (an upload's are smaller).
 const PUT_CHUNK_BYTES: usize = 512 * 1024;
 
 impl Store {
@@ -297,18 +296,8 @@ impl Store {
     ///
     /// # Errors
     /// On NATS failure.
-    pub async fn put_object(&self, name: &str, bytes: &[u8]) -> Result<()> {
-        let mut reader = bytes;
-        let meta = async_nats::jetstream::object_store::ObjectMetadata {
-            name: name.to_string(),
-            chunk_size: Some(PUT_CHUNK_BYTES),
-            ..Default::default()
-        };
-        self.files
-            .put(meta, &mut reader)
-            .await
-            .map_err(nats("put object"))?;
-        Ok(())
+    pub async fn put_object(&self, name: &str, mut bytes: &[u8]) -> Result<()> {
+        self.put_object_from(name, &mut bytes).await
     }
 
     /// Stores what `reader` yields as object `name`, streaming (bounded memory).
@@ -320,8 +309,13 @@ impl Store {
         name: &str,
         reader: &mut R,
     ) -> Result<()> {
+        let meta = async_nats::jetstream::object_store::ObjectMetadata {
+            name: name.to_string(),
+            chunk_size: Some(PUT_CHUNK_BYTES),
+            ..Default::default()
+        };
         self.files
-            .put(name, reader)
+            .put(meta, reader)
             .await
             .map_err(nats("put object"))?;
         Ok(())

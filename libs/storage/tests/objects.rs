@@ -11,8 +11,8 @@ async fn reading_an_object_deleted_midway_fails_instead_of_hanging() {
     let store = Store::connect(&nats.url(), "test", Duration::from_secs(5))
         .await
         .unwrap();
-    let data: Vec<u8> = (0..4_000_000u32).map(|i| (i % 251) as u8).collect();
-    // Streamed, so in 128 KiB chunks: 32 of them, far more than arrive before the reset.
+    let data: Vec<u8> = (0..16_000_000u32).map(|i| (i % 251) as u8).collect();
+    // In 512 KiB chunks: 31 of them, far more than arrive before the reset.
     store.put_object_from("big", &mut &data[..]).await.unwrap();
     assert_eq!(store.get_object("big").await.unwrap().unwrap(), data);
 
@@ -33,4 +33,51 @@ async fn reading_an_object_deleted_midway_fails_instead_of_hanging() {
     );
     assert!(started.elapsed() < OBJECT_READ_IDLE + Duration::from_secs(10));
     assert!(store.get_object("big").await.unwrap().is_none());
+}
+
+/// Every chunk is a message acknowledged before the next is sent: an object put from memory
+/// goes in chunks of the store's largest size (512 KiB), and one streamed through compression
+/// in chunks about that large, not of zstd's 128 KiB blocks.
+#[tokio::test]
+async fn objects_are_stored_in_chunks_of_the_largest_size() {
+    let nats = dme_testkit::NatsServer::start();
+    let store = Store::connect(&nats.url(), "test", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let files = async_nats::jetstream::new(client)
+        .get_object_store(dme_protocol::streams::FILE_BUCKET)
+        .await
+        .unwrap();
+    // 16 MB that zstd cannot shrink much: music-like f32 samples.
+    let data: Vec<u8> = (0..4_000_000u32)
+        .flat_map(|i| ((i.wrapping_mul(2_654_435_761) >> 7) as f32).to_le_bytes())
+        .collect();
+    store.put_object("memory", &data).await.unwrap();
+    let chunks = files.info("memory").await.unwrap().chunks;
+    assert_eq!(chunks, data.len().div_ceil(512 * 1024), "from memory");
+
+    let path = std::env::temp_dir().join(format!("dme-chunks-{}", std::process::id()));
+    std::fs::write(&path, &data).unwrap();
+    store.put_compressed_file("packed", &path).await.unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let info = files.info("packed").await.unwrap();
+    // Each read of the file (512 KiB) is compressed into one chunk, so well over zstd's 128 KiB
+    // blocks on average.
+    assert!(
+        info.size / info.chunks >= 256 * 1024,
+        "{} chunks for {} bytes compressed",
+        info.chunks,
+        info.size
+    );
+    let mut back = Vec::new();
+    store
+        .unpacked_object_reader("packed")
+        .await
+        .unwrap()
+        .unwrap()
+        .read_to_end(&mut back)
+        .await
+        .unwrap();
+    assert!(back == data);
 }

@@ -29,13 +29,13 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 /// gateway on a small machine. Requests beyond it wait their turn.
 pub const MAX_CONCURRENT_ENCODES: usize = 2;
 
-/// Bytes per chunk handed from the encoder to the object store: the store's own chunk size
-/// (128 KiB), so each becomes one stored chunk.
-const PIPE_CHUNK_BYTES: usize = 128 * 1024;
+/// Bytes per chunk handed from the encoder to the object store: the store's largest chunk
+/// (512 KiB), so each becomes one stored chunk.
+const PIPE_CHUNK_BYTES: usize = 512 * 1024;
 
-/// Chunks in flight between the encoder and the object store: 1 MiB in all, enough to keep
+/// Chunks in flight between the encoder and the object store: 2 MiB in all, enough to keep
 /// both busy.
-const PIPE_CHUNKS: usize = 8;
+const PIPE_CHUNKS: usize = 4;
 
 /// Why an encoding could not be made or cached.
 #[derive(Debug, thiserror::Error)]
