@@ -156,10 +156,7 @@ async fn hostile_names_and_tags_are_kept_as_clean_text_and_never_reach_a_path() 
         assert!(!object.contains(".."), "object {object:?}");
         for name in &names {
             assert!(name.chars().any(|c| !c.is_ascii_hexdigit()), "{name}");
-            assert!(
-                !object.contains(name.as_str()),
-                "{object} holds {name}"
-            );
+            assert!(!object.contains(name.as_str()), "{object} holds {name}");
         }
     }
 }
