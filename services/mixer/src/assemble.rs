@@ -1,8 +1,11 @@
 //! Assembly: counts separated segments on the song's record and, once every one is in, blends
 //! them into one float WAV track per stem.
 
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dme_protocol::messages::{ProgressEvent, SegmentDone};
 use dme_protocol::records::{MusicRecord, MusicState};
@@ -10,12 +13,10 @@ use dme_protocol::{now_ms, objects, Incarnation, MusicId, Segment, SegmentPlan};
 use dme_segment::Blender;
 use dme_storage::work::{Delivery, Handler};
 use dme_storage::{Spool, Store};
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::mixdown::Mixdown;
-use crate::{float_wav_spec, MixError};
-
-/// One spooled float WAV writer per stem.
-type TrackWriters = Vec<hound::WavWriter<std::io::BufWriter<std::fs::File>>>;
+use crate::{wav_header, MixError};
 
 /// The handler of [`dme_protocol::subjects::WORK_SEPARATED`].
 pub(crate) struct Assembler {
@@ -128,20 +129,22 @@ impl Assembler {
     }
 
     /// Blends every segment into one track per stem, stores the tracks, marks them ready,
-    /// removes the segments and mixes the selections that waited for the tracks.
+    /// hands the track files to the [`crate::track_cache::TrackCache`], removes the segments
+    /// and mixes the selections that waited for the tracks.
     async fn assemble(&self, record: MusicRecord) -> Result<(), MixError> {
         let (music, incarnation) = (record.music_id, record.incarnation);
         let plan = record.plan.ok_or(MixError::NoPlan)?;
+        let started = Instant::now();
         let spool = self.spool.tempdir().map_err(MixError::Spool)?;
         let paths = self.blend_to_files(&record, plan, spool.path()).await?;
+        let blended = started.elapsed();
         let names: Vec<String> = record
             .tracks
             .iter()
             .map(|t| objects::track(music, incarnation, &t.name))
             .collect();
-        for (name, path) in names.iter().zip(&paths) {
-            self.store.put_compressed_file(name, path).await?;
-        }
+        self.store_tracks(&names, &paths).await?;
+        let stored = started.elapsed() - blended;
         let updated = self.mark_tracks_ready(&record).await?;
         let current = updated.filter(|r| r.incarnation == incarnation);
         let Some(record) = current else {
@@ -153,19 +156,60 @@ impl Assembler {
             self.delete_segments(music, incarnation, plan).await;
             return Ok(());
         };
-        tracing::info!(%music, stems = paths.len(), frames = plan.frames, "stems assembled");
-        self.delete_segments(music, incarnation, plan).await;
+        tracing::info!(
+            %music,
+            stems = paths.len(),
+            frames = plan.frames,
+            blend_ms = blended.as_millis() as u64,
+            store_ms = stored.as_millis() as u64,
+            "stems assembled"
+        );
+        // The files are the tracks' bytes: the first mix, right after, reads them instead of
+        // downloading and decompressing what was just stored.
+        let (cache, files) = (self.mixdown.tracks.clone(), names.clone());
+        let cached = blocking(move || {
+            for (name, path) in files.iter().zip(&paths) {
+                cache.insert(name, path).map_err(MixError::Spool)?;
+            }
+            Ok(())
+        })
+        .await;
+        if let Err(e) = cached {
+            tracing::warn!(%music, error = %e, "assembled tracks not kept for re-mixes");
+        }
+        drop(spool);
         self.store
             .publish_progress(&ProgressEvent::of(&record))
             .await;
-        self.mixdown.make_pending(&record).await?;
+        // Nothing reads the segments any more; their deletion (a round trip or two each)
+        // need not hold the mixes back.
+        let (_, mixed) = tokio::join!(
+            self.delete_segments(music, incarnation, plan),
+            self.mixdown.make_pending(&record)
+        );
+        mixed
+    }
+
+    /// Stores the track files `paths` as objects `names`, compressed, side by side: a put
+    /// waits for the server's acknowledgement of each chunk before it sends the next, so four
+    /// at once overlap those round trips, and their compression runs on every core.
+    async fn store_tracks(&self, names: &[String], paths: &[PathBuf]) -> Result<(), MixError> {
+        let puts = names.iter().zip(paths).map(|(name, path)| {
+            let (store, name, path) = (self.store.clone(), name.clone(), path.clone());
+            tokio::spawn(async move { store.put_compressed_file(&name, &path).await })
+        });
+        // Every put ends before this returns: a retry must not race a put still running.
+        for put in futures::future::join_all(puts).await {
+            put.map_err(MixError::Task)??;
+        }
         Ok(())
     }
 
     /// Blends the song's segments in offset order into one float WAV per stem in `dir`. The
     /// blending and writing run on a blocking thread, a segment at a time, while the next
-    /// segment's stems are fetched: an hour-long song is minutes of arithmetic and gigabytes
-    /// of writes, and the executor must stay free for the in-progress acks meanwhile.
+    /// [`STEMS_AHEAD`] segments' stems are fetched: an hour-long song is minutes of arithmetic
+    /// and gigabytes of writes, and the executor must stay free for the in-progress acks
+    /// meanwhile.
     async fn blend_to_files(
         &self,
         record: &MusicRecord,
@@ -178,37 +222,26 @@ impl Assembler {
             .collect();
         let create = paths.clone();
         let mut tracks = blocking(move || TrackBlend::create(&create, plan, lanes)).await?;
-        let mut segments = plan.segments();
-        let mut next = match segments.next() {
-            Some(seg) => Some(self.load_stems(record, seg).await?),
-            None => None,
-        };
-        while let Some(stems) = next.take() {
-            let blending = blocking(move || {
+        let (music, incarnation) = (record.music_id, record.incarnation);
+        let mut loads = plan.segments().map(|seg| {
+            let store = self.store.clone();
+            // Aborted when dropped: a failed assembly stops fetching.
+            AbortOnDropHandle::new(tokio::spawn(async move {
+                load_stems(&store, music, incarnation, seg).await
+            }))
+        });
+        let mut ahead: VecDeque<_> = loads.by_ref().take(STEMS_AHEAD).collect();
+        while let Some(load) = ahead.pop_front() {
+            ahead.extend(loads.next());
+            let stems = load.await.map_err(MixError::Task)??;
+            tracks = blocking(move || {
                 tracks.push(&stems)?;
                 Ok(tracks)
-            });
-            let fetching = async {
-                match segments.next() {
-                    Some(seg) => self.load_stems(record, seg).await.map(Some),
-                    None => Ok(None),
-                }
-            };
-            let (blended, fetched) = tokio::join!(blending, fetching);
-            tracks = blended?;
-            next = fetched?;
+            })
+            .await?;
         }
         blocking(move || tracks.finish()).await?;
         Ok(paths)
-    }
-
-    /// Segment `seg`'s stems object, as stored (unpacked and checked by [`TrackBlend::push`]).
-    async fn load_stems(&self, record: &MusicRecord, seg: Segment) -> Result<Stems, MixError> {
-        let name = objects::segment_stems(record.music_id, record.incarnation, seg.index);
-        match self.store.get_object(&name).await? {
-            Some(bytes) => Ok(Stems { seg, name, bytes }),
-            None => Err(MixError::StemsMissing(name)),
-        }
     }
 
     /// Marks the song's tracks ready: done, or mixing while selections wait for a mix. The
@@ -258,6 +291,25 @@ impl Assembler {
     }
 }
 
+/// Segments whose stems are fetched ahead of the blend: each fetch is a round trip per chunk
+/// (about 20 for the default model's segments), so several at once keep the blend fed; at
+/// most this many segments' stems (11 MB each for the default model) wait in memory.
+const STEMS_AHEAD: usize = 4;
+
+/// Segment `seg`'s stems object, as stored (unpacked and checked by [`TrackBlend::push`]).
+async fn load_stems(
+    store: &Store,
+    music: MusicId,
+    incarnation: Incarnation,
+    seg: Segment,
+) -> Result<Stems, MixError> {
+    let name = objects::segment_stems(music, incarnation, seg.index);
+    match store.get_object(&name).await? {
+        Some(bytes) => Ok(Stems { seg, name, bytes }),
+        None => Err(MixError::StemsMissing(name)),
+    }
+}
+
 /// Runs `work` on a blocking thread.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, MixError> + Send + 'static,
@@ -267,45 +319,83 @@ async fn blocking<T: Send + 'static>(
         .map_err(MixError::Task)?
 }
 
-/// A song's tracks being blended: the blender and one spooled float WAV writer per stem. Its
+/// A song's tracks being blended: the blender and one spooled float WAV file per stem. Its
 /// methods block (arithmetic and file writes): call them through [`blocking`].
 struct TrackBlend {
     blender: Blender,
-    writers: TrackWriters,
+    files: Vec<BufWriter<File>>,
     lanes: usize,
+    /// Frames the tracks hold once complete (their headers say so from the start).
+    frames: u64,
+    /// Frames written so far.
+    written: u64,
+    /// One stem's interleaved bytes, reused from segment to segment.
+    interleaved: Vec<u8>,
 }
 
 impl TrackBlend {
-    /// Creates the track files `paths` (one per stem, `lanes / 2` of them).
+    /// Creates the track files `paths` (one per stem, `lanes / 2` of them), each with the
+    /// header [`hound::WavWriter`] would end with: the song's length is known from its plan.
     fn create(paths: &[PathBuf], plan: SegmentPlan, lanes: usize) -> Result<Self, MixError> {
-        let writers = paths
+        let header = wav_header(2 * plan.frames).map_err(MixError::Wav)?;
+        let files = paths
             .iter()
-            .map(|p| hound::WavWriter::create(p, float_wav_spec()))
-            .collect::<Result<TrackWriters, _>>()
-            .map_err(MixError::Wav)?;
+            .map(|p| {
+                let mut file = BufWriter::with_capacity(TRACK_WRITE_BYTES, File::create(p)?);
+                file.write_all(&header)?;
+                Ok(file)
+            })
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(MixError::Spool)?;
         Ok(TrackBlend {
             blender: Blender::new(plan, lanes),
-            writers,
+            files,
             lanes,
+            frames: plan.frames,
+            written: 0,
+            interleaved: Vec::new(),
         })
     }
 
-    /// Blends the next segment's stems and appends what is finished to the tracks.
+    /// Blends the next segment's stems and appends what is finished to the tracks: lanes `2s`
+    /// and `2s + 1` are stem `s`'s left and right channels, interleaved as little-endian f32.
     fn push(&mut self, stems: &Stems) -> Result<(), MixError> {
-        let lanes = stems.unpack(self.lanes)?;
-        let views: Vec<&[f32]> = lanes.iter().map(|l| l.as_slice()).collect();
+        let samples = stems.unpack(self.lanes)?;
+        let views: Vec<&[f32]> = match stems.seg.len as usize {
+            0 => vec![&[]; self.lanes],
+            n => samples.chunks_exact(n).collect(),
+        };
         let (finished, _) = self.blender.push(stems.seg.index, &views);
-        write_stereo(&mut self.writers, &finished).map_err(MixError::Wav)
+        let frames = finished.first().map_or(0, Vec::len);
+        for (file, stereo) in self.files.iter_mut().zip(finished.chunks_exact(2)) {
+            let [left, right] = stereo else { continue };
+            self.interleaved.resize(8 * frames, 0);
+            for ((bytes, l), r) in self.interleaved.chunks_exact_mut(8).zip(left).zip(right) {
+                bytes[..4].copy_from_slice(&l.to_le_bytes());
+                bytes[4..].copy_from_slice(&r.to_le_bytes());
+            }
+            file.write_all(&self.interleaved).map_err(MixError::Spool)?;
+        }
+        self.written += frames as u64;
+        Ok(())
     }
 
-    /// Completes the track files.
+    /// Completes the track files; they must hold the frames their headers announce.
     fn finish(self) -> Result<(), MixError> {
-        for w in self.writers {
-            w.finalize().map_err(MixError::Wav)?;
+        if self.written != self.frames {
+            return Err(MixError::Wav(hound::Error::FormatError(
+                "the blended tracks are not the song's length",
+            )));
+        }
+        for mut file in self.files {
+            file.flush().map_err(MixError::Spool)?;
         }
         Ok(())
     }
 }
+
+/// Write buffer of each track file: a few segments' worth of writes at once.
+const TRACK_WRITE_BYTES: usize = 1024 * 1024;
 
 /// A segment's stems object, as fetched.
 struct Stems {
@@ -315,36 +405,20 @@ struct Stems {
 }
 
 impl Stems {
-    /// The stems as `lanes` planar lanes of the segment's length.
-    fn unpack(&self, lanes: usize) -> Result<Vec<Vec<f32>>, MixError> {
-        let stems = objects::unpack_planar(&self.bytes, lanes).map_err(|source| {
-            MixError::StemsCorrupt {
+    /// The stems as `lanes` planar lanes of the segment's length, one after another.
+    fn unpack(&self, lanes: usize) -> Result<Vec<f32>, MixError> {
+        let samples =
+            objects::unpack_samples(&self.bytes).map_err(|source| MixError::StemsCorrupt {
                 name: self.name.clone(),
                 source,
-            }
-        })?;
-        let got = stems.first().map_or(0, Vec::len);
-        if got != self.seg.len as usize {
+            })?;
+        if samples.len() != lanes * self.seg.len as usize {
             return Err(MixError::StemsLength {
                 name: self.name.clone(),
-                got,
+                got: samples.len() / lanes.max(1),
                 expected: self.seg.len,
             });
         }
-        Ok(stems)
+        Ok(samples)
     }
-}
-
-/// Appends finished blended samples to the stem tracks: lanes `2s` and `2s + 1` are stem `s`'s
-/// left and right channels.
-fn write_stereo(writers: &mut TrackWriters, lanes: &[Vec<f32>]) -> Result<(), hound::Error> {
-    for (w, stereo) in writers.iter_mut().zip(lanes.chunks_exact(2)) {
-        if let [left, right] = stereo {
-            for (l, r) in left.iter().zip(right) {
-                w.write_sample(*l)?;
-                w.write_sample(*r)?;
-            }
-        }
-    }
-    Ok(())
 }

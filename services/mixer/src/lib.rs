@@ -197,3 +197,17 @@ fn float_wav_spec() -> hound::WavSpec {
         sample_format: hound::SampleFormat::Float,
     }
 }
+
+/// The header [`hound::WavWriter`] writes before `samples` samples of [`float_wav_spec`]: its
+/// own, with the two sizes it fills in at the end (the RIFF chunk's and the data chunk's).
+pub(crate) fn wav_header(samples: u64) -> Result<Vec<u8>, hound::Error> {
+    let data = u32::try_from(4 * samples).map_err(|_| hound::Error::TooWide)?;
+    let mut header = std::io::Cursor::new(Vec::new());
+    hound::WavWriter::new(&mut header, float_wav_spec())?.finalize()?;
+    let mut header = header.into_inner();
+    let riff = u32::try_from(header.len() - 8).map_err(|_| hound::Error::TooWide)?;
+    let len = header.len();
+    header[4..8].copy_from_slice(&(riff + data).to_le_bytes());
+    header[len - 4..].copy_from_slice(&data.to_le_bytes());
+    Ok(header)
+}

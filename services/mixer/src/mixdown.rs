@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio_util::io::StreamReader;
 
 use crate::track_cache::TrackCache;
-use crate::{float_wav_spec, MixError};
+use crate::{wav_header, MixError};
 
 /// The handler of [`dme_protocol::subjects::WORK_MIX`]; the assembler also uses it for the
 /// selections made before the tracks were ready.
@@ -285,12 +285,13 @@ pub(crate) const MIX_PEAK_CEILING: f32 = 0.99;
 /// speed (vectorised over 64 Ki samples), small enough to stay in cache beside its inputs.
 const IO_BLOCK_BYTES: usize = 256 * 1024;
 
-/// Bytes per chunk handed from the sum to the object store: the store's chunk size.
-const PIPE_CHUNK_BYTES: usize = 128 * 1024;
+/// Bytes per chunk handed from the sum to the object store: the store's largest chunk, so
+/// each becomes one stored chunk.
+const PIPE_CHUNK_BYTES: usize = 512 * 1024;
 
 /// Chunks in flight between the sum and the object store: 4 MiB, enough that the sum never
 /// waits for an ack and the store never waits for the sum.
-const PIPE_CHUNKS: usize = 32;
+const PIPE_CHUNKS: usize = 8;
 
 /// The sum's [`Write`] end of the channel to the object store: bytes are gathered into chunks
 /// of [`PIPE_CHUNK_BYTES`] and sent, blocking while the channel is full.
@@ -434,23 +435,10 @@ fn for_each_block(
     Ok(())
 }
 
-/// The header [`hound::WavWriter`] writes before `samples` samples of [`float_wav_spec`]: its
-/// own, with the two sizes it fills in at the end (the RIFF chunk's and the data chunk's).
-fn wav_header(samples: u64) -> Result<Vec<u8>, hound::Error> {
-    let data = u32::try_from(4 * samples).map_err(|_| hound::Error::TooWide)?;
-    let mut header = std::io::Cursor::new(Vec::new());
-    hound::WavWriter::new(&mut header, float_wav_spec())?.finalize()?;
-    let mut header = header.into_inner();
-    let riff = u32::try_from(header.len() - 8).map_err(|_| hound::Error::TooWide)?;
-    let len = header.len();
-    header[4..8].copy_from_slice(&(riff + data).to_le_bytes());
-    header[len - 4..].copy_from_slice(&data.to_le_bytes());
-    Ok(header)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::float_wav_spec;
 
     /// A folder of its own for one test, removed when dropped (the mixer has no tempfile).
     struct TestDir(PathBuf);
