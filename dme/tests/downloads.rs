@@ -30,8 +30,8 @@ const RATE: u32 = 44_100;
 /// The stems of every song here (the default model's).
 const STEMS: [&str; 4] = ["drums", "bass", "other", "vocals"];
 
-/// Length of the songs of the HTTP tests: long enough to span several 128 KiB chunks in every
-/// format, short enough to encode in a blink.
+/// Length of the songs of the HTTP tests: long enough to span more than one stored chunk
+/// (512 KiB) as WAV or MP3, short enough to encode in a blink.
 const SHORT_FRAMES: u64 = 20 * RATE as u64;
 
 /// Length of the song ten clients ask for at once: FLAC of it takes long enough (two passes)

@@ -32,9 +32,9 @@ const CLEANUP_DEADLINE: Duration = Duration::from_secs(10);
 /// 2 cores shared with other builds, with room for a slower machine.
 const HOUR_SPLIT_DEADLINE: Duration = Duration::from_secs(480);
 
-/// Size of an object-store chunk (async-nats' default): the file store of a song holds its
-/// original in chunks of at most this many bytes plus one metadata message.
-const OBJECT_CHUNK: u64 = 128 * 1024;
+/// Size of an object-store chunk (dme_storage's): the file store of a song holds its original in
+/// chunks of this many bytes (the last shorter) plus one metadata message.
+const OBJECT_CHUNK: u64 = 512 * 1024;
 
 /// One case: a system of its own, its gateway spooling into a folder the test watches.
 struct Hostile {

@@ -18,9 +18,8 @@ use zstd::stream::raw::{Decoder, Encoder, InBuffer, Operation, OutBuffer};
 /// The zstd level of every compressed object (see the module docs).
 pub const LEVEL: i32 = 1;
 
-/// Bytes compressed from the inner reader at a time: the store's largest chunk (see
-/// `objects::PUT_CHUNK_BYTES`), so that a put of the compressed stream stores chunks about
-/// that large.
+/// Bytes compressed from the inner reader at a time: a stored chunk's size (see
+/// `objects::PUT_CHUNK_BYTES`), so that a put of the stream rarely waits for its input.
 const COMPRESS_INPUT_BYTES: usize = 512 * 1024;
 
 /// Bytes read from the inner reader at a time when decompressing: many downloads hold one
@@ -168,8 +167,7 @@ impl<R: AsyncRead + Unpin, O: Finish + Unpin> AsyncRead for ZstdStream<R, O> {
         if let Some(e) = this.error.take() {
             return Poll::Ready(Err(e));
         }
-        // Fills `buf` as far as the input at hand allows: a caller that stores each read as
-        // one chunk (an object-store put) gets chunks of its buffer's size, not zstd's blocks.
+        // Fills `buf` as far as the input at hand allows, not one zstd block (128 KiB) a read.
         let mut produced = false;
         loop {
             if this.finished || buf.remaining() == 0 {
@@ -295,9 +293,9 @@ mod tests {
         }
     }
 
-    /// A put stores each read as a chunk: a read must fill the caller's buffer with what the
-    /// input at hand gives, not stop at zstd's first 128 KiB block, and must hand over what
-    /// it has when its input is not ready rather than wait.
+    /// A read fills the caller's buffer with what the input at hand gives, not stopping at
+    /// zstd's first 128 KiB block, and hands over what it has when its input is not ready
+    /// rather than wait.
     #[tokio::test]
     async fn a_read_gives_what_the_input_at_hand_makes_and_never_waits_holding_bytes() {
         let data = noise(1 << 20);

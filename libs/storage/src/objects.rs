@@ -285,10 +285,59 @@ fn unpacked<R>(name: &str, reader: R) -> Result<Unpacked<R>> {
     })
 }
 
-/// Largest chunk of a stored object: a quarter of the messages, acknowledged one after
-/// another, of async-nats' default 128 KiB, and well under a server's smallest usual
-/// `max_payload` (1 MiB, its default). A put stores each read of its reader as a chunk, so a
-/// streamed object's chunks are as large as its reader's reads (an upload's are smaller).
+/// A reader whose every read is [`PUT_CHUNK_BYTES`] (the last shorter) whatever its inner
+/// reader's reads: async-nats stores each read as a chunk and, after a short one, offers the
+/// next read only what is left of its buffer, so a file or a compressed stream (short reads,
+/// each ended by a pending read) would be stored in chunks of half the size on average.
+struct WholeChunks<'a, R> {
+    inner: &'a mut R,
+    buf: Box<[u8]>,
+    /// Bytes gathered in `buf`, and how many of them were handed over.
+    len: usize,
+    given: usize,
+    ended: bool,
+}
+
+impl<'a, R> WholeChunks<'a, R> {
+    fn new(inner: &'a mut R) -> Self {
+        WholeChunks {
+            inner,
+            buf: vec![0; PUT_CHUNK_BYTES].into_boxed_slice(),
+            len: 0,
+            given: 0,
+            ended: false,
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for WholeChunks<'_, R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        // Gather a whole chunk (or the rest of the stream) before handing any of it over.
+        while this.len < this.buf.len() && !this.ended && this.given == 0 {
+            let mut free = tokio::io::ReadBuf::new(&mut this.buf[this.len..]);
+            std::task::ready!(Pin::new(&mut *this.inner).poll_read(cx, &mut free))?;
+            let n = free.filled().len();
+            this.ended = n == 0;
+            this.len += n;
+        }
+        let n = out.remaining().min(this.len - this.given);
+        out.put_slice(&this.buf[this.given..this.given + n]);
+        this.given += n;
+        if this.given == this.len {
+            (this.len, this.given) = (0, 0);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Chunk size of stored objects (the last chunk of each is shorter): a quarter of the
+/// messages, acknowledged one after another, of async-nats' default 128 KiB, and well under a
+/// server's smallest usual `max_payload` (1 MiB, its default).
 const PUT_CHUNK_BYTES: usize = 512 * 1024;
 
 impl Store {
@@ -297,7 +346,8 @@ impl Store {
     /// # Errors
     /// On NATS failure.
     pub async fn put_object(&self, name: &str, mut bytes: &[u8]) -> Result<()> {
-        self.put_object_from(name, &mut bytes).await
+        // A slice fills every read: no need to gather.
+        self.put_chunks(name, &mut bytes).await
     }
 
     /// Stores what `reader` yields as object `name`, streaming (bounded memory).
@@ -309,6 +359,12 @@ impl Store {
         name: &str,
         reader: &mut R,
     ) -> Result<()> {
+        self.put_chunks(name, &mut WholeChunks::new(reader)).await
+    }
+
+    /// Stores `reader`'s bytes as object `name`, each of its reads as a chunk of at most
+    /// [`PUT_CHUNK_BYTES`] (async-nats' put).
+    async fn put_chunks<R: AsyncRead + Unpin>(&self, name: &str, reader: &mut R) -> Result<()> {
         let meta = async_nats::jetstream::object_store::ObjectMetadata {
             name: name.to_string(),
             chunk_size: Some(PUT_CHUNK_BYTES),

@@ -34,7 +34,7 @@ use super::openapi::{AudioBytes, DownloadFormat, ErrorBody};
 use super::{load_music, parse_id};
 use crate::{ApiError, AppState};
 
-/// Bytes read from the object store per piece of a response body: the store's chunk size.
+/// Bytes read from the object store per piece of a response body (a stored chunk is 512 KiB).
 const BODY_CHUNK_BYTES: usize = 128 * 1024;
 
 /// Longest name (of a song or of a stem) in a download's file name: readable in any file
