@@ -12,7 +12,7 @@ use dme_protocol::records::{MusicRecord, MusicState};
 use dme_protocol::{now_ms, objects, Incarnation, MusicId, Segment, SegmentPlan};
 use dme_segment::Blender;
 use dme_storage::work::{Delivery, Handler};
-use dme_storage::{Spool, Store};
+use dme_storage::{Spool, SpoolDir, Store};
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::mixdown::Mixdown;
@@ -100,15 +100,21 @@ impl Assembler {
         }
         let all_in = !record.separated.is_empty() && record.separated.iter().all(|d| *d);
         if all_in && !record.tracks_ready && record.state != MusicState::Failed {
-            if let Err(e) = self.assemble(record).await {
+            let assembled = match self.assemble(record).await {
+                Ok(assembled) => assembled,
                 // A copy of the last segment's event, handled at the same time, may have
                 // assembled the song and deleted its segments under this assembly's feet:
                 // then there is nothing left to do, and nothing failed.
-                if self.assembled_elsewhere(done).await {
+                Err(_) if self.assembled_elsewhere(done).await => {
                     tracing::info!(music = %done.music_id, "assembled by a copy of this event meanwhile");
                     return Ok(());
                 }
-                return Err(e);
+                Err(e) => return Err(e),
+            };
+            // The tracks are ready: what fails from here on (the mixes) is retried by the
+            // redelivered event, which finds them ready and mixes what is pending.
+            if let Some(assembled) = assembled {
+                self.hand_over(assembled).await?;
             }
         } else if redelivered
             && record.tracks_ready
@@ -128,10 +134,10 @@ impl Assembler {
         )
     }
 
-    /// Blends every segment into one track per stem, stores the tracks, marks them ready,
-    /// hands the track files to the [`crate::track_cache::TrackCache`], removes the segments
-    /// and mixes the selections that waited for the tracks.
-    async fn assemble(&self, record: MusicRecord) -> Result<(), MixError> {
+    /// Blends every segment into one track per stem, stores the tracks and marks them ready;
+    /// `None` when the song was deleted or reset meanwhile (what this life of it left is
+    /// deleted then).
+    async fn assemble(&self, record: MusicRecord) -> Result<Option<Assembled>, MixError> {
         let (music, incarnation) = (record.music_id, record.incarnation);
         let plan = record.plan.ok_or(MixError::NoPlan)?;
         let started = Instant::now();
@@ -154,7 +160,7 @@ impl Assembler {
                 let _ = self.store.delete_object(name).await;
             }
             self.delete_segments(music, incarnation, plan).await;
-            return Ok(());
+            return Ok(None);
         };
         tracing::info!(
             %music,
@@ -164,6 +170,26 @@ impl Assembler {
             store_ms = stored.as_millis() as u64,
             "stems assembled"
         );
+        Ok(Some(Assembled {
+            record,
+            plan,
+            names,
+            paths,
+            spool,
+        }))
+    }
+
+    /// Hands the assembled track files to the [`crate::track_cache::TrackCache`], removes the
+    /// segments and mixes the selections that waited for the tracks.
+    async fn hand_over(&self, assembled: Assembled) -> Result<(), MixError> {
+        let Assembled {
+            record,
+            plan,
+            names,
+            paths,
+            spool,
+        } = assembled;
+        let (music, incarnation) = (record.music_id, record.incarnation);
         // The files are the tracks' bytes: the first mix, right after, reads them instead of
         // downloading and decompressing what was just stored.
         let (cache, files) = (self.mixdown.tracks.clone(), names.clone());
@@ -289,6 +315,18 @@ impl Assembler {
             let _ = self.store.delete_object(&name).await;
         }
     }
+}
+
+/// A song's tracks, stored and marked ready, and their files still in the spool.
+struct Assembled {
+    /// The song's record once its tracks were marked ready.
+    record: MusicRecord,
+    plan: SegmentPlan,
+    /// The tracks' object names and files, stem by stem.
+    names: Vec<String>,
+    paths: Vec<PathBuf>,
+    /// The folder of the files: removed when dropped.
+    spool: SpoolDir,
 }
 
 /// Segments whose stems are fetched ahead of the blend: each fetch is a round trip per chunk

@@ -207,7 +207,8 @@ pub(crate) fn wav_header(samples: u64) -> Result<Vec<u8>, hound::Error> {
     let mut header = header.into_inner();
     let riff = u32::try_from(header.len() - 8).map_err(|_| hound::Error::TooWide)?;
     let len = header.len();
-    header[4..8].copy_from_slice(&(riff + data).to_le_bytes());
+    let riff = riff.checked_add(data).ok_or(hound::Error::TooWide)?;
+    header[4..8].copy_from_slice(&riff.to_le_bytes());
     header[len - 4..].copy_from_slice(&data.to_le_bytes());
     Ok(header)
 }
