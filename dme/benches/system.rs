@@ -379,42 +379,41 @@ async fn remix(sys: &System, song: &Done) -> Value {
 /// measured by this bench (`DME_BENCH_ONLY=remix,load DME_BENCH_RUNS=1`) on commit f0ce5f5 with
 /// a timing log added to the mixer, right before the change was measured the same way.
 const REMIX_BEFORE_AFTER: &str = "Before → after: the median above was 5.76 s before (commit \
-    f0ce5f5, same command with `DME_BENCH_ONLY=remix,load DME_BENCH_RUNS=1`, load average 3.6 \
-    to 6.4 from other builds); each re-mix then spent 2.4-3.5 s downloading and decompressing \
-    the 4 tracks (64 MB each) into spool files, 1.9-2.7 s summing them a sample at a time \
-    through hound in two passes, and 0.6-0.7 s compressing and storing the mix. Why it is \
-    faster: the mixer keeps the tracks it read decompressed in its spool folder \
-    (`DME_MIXER_TRACK_CACHE_MB`), so a re-mix downloads nothing; the sum runs over 256 KiB \
-    blocks (the same f32 arithmetic, so the same bits); and the mix is compressed and stored \
-    as it is summed, never written to disk. That 5.76 s → 0.976 s was measured at a load average of \
-    about 6; with no build beside it (load average 2 to 3) the same code gave 0.342 s (commit \
-    9d9e424, `DME_BENCH_ONLY=remix DME_BENCH_RUNS=1`), and the figure above is after the mix \
-    is stored in 512 KiB chunks instead of 128 KiB (async-nats acknowledges each chunk before \
-    it sends the next: a quarter of the round trips). What is left is the peak pass, the sum, \
-    zstd and the put, on the same 2 cores as the nats-server.";
+    f0ce5f5, same command with `DME_BENCH_ONLY=remix,load DME_BENCH_RUNS=1`, load average 3.6 to \
+    6.4 from other builds); each re-mix then spent 2.4-3.5 s downloading and decompressing the 4 \
+    tracks (64 MB each) into spool files, 1.9-2.7 s summing them a sample at a time through hound \
+    in two passes, and 0.6-0.7 s compressing and storing the mix. Why it is faster: the mixer \
+    keeps the tracks it read decompressed in its spool folder (`DME_MIXER_TRACK_CACHE_MB`), so a \
+    re-mix downloads nothing; the sum runs over 256 KiB blocks (the same f32 arithmetic, so the \
+    same bits); and the mix is compressed and stored as it is summed, never written to disk. That \
+    5.76 s → 0.976 s was measured at a load average of about 6; with no build beside it (load \
+    average 2 to 3.2) the same code gave 0.342 s (commit 9d9e424, `DME_BENCH_ONLY=remix \
+    DME_BENCH_RUNS=1`), and the figure above is after the mix is stored in 512 KiB chunks instead \
+    of 128 KiB (async-nats acknowledges each chunk before it sends the next: a quarter of the \
+    round trips). What is left is the peak pass, the sum, zstd and the put, on the same 2 cores as \
+    the nats-server.";
 
 /// What the pipeline cost before the changes of this figure's last commit (issue 15: "record
 /// before and after"), from the mixer's timing logs (`DME_LOG=info`: the `stems assembled` and
 /// `mix rendered` lines) of single runs of this bench on the same machine.
-const PIPELINE_BEFORE_AFTER: &str = "Before → after, with no build beside the bench (load \
-    average 2 to 3): on commit 9d9e424 one run took 16.66 s against 10.26 s for the reference (1.62×; the \
-    1.83× recorded before was at a load average of 3 to 4). Its time after the upload: \
-    decoding and cutting 0.5 s; separation 7.7 s (the 2 separators' last segment done); \
-    assembly 4.6 s (blending the 31 segments into 4 float WAV files, then compressing and \
-    storing the 4 tracks one after the other); the mix of all stems 2.8 s, 2.0 s of it \
-    downloading and decompressing the 4 tracks just stored; the 16-bit WAV encoding and \
-    download of the mix 0.7 s. Changed: the assembler hands its track files to the mixer's \
-    track cache, so the first mix reads them (mix 2.8 s → 0.4 s); the 4 tracks are stored side \
-    by side; every object is stored in chunks of up to 512 KiB (compressed streams fill a \
-    chunk instead of stopping at each 128 KiB zstd block; each chunk is acknowledged before \
+const PIPELINE_BEFORE_AFTER: &str = "Before → after, with no build beside the bench (load average \
+    2 to 3.2): on commit 9d9e424 one run took 16.66 s against 10.26 s for the reference (1.62×; \
+    the 1.83× recorded before was measured on another machine, an Intel Xeon of 2 cores, at a load \
+    average of 3 to 4). Its time after the upload: decoding and cutting 0.5 s; separation 7.7 s \
+    (the 2 separators' last segment done); assembly 4.6 s (blending the 31 segments into 4 float \
+    WAV files, then compressing and storing the 4 tracks one after the other); the mix of all \
+    stems 2.8 s, 2.0 s of it downloading and decompressing the 4 tracks just stored; the 16-bit \
+    WAV encoding and download of the mix 0.7 s. Changed: the assembler hands its track files to \
+    the mixer's track cache, so the first mix reads them (mix 2.8 s → 0.4 s); the 4 tracks are \
+    stored side by side; every object is stored in chunks of up to 512 KiB (compressed streams \
+    fill a chunk instead of stopping at each 128 KiB zstd block; each chunk is acknowledged before \
     the next); the blend writes each segment's interleaved samples in one write (no \
-    sample-at-a-time WAV writer, no per-lane copies of the stems) and fetches the next 4 \
-    segments' stems while it blends one; the segments' objects are deleted while the mix is \
-    made. In the 3 runs above: blending 1.1 to 2.0 s, storing the tracks 0.8 to 1.6 s, the mix \
-    0.40 to 0.47 s. What is left against 1.2×: the assembly still starts when the last segment \
-    is separated (blending as segments arrive, issue 15's item 5, would hide most of it), and \
-    the mixer, the nats-server and the encoding share the 2 cores that the reference loop \
-    has to itself.";
+    sample-at-a-time WAV writer, no per-lane copies of the stems) and fetches the next 4 segments' \
+    stems while it blends one; the segments' objects are deleted while the mix is made. In the 3 \
+    runs above: blending 1.1 to 2.0 s, storing the tracks 0.8 to 1.6 s, the mix 0.40 to 0.47 s. \
+    What is left against 1.2×: the assembly still starts when the last segment is separated \
+    (blending as segments arrive, issue 15's item 5, would hide most of it), and the mixer, the \
+    nats-server and the encoding share the 2 cores that the reference loop has to itself.";
 
 /// Figure 7: `wrk` against the song's progress and a cached Range download, while idle.
 async fn load(sys: &System, song: &Done) -> Value {
@@ -528,19 +527,19 @@ async fn load(sys: &System, song: &Done) -> Value {
 /// What the cached Range download cost before the gateway kept downloads on local disk,
 /// measured as [`REMIX_BEFORE_AFTER`].
 const LOAD_BEFORE_AFTER: &str = "Before → after: before the gateway's download cache (commit \
-    f0ce5f5, same command and conditions as the re-mix's before), `GET stem, Range: first \
-    64 KiB` took p50 5.58 ms, p99 21.4 ms at 1,230 req/s closed loop, and did not sustain \
-    1,000 req/s (947 req/s reached, p99 1,355 ms): every request read the song's record, the \
-    object's info and its first 128 KiB chunk from NATS: three round trips. Why it is faster: the gateway keeps a copy of each \
-    download asked for in its spool folder (`DME_DOWNLOAD_CACHE_MB`), filled in the background \
-    beside the first request, and answers a range with one read of that file at its offset \
-    after the song's record (one NATS round trip) says the file is still the song's. The p99s at \
-    1,000 req/s were 26.5 ms (GET /music/{id}) and 32.9 ms (Range) in a run at a load average \
-    of 6 to 7 (other builds on the same 2 cores); the figures above are from a run with no build \
-    beside it (load average 2 to 3, this bench's own songs included), with no code of these requests changed. The \
-    system is idle here; the issue's \"while separators run\" is not measured by this bench. \
-    The Range p99 misses 5 ms by about 1 ms: each answer still waits for one NATS round trip \
-    (the song's record) on the same 2 cores as the server.";
+    f0ce5f5, same command and conditions as the re-mix's before), `GET stem, Range: first 64 KiB` \
+    took p50 5.58 ms, p99 21.4 ms at 1,230 req/s closed loop, and did not sustain 1,000 req/s (947 \
+    req/s reached, p99 1,355 ms): every request read the song's record, the object's info and its \
+    first 128 KiB chunk from NATS: three round trips. Why it is faster: the gateway keeps a copy \
+    of each download asked for in its spool folder (`DME_DOWNLOAD_CACHE_MB`), filled in the \
+    background beside the first request, and answers a range with one read of that file at its \
+    offset after the song's record (one NATS round trip) says the file is still the song's. The \
+    p99s at 1,000 req/s were 26.5 ms (GET /music/{id}) and 32.9 ms (Range) in a run at a load \
+    average of 6 to 7 (other builds on the same 2 cores); the figures above are from a run with no \
+    build beside it (load average 2 to 3.2, this bench's own songs included), with no code of \
+    these requests changed. The system is idle here; the issue's \"while separators run\" is not \
+    measured by this bench. The Range p99 misses 5 ms by about 1 ms: each answer still waits for \
+    one NATS round trip (the song's record) on the same 2 cores as the server.";
 
 /// The rate of the fixed-rate load: the issue's target rate.
 const FIXED_RATE: u32 = 1_000;
