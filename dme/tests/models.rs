@@ -82,6 +82,16 @@ fn start_up(data: &std::path::Path) -> (dme_testkit::Process, u16) {
 fn dme_up_runs_the_whole_system_and_stops_cleanly_on_sigterm() {
     let data = tempfile::tempdir().unwrap();
     let (mut up, _) = start_up(data.path());
+    // Its separators share the machine with the rest: they run at nice 10, every thread.
+    let separators = dme_testkit::children_running(up.id(), "separator");
+    assert_eq!(separators.len(), 2, "{separators:?}");
+    for pid in separators {
+        let nices = dme_testkit::thread_nices(pid);
+        assert!(
+            !nices.is_empty() && nices.iter().all(|n| *n == 10),
+            "{nices:?}"
+        );
+    }
     let status = up
         .terminate(Duration::from_secs(30))
         .expect("dme up stops within 30 s");

@@ -26,7 +26,14 @@ fn reference(model: &Path, left: &[f32], right: &[f32]) -> Vec<Vec<f32>> {
 
 #[tokio::test]
 async fn a_song_with_one_separator_downloads_in_every_format_and_sums_back_to_the_input() {
-    let sys = System::start(DME, Options::default()).await;
+    let sys = System::start(
+        DME,
+        Options {
+            service_env: vec![("separator".into(), "DME_SEPARATOR_NICE".into(), "10".into())],
+            ..Options::default()
+        },
+    )
+    .await;
     let (music, done) = sys
         .separate_and_mix(
             test_song_mp3().to_vec(),
@@ -39,6 +46,14 @@ async fn a_song_with_one_separator_downloads_in_every_format_and_sums_back_to_th
     assert_eq!(done["instruments"].as_array().unwrap().len(), 4);
     assert_eq!(done["state"], "done");
     assert_eq!(done["segments_done"], done["segments"]);
+    // The separator runs every thread, the model's included, at its DME_SEPARATOR_NICE.
+    let pid = sys.separators[0].id();
+    let nices = dme_testkit::thread_nices(pid);
+    assert!(nices.len() > 1, "{nices:?}");
+    assert!(
+        nices.iter().all(|n| *n == 10),
+        "separator threads' nice: {nices:?}"
+    );
 
     // Every stem and the mix, in every format, last as long as the input.
     let mut urls: Vec<String> = done["instruments"]

@@ -206,6 +206,41 @@ impl Drop for NatsServer {
     }
 }
 
+/// The nice value of every thread of process `pid` (field 19 of /proc/<pid>/task/<tid>/stat).
+///
+/// # Panics
+/// When the process is gone.
+pub fn thread_nices(pid: u32) -> Vec<i64> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the process runs")
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
+        .filter_map(|stat| {
+            // After the command's closing parenthesis come fields 3 onwards.
+            let rest = &stat[stat.rfind(')')? + 1..];
+            rest.split_whitespace().nth(16)?.parse().ok()
+        })
+        .collect()
+}
+
+/// The processes whose parent is `pid` and whose command line holds `word`.
+pub fn children_running(pid: u32, word: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().nth(1)?.parse::<u32>().ok());
+            let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+            ppid == Some(pid) && cmdline.split(|b| *b == 0).any(|arg| arg == word.as_bytes())
+        })
+        .collect()
+}
+
 /// A child process killed (SIGKILL) on drop.
 pub struct Process {
     child: Child,

@@ -50,6 +50,12 @@ pub struct SeparatorConfig {
     /// of the live workers of the pool).
     #[arg(long, env = "DME_SEGMENT_WINDOW", default_value_t = DEFAULT_SEGMENT_WINDOW)]
     pub segment_window: u32,
+    /// Scheduling priority (nice, 0 to 19) the separator lowers itself to, so that on a machine
+    /// shared with a gateway, a nats-server or a mixer those answer first (model runs are batch
+    /// work). 0 leaves the priority as started (a process started nicer stays so); `dme up`,
+    /// which runs everything on one machine, starts its separators at 10.
+    #[arg(long, env = "DME_SEPARATOR_NICE", default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub nice: i32,
     /// Test and benchmark aid, never for production: instead of running the model, wait this
     /// many milliseconds per segment and make stems of the right shape cheaply (the first stem
     /// is the segment's input, every other stem silence), so one machine can run many

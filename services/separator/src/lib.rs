@@ -75,6 +75,8 @@ impl Service for Separator {
 
     /// Loads and warms up the model, connects, registers the model and declares the consumer.
     async fn build(config: SeparatorConfig) -> Result<Separator, SeparatorError> {
+        // Before the model's threads start: they inherit it.
+        lower_priority(config.nice);
         let worker_id = config.worker_id();
         // Healthy (answering) while the model loads; ready once it is loaded and NATS is there.
         let readiness = Readiness::pending(&["model", "nats"]);
@@ -587,4 +589,44 @@ fn crop_to_segment(output: &[f32], seg: &Segment) -> Result<Vec<u8>, SeparateErr
         .collect::<Option<Vec<&[f32]>>>()
         .ok_or_else(shape)?;
     Ok(objects::pack_planar(&lanes))
+}
+
+/// Lowers every thread of this process to scheduling priority `nice` (Linux's nice is per
+/// thread; threads started later inherit it from the thread that starts them). A thread
+/// already nicer is left as it is; failures are logged, never fatal.
+fn lower_priority(nice: i32) {
+    if nice <= 0 {
+        return;
+    }
+    let tasks = match std::fs::read_dir("/proc/self/task") {
+        Ok(tasks) => tasks,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list this process's threads; priority left as it is");
+            return;
+        }
+    };
+    for task in tasks.flatten() {
+        let Some(tid) = task
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<libc::id_t>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: getpriority and setpriority read and change the scheduling priority of one
+        // of this process's threads; errno is this thread's.
+        let lowered = unsafe {
+            *libc::__errno_location() = 0;
+            let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+            if now == -1 && *libc::__errno_location() != 0 {
+                continue; // the thread ended meanwhile
+            }
+            now >= nice || libc::setpriority(libc::PRIO_PROCESS, tid, nice) == 0
+        };
+        if !lowered {
+            let e = std::io::Error::last_os_error();
+            tracing::warn!(tid, nice, error = %e, "could not lower a thread's priority");
+        }
+    }
+    tracing::info!(nice, "separator priority lowered");
 }
