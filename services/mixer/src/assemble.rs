@@ -192,9 +192,9 @@ impl Assembler {
         let (music, incarnation) = (record.music_id, record.incarnation);
         // The files are the tracks' bytes: the first mix, right after, reads them instead of
         // downloading and decompressing what was just stored.
-        let (cache, files) = (self.mixdown.tracks.clone(), names.clone());
+        let cache = self.mixdown.tracks.clone();
         let cached = blocking(move || {
-            for (name, path) in files.iter().zip(&paths) {
+            for (name, path) in names.iter().zip(&paths) {
                 cache.insert(name, path).map_err(MixError::Spool)?;
             }
             Ok(())
