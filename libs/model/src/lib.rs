@@ -168,6 +168,11 @@ pub struct ModelOptions {
     /// share it. When it cannot be written the model still loads, uncached, with a warning.
     /// [`default_cache_dir`] by default.
     pub cache_dir: PathBuf,
+    /// ONNX Runtime's memory arena and memory patterns (on by default): it keeps the largest
+    /// memory a run needed for the next run. Off, every tensor is allocated when needed and
+    /// freed after: a big model's peak is lower and little is held between runs (HT-Demucs:
+    /// docs/BENCHMARKS.md); a small model is spared those allocations by the arena.
+    pub memory_arena: bool,
 }
 
 impl Default for ModelOptions {
@@ -176,6 +181,7 @@ impl Default for ModelOptions {
             intra_threads: 1,
             default_segment: dme_segment::DEFAULT_SEGMENT_SAMPLES,
             cache_dir: default_cache_dir(),
+            memory_arena: true,
         }
     }
 }
@@ -414,7 +420,7 @@ fn new_builder(
     options: &ModelOptions,
     name: &str,
 ) -> Result<ort::session::builder::SessionBuilder, ModelError> {
-    Session::builder(env)
+    let builder = Session::builder(env)
         .map_err(|e| load_error(name, e))?
         .with_intra_threads(options.intra_threads.max(1))
         .map_err(|e| load_error(name, e.into()))?
@@ -422,6 +428,14 @@ fn new_builder(
         .map_err(|e| load_error(name, e.into()))?
         // Spinning threads burn a core each between segments; separators idle often.
         .with_intra_op_spinning(false)
+        .map_err(|e| load_error(name, e.into()))?;
+    if options.memory_arena {
+        return Ok(builder);
+    }
+    builder
+        .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(false).build()])
+        .map_err(|e| load_error(name, e.into()))?
+        .with_memory_pattern(false)
         .map_err(|e| load_error(name, e.into()))
 }
 
@@ -775,5 +789,22 @@ mod tests {
             model.separate_array(Array2::<f32>::zeros((1, t)).view()),
             Err(ModelError::InputChannels { got: 1 })
         ));
+    }
+
+    #[test]
+    fn without_the_memory_arena_a_model_gives_the_same_stems() {
+        let mut arena = Model::load(&ModelSource::Embedded, &ModelOptions::default()).unwrap();
+        let lean_options = ModelOptions {
+            memory_arena: false,
+            ..ModelOptions::default()
+        };
+        let mut lean = Model::load(&ModelSource::Embedded, &lean_options).unwrap();
+        // Lengths that differ run after run: nothing of one run's allocations is reused.
+        for t in [5_000, 12_345, 800, 5_000] {
+            let input: Vec<f32> = (0..2 * t).map(|i| (i as f32 * 0.007).sin()).collect();
+            let stems = lean.separate(&input).unwrap();
+            assert_eq!(stems.len(), 4 * 2 * t);
+            assert_eq!(stems, arena.separate(&input).unwrap(), "{t} samples");
+        }
     }
 }

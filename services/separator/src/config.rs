@@ -25,6 +25,11 @@ pub struct SeparatorConfig {
     /// below its cores (`dme up` divides the cores among its separators).
     #[arg(long, env = "DME_INTRA_THREADS", default_value_t = 1)]
     pub intra_threads: usize,
+    /// ONNX Runtime's memory arena (`true`, the default) keeps the most memory a segment needed
+    /// for the next; `false` allocates and frees each tensor as it goes: for big models such as
+    /// HT-Demucs (docs/BENCHMARKS.md, `make bench-htdemucs`).
+    #[arg(long, env = "DME_MEMORY_ARENA", default_value_t = true, action = clap::ArgAction::Set)]
+    pub memory_arena: bool,
     /// Folder for ONNX Runtime's optimised graphs, so restarts skip the optimisation; replicas
     /// may share it. `$XDG_CACHE_HOME/dme` (else `~/.cache/dme`) when absent. A folder that
     /// cannot be written only costs the cache.

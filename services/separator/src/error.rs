@@ -13,9 +13,9 @@ pub enum SeparatorError {
     /// NATS could not be reached or refused a declaration.
     #[error("setting up NATS at start-up")]
     Store(#[from] StoreError),
-    /// The thread loading the model panicked.
-    #[error("the model loading task stopped")]
-    Task(#[source] tokio::task::JoinError),
+    /// The model's thread could not start, or stopped while loading the model.
+    #[error("the model's thread")]
+    ModelThread(#[from] std::io::Error),
     /// The metrics address could not be bound.
     #[error("binding the metrics address {addr}")]
     Metrics {
@@ -78,8 +78,9 @@ pub enum SeparateError {
         /// Window length in samples.
         window: usize,
     },
-    /// An earlier inference panicked while holding the model (transient).
-    #[error("the model lock is poisoned")]
+    /// An earlier inference panicked and ended the model's thread (transient: another worker
+    /// may run the segment).
+    #[error("the model's thread has stopped")]
     ModelPoisoned,
     /// The inference task panicked or was cancelled (transient).
     #[error("the model task stopped")]

@@ -33,6 +33,7 @@
 
 mod config;
 mod error;
+mod model_thread;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -50,6 +51,7 @@ use dme_storage::Store;
 use dme_telemetry::metrics::{MetricsServer, Readiness, INFERENCE_SECONDS, SEGMENTS_SEPARATED};
 use dme_telemetry::Service;
 pub use error::{SeparateError, SeparatorError};
+use model_thread::ModelThread;
 use tokio_util::sync::CancellationToken;
 
 /// How old a separator's reading of its pool's load (live workers, songs queued) may be when it
@@ -87,12 +89,12 @@ impl Service for Separator {
                 addr: addr.unwrap_or_default().to_string(),
                 source,
             })?;
-        let model = load_warm_model(&config).await?;
+        let (model, loaded) = load_warm_model(&config).await?;
         readiness.set("model", || true);
         // A simulated separator is a pool of its own: its stems are not the model's.
         let info = match config.fake_inference() {
-            Some(_) => model.info().simulated(),
-            None => model.info().clone(),
+            Some(_) => loaded.simulated(),
+            None => loaded,
         };
         let store = Store::connect_with(&config.nats, &worker_id).await?;
         readiness.set("nats", presence::connected(store.client()));
@@ -130,7 +132,7 @@ impl Service for Separator {
         .await?;
         let worker = Arc::new(Worker {
             store,
-            model: Arc::new(Mutex::new(model)),
+            model,
             info,
             worker_id,
             last: Arc::default(),
@@ -187,6 +189,7 @@ pub fn load_model(config: &SeparatorConfig) -> Result<Model, SeparatorError> {
     };
     let mut options = ModelOptions {
         intra_threads: config.intra_threads,
+        memory_arena: config.memory_arena,
         ..ModelOptions::default()
     };
     if let Some(dir) = &config.cache_dir {
@@ -195,28 +198,29 @@ pub fn load_model(config: &SeparatorConfig) -> Result<Model, SeparatorError> {
     Ok(Model::load(&source, &options)?)
 }
 
-/// Loads the model and runs it once (so the first segment does not pay for the set-up), off
-/// the executor.
-async fn load_warm_model(config: &SeparatorConfig) -> Result<Model, SeparatorError> {
+/// Loads the model on its own thread ([`ModelThread`]) and runs it once there (so the first
+/// segment does not pay for the set-up); returns the thread and the model's info.
+async fn load_warm_model(
+    config: &SeparatorConfig,
+) -> Result<(ModelThread, ModelInfo), SeparatorError> {
     let started = Instant::now();
     let cfg = config.clone();
-    let model = tokio::task::spawn_blocking(move || {
+    let load = move || {
         let mut model = load_model(&cfg)?;
         // A simulated worker never runs it: warming it up would only cost memory.
         if cfg.fake_infer_ms.is_none() {
             model.warm_up()?;
         }
         Ok::<_, SeparatorError>(model)
-    })
-    .await
-    .map_err(SeparatorError::Task)??;
-    let info = model.info();
+    };
+    let (thread, info) = ModelThread::start(load, |m| m.info().clone()).await?;
     tracing::info!(
         model = %info.name, fingerprint = %info.fingerprint, sources = ?info.sources,
         segment = info.segment, fixed = info.fixed, threads = config.intra_threads,
-        ready_ms = started.elapsed().as_millis() as u64, "model loaded and warmed up"
+        memory_arena = config.memory_arena, ready_ms = started.elapsed().as_millis() as u64,
+        "model loaded and warmed up"
     );
-    Ok(model)
+    Ok((thread, info))
 }
 
 /// Where a segment stands before a worker separates it.
@@ -234,7 +238,7 @@ enum Status {
 /// Separates segments: the handler of [`subjects::WORK_SEGMENT`].
 struct Worker {
     store: Store,
-    model: Arc<Mutex<Model>>,
+    model: ModelThread,
     info: ModelInfo,
     worker_id: String,
     /// The last window this worker ran the model on and what the model made of it.
@@ -495,27 +499,26 @@ impl Worker {
                 .await
                 .map_err(SeparateError::Task);
         }
-        let (model, last) = (self.model.clone(), self.last.clone());
-        tokio::task::spawn_blocking(move || {
-            let mut hasher = blake3::Hasher::new();
-            for v in &input {
-                hasher.update(&v.to_le_bytes());
-            }
-            let key = hasher.finalize();
-            let mut last = last.lock().map_err(|_| SeparateError::ModelPoisoned)?;
-            if let Some(same) = last.as_ref().filter(|l| l.input == key) {
-                return Ok(same.output.clone());
-            }
-            let mut model = model.lock().map_err(|_| SeparateError::ModelPoisoned)?;
-            let output = Arc::new(model.separate(&input).map_err(SeparateError::Model)?);
-            *last = Some(Separated {
-                input: key,
-                output: output.clone(),
-            });
-            Ok(output)
-        })
-        .await
-        .map_err(SeparateError::Task)?
+        let last = self.last.clone();
+        self.model
+            .run(move |model| {
+                let mut hasher = blake3::Hasher::new();
+                for v in &input {
+                    hasher.update(&v.to_le_bytes());
+                }
+                let key = hasher.finalize();
+                let mut last = last.lock().map_err(|_| SeparateError::ModelPoisoned)?;
+                if let Some(same) = last.as_ref().filter(|l| l.input == key) {
+                    return Ok(same.output.clone());
+                }
+                let output = Arc::new(model.separate(&input).map_err(SeparateError::Model)?);
+                *last = Some(Separated {
+                    input: key,
+                    output: output.clone(),
+                });
+                Ok(output)
+            })
+            .await?
     }
 
     /// Releases the song's segments `work.index + 1 ..= work.index + max(w, window)`
