@@ -61,10 +61,18 @@ test-chaos: setup
 # Figures of a real system on this machine (issue 15): pipeline overhead against the
 # single-process loop, re-mix, the gateway under load (Debian's wrk), decoding against ffmpeg,
 # peak memory. Writes bench/results/*.json and docs/BENCHMARKS.md; release builds; about
-# 15 minutes on 2 cores. Not part of `make test`. DME_BENCH_ONLY=pipeline,remix,load,decoding,fleet
+# 15 minutes on 2 cores. Not part of `make test`. DME_BENCH_ONLY=pipeline,remix,load,decoding,memory,fleet
 # runs some groups (the others' JSON files are kept), DME_BENCH_RUNS the pipeline's runs.
 .PHONY: bench
 bench: setup
 	@for tool in wrk ffmpeg; do command -v $$tool >/dev/null || [ "$$(id -u)" != 0 ] || \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$tool >&2 || true; done
 	@$(ENV); cargo bench -p dme --bench system 2>&1
+
+# The HT-Demucs figures of issue 15 (the system against a bare ONNX Runtime loop on the
+# random-weight export, the separator's memory); exports the model first when it is missing
+# (make htdemucs-model: about 5 GB of wheels). About 13 minutes on 2 cores after the builds.
+.PHONY: bench-htdemucs
+bench-htdemucs: setup
+	@[ -e "$${DME_HTDEMUCS:-models/htdemucs-random.onnx}" ] || python3 scripts/export_htdemucs.py
+	@$(ENV); DME_BENCH_ONLY=htdemucs cargo bench -p dme --bench system 2>&1

@@ -5,14 +5,19 @@
 //! Runtime from `scripts/setup.sh`, and Debian's `wrk` and `ffmpeg` where installed (a figure
 //! that needs a missing tool is skipped and says so). Produces one JSON per figure group:
 //! `pipeline` (end to end against the single-process loop, and every process's peak RSS),
-//! `remix`, `gateway_load` and `decoding`. Guarantees: every number written was measured in
-//! this run; ratios are measured side by side, alternating system and reference runs.
+//! `remix`, `gateway_load`, `decoding`, `memory` and `fleet`. Guarantees: every number written
+//! was measured in this run; ratios are measured side by side, alternating system and reference
+//! runs.
 //!
 //! `DME_BENCH_RUNS` sets the runs of the pipeline figure (default [`PIPELINE_RUNS`]);
 //! `DME_BENCH_ONLY` a comma-separated list of groups to run
-//! (`pipeline,remix,load,decoding,fleet`; `fleet` is the simulated fleet of [`fleet`]).
+//! (`pipeline,remix,load,decoding,memory,fleet`; `memory` is the 10-minute song of [`memory`],
+//! `fleet` the simulated fleet of [`fleet`]); `htdemucs` ([`htdemucs`], `make bench-htdemucs`)
+//! runs only when named there.
 
 mod fleet;
+mod htdemucs;
+mod memory;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -55,10 +60,11 @@ const POLL: Duration = Duration::from_millis(5);
 
 fn main() {
     let only = std::env::var("DME_BENCH_ONLY").ok();
-    let wants = |group: &str| {
+    let named = |group: &str| {
         only.as_deref()
-            .is_none_or(|o| o.split(',').any(|g| g.trim() == group))
+            .is_some_and(|o| o.split(',').any(|g| g.trim() == group))
     };
+    let wants = |group: &str| only.is_none() || named(group);
     let root = dme_testkit::repo_root();
     let results = root.join("bench/results");
     std::fs::create_dir_all(&results).expect("bench/results");
@@ -94,6 +100,18 @@ fn main() {
         }
         if wants("decoding") {
             write(&results, "decoding", &machine, decoding());
+        }
+        if wants("memory") {
+            write(&results, "memory", &machine, memory::memory_group().await);
+        }
+        // HT-Demucs needs a model file of its own and minutes: only when named.
+        if named("htdemucs") {
+            write(
+                &results,
+                "htdemucs",
+                &machine,
+                htdemucs::htdemucs_group().await,
+            );
         }
         if wants("fleet") {
             let svg = root.join("docs/bench/fleet.svg");
@@ -155,9 +173,9 @@ fn figure(what: &str, value: f64, unit: &str, target: &str, met: Option<bool>) -
     json!({"figure": what, "value": value, "unit": unit, "target": target, "met": met})
 }
 
-/// A song rendered by the testkit's generator, encoded as a 320 kbit/s MP3.
-fn song_mp3(seed: u64) -> Vec<u8> {
-    SongSpec::new(SONG_SECONDS, 44_100, seed)
+/// A song of `seconds` rendered by the testkit's generator, encoded as a 320 kbit/s MP3.
+fn song_mp3(seconds: f64, seed: u64) -> Vec<u8> {
+    SongSpec::new(seconds, 44_100, seed)
         .render()
         .encode(dme_audio::Format::Mp3)
         .expect("the song encodes")
@@ -185,33 +203,41 @@ async fn wait(sys: &System, id: u64, done: impl Fn(&Value) -> bool) -> Value {
     }
 }
 
-/// Figure 1 (and 8): the song end to end through the system against the same model over the
-/// same segments in one process, alternating; then every process's peak RSS.
-async fn pipeline(sys: &System, runs: usize) -> (Value, Done) {
+/// Runs of one song length through the system against the same model over the same segments in
+/// this process, alternating (a new song each run): what figures 1 and 2 are made of.
+struct SideBySide {
+    /// Upload to the final mix of all stems downloaded, per run.
+    system_s: Vec<f64>,
+    /// The single-process loop, per run (the decode apart).
+    reference_s: Vec<f64>,
+    /// dme_audio's decode of the MP3 in this process, per run.
+    decode_s: Vec<f64>,
+    /// The last song through the system.
+    last: Done,
+}
+
+/// `runs` songs of `seconds` (seeds from `seed`) through `sys`, each against `source` loaded here
+/// with `options` over the same segments of the same decoded samples; `also` gets each run's
+/// MP3 file after the reference (a third contender, say).
+async fn side_by_side(
+    sys: &System,
+    (source, options): (&ModelSource, &ModelOptions),
+    (seconds, runs, seed): (f64, usize, u64),
+    also: &mut dyn FnMut(&Path),
+) -> SideBySide {
     let mut system_s = Vec::new();
     let mut reference_s = Vec::new();
     let mut decode_s = Vec::new();
     let mut last = None;
-    let info = {
-        let m = Model::load(&ModelSource::Embedded, &ModelOptions::default()).expect("model");
-        m.info().clone()
-    };
-    let threads = SEPARATORS; // the reference gets the separators' total threads (1 each)
-    let mut model = Model::load(
-        &ModelSource::Embedded,
-        &ModelOptions {
-            intra_threads: threads,
-            ..ModelOptions::default()
-        },
-    )
-    .expect("the embedded model loads");
+    let mut model = Model::load(source, options).expect("the model loads");
+    let info = model.info().clone();
     let plan = Segmenting {
         segment: info.segment as usize,
         fixed: info.fixed,
         sources: info.sources.len(),
     };
     for run in 0..runs {
-        let mp3 = song_mp3(100 + run as u64);
+        let mp3 = song_mp3(seconds, seed + run as u64);
         // The system: upload, select every stem, wait for the final mix, download it.
         let t = Instant::now();
         let upload = sys.upload_ok(mp3.clone(), &format!("bench{run}.mp3")).await;
@@ -245,8 +271,11 @@ async fn pipeline(sys: &System, runs: usize) -> (Value, Done) {
         let r = tr.elapsed().as_secs_f64();
         reference_s.push(r);
         assert_eq!(lanes.len(), 2 * plan.sources);
+        drop((input, lanes));
+        also(&path);
         eprintln!(
-            "bench: pipeline run {}: system {elapsed:.2} s ({segments} segments), reference {r:.2} s",
+            "bench: {} run {}: system {elapsed:.2} s ({segments} segments), reference {r:.2} s",
+            info.name,
             run + 1
         );
         last = Some(Done {
@@ -255,28 +284,41 @@ async fn pipeline(sys: &System, runs: usize) -> (Value, Done) {
             progress,
         });
     }
-    let done = last.expect("at least one run");
+    SideBySide {
+        system_s,
+        reference_s,
+        decode_s,
+        last: last.expect("at least one run"),
+    }
+}
+
+/// Figure 1 (and 8): the song end to end through the system against the same model over the
+/// same segments in one process, alternating; then every process's peak RSS.
+async fn pipeline(sys: &System, runs: usize) -> (Value, Done) {
+    let threads = SEPARATORS; // the reference gets the separators' total threads (1 each)
+    let SideBySide {
+        system_s,
+        reference_s,
+        decode_s,
+        last: done,
+    } = side_by_side(
+        sys,
+        (
+            &ModelSource::Embedded,
+            &ModelOptions {
+                intra_threads: threads,
+                ..ModelOptions::default()
+            },
+        ),
+        (SONG_SECONDS, runs, 100),
+        &mut |_| {},
+    )
+    .await;
     let (sys_m, ref_m) = (median(&system_s), median(&reference_s));
     let ratio = sys_m / ref_m;
     // Figure 8: peak RSS of every process over those runs.
     let mut peaks = Vec::new();
-    let mut named: Vec<(String, u32)> = vec![
-        (
-            "gateway".into(),
-            sys.gateway.as_ref().expect("gateway").id(),
-        ),
-        (
-            "splitter".into(),
-            sys.splitter.as_ref().expect("splitter").id(),
-        ),
-        ("mixer".into(), sys.mixer.as_ref().expect("mixer").id()),
-    ];
-    for (i, s) in sys.separators.iter().enumerate() {
-        named.push((format!("separator {}", i + 1), s.id()));
-    }
-    if let Some(pid) = nats_server_pid() {
-        named.push(("nats-server".into(), pid));
-    }
+    let mut named = processes(sys);
     named.push((
         "bench process (song rendering, reference loop)".into(),
         std::process::id(),
@@ -316,6 +358,28 @@ async fn pipeline(sys: &System, runs: usize) -> (Value, Done) {
         "runs_s": {"system": system_s, "reference": reference_s, "decode": decode_s},
     });
     (body, done)
+}
+
+/// Every process of `sys` by role (`separator N` from 1), the nats-server where found.
+fn processes(sys: &System) -> Vec<(String, u32)> {
+    let mut named: Vec<(String, u32)> = vec![
+        (
+            "gateway".into(),
+            sys.gateway.as_ref().expect("gateway").id(),
+        ),
+        (
+            "splitter".into(),
+            sys.splitter.as_ref().expect("splitter").id(),
+        ),
+        ("mixer".into(), sys.mixer.as_ref().expect("mixer").id()),
+    ];
+    for (i, s) in sys.separators.iter().enumerate() {
+        named.push((format!("separator {}", i + 1), s.id()));
+    }
+    if let Some(pid) = nats_server_pid() {
+        named.push(("nats-server".into(), pid));
+    }
+    named
 }
 
 /// The nats-server this process started (a child named `nats-server`).
@@ -580,7 +644,7 @@ const BUSY_SECONDS: u32 = 5;
 /// and is waited for afterwards, so the next figure starts on an idle system.
 async fn busy_fixed_rate(sys: &System, url: &str, header: Option<&str>, seed: u64) -> FixedRate {
     let upload = sys
-        .upload_ok(song_mp3(seed), &format!("busy{seed}.mp3"))
+        .upload_ok(song_mp3(SONG_SECONDS, seed), &format!("busy{seed}.mp3"))
         .await;
     let id = upload["music_id"].as_u64().expect("a music id");
     wait(sys, id, |b| b["progress"].as_u64().unwrap_or(0) > 0).await;
@@ -769,9 +833,19 @@ fn render(results: &Path) -> String {
          from bench/results/*.json; do not edit by hand. Every figure below was measured by that \
          command on the machine named with it. `make bench` is not part of `make test`. \
          Its first run also compiles release builds (most of half an hour on 2 cores); the \
-         figures themselves take about 5 minutes.\n",
+         figures themselves take about 5 minutes, and the memory group's 10-minute song about \
+         2.5 more. `make bench-htdemucs` measures the HT-Demucs section alone (about 13 minutes \
+         after the builds, and the model's export when it is missing).\n",
     );
-    let order = ["pipeline", "remix", "gateway_load", "decoding", "fleet"];
+    let order = [
+        "pipeline",
+        "remix",
+        "gateway_load",
+        "htdemucs",
+        "decoding",
+        "memory",
+        "fleet",
+    ];
     let mut files: Vec<PathBuf> = std::fs::read_dir(results)
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();

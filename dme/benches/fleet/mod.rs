@@ -193,7 +193,7 @@ pub async fn fleet(svg: &Path) -> Value {
     let songs_for = |n: usize| ((WAVES + 1) * n).div_ceil(per_song).max(1);
     let mut mp3s = Vec::new();
     for seed in 0..songs_for(most) {
-        mp3s.push(song_mp3(500 + seed as u64));
+        mp3s.push(song_mp3(SONG_SECONDS, 500 + seed as u64));
     }
     let delay = delay_ms();
     let mut points = Vec::new();
