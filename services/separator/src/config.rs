@@ -95,3 +95,35 @@ impl SeparatorConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: SeparatorConfig,
+    }
+
+    fn arena(args: &[&str]) -> Result<bool, clap::Error> {
+        Cli::try_parse_from(std::iter::once("separator").chain(args.iter().copied()))
+            .map(|cli| cli.config.memory_arena)
+    }
+
+    #[test]
+    fn the_memory_arena_is_on_unless_set_to_false() {
+        assert!(arena(&[]).unwrap());
+        assert!(!arena(&["--memory-arena", "false"]).unwrap());
+        assert!(arena(&["--memory-arena", "true"]).unwrap());
+        // A value is required: a bare flag is not read as either.
+        assert!(arena(&["--memory-arena"]).is_err());
+        assert!(arena(&["--memory-arena", "off"]).is_err());
+        // The environment, as containers set it (the only test here that reads it).
+        std::env::set_var("DME_MEMORY_ARENA", "false");
+        let from_env = arena(&[]);
+        std::env::remove_var("DME_MEMORY_ARENA");
+        assert!(!from_env.unwrap());
+    }
+}

@@ -14,8 +14,8 @@ pub enum SeparatorError {
     #[error("setting up NATS at start-up")]
     Store(#[from] StoreError),
     /// The model's thread could not start, or stopped while loading the model.
-    #[error("the model's thread")]
-    ModelThread(#[from] std::io::Error),
+    #[error(transparent)]
+    ModelThread(#[from] crate::model_thread::ThreadError),
     /// The metrics address could not be bound.
     #[error("binding the metrics address {addr}")]
     Metrics {
@@ -78,12 +78,13 @@ pub enum SeparateError {
         /// Window length in samples.
         window: usize,
     },
-    /// An earlier inference panicked and ended the model's thread (transient: another worker
-    /// may run the segment).
-    #[error("the model's thread has stopped")]
-    ModelPoisoned,
-    /// The inference task panicked or was cancelled (transient).
-    #[error("the model task stopped")]
+    /// The model run panicked (transient: the segment is redelivered; the model's thread goes
+    /// on with the next run).
+    #[error("the model run panicked")]
+    ModelPanicked,
+    /// A blocking task (unpacking the input, cropping the output) panicked or was cancelled
+    /// (transient).
+    #[error("a blocking task stopped")]
     Task(#[source] tokio::task::JoinError),
     /// NATS failed (transient).
     #[error(transparent)]

@@ -22,6 +22,7 @@
 //! # Layout
 //! - `config`: [`SeparatorConfig`]. `error`: [`SeparatorError`] (start-up), [`SeparateError`]
 //!   (a segment).
+//! - `model_thread`: [`ModelThread`], the one thread the model is loaded, warmed up and run on.
 //! - this file: the [`Separator`] service and the [`Worker`] that separates one segment.
 //!
 //! # Observability
@@ -35,7 +36,7 @@ mod config;
 mod error;
 mod model_thread;
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::PullConsumer;
@@ -507,7 +508,8 @@ impl Worker {
                     hasher.update(&v.to_le_bytes());
                 }
                 let key = hasher.finalize();
-                let mut last = last.lock().map_err(|_| SeparateError::ModelPoisoned)?;
+                // A run that panicked left `last` as it was: the lock's poison says nothing.
+                let mut last = last.lock().unwrap_or_else(PoisonError::into_inner);
                 if let Some(same) = last.as_ref().filter(|l| l.input == key) {
                     return Ok(same.output.clone());
                 }

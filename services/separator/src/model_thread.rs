@@ -2,20 +2,24 @@
 //! nowhere else.
 //!
 //! Why not the executor's blocking pool: ONNX Runtime allocates a run's tensors on the thread
-//! that calls it, and glibc's malloc gives each thread an arena of its own, whose freed memory
-//! only that arena reuses. Runs that hop between the pool's threads each leave a run's worth of
-//! freed memory behind in another arena: a separator running HT-Demucs without ONNX Runtime's
-//! own arena (`DME_MEMORY_ARENA=false`) peaked at 4.6 GB that way, and at 2.7 GB with every run
-//! on this thread (docs/BENCHMARKS.md, `make bench-htdemucs`). Runs are one at a time anyway (a worker has one
-//! model).
+//! that calls it, glibc's malloc serves each thread from an arena of its own, and an arena keeps
+//! what was freed into it for later allocations from it. Runs hopping between the pool's
+//! threads spread the same peak over several arenas, each keeping its share: a separator
+//! running HT-Demucs without ONNX Runtime's own arena (`DME_MEMORY_ARENA=false`) peaked at
+//! 4.6 GB that way, and at 2.7 GB with every run on this thread (docs/BENCHMARKS.md, `make
+//! bench-htdemucs`). Runs are one at a time anyway (a worker has one model).
 //!
 //! Consumes: a loader run on the thread. Produces: [`ModelThread::run`], which runs a closure
-//! with the model on that thread and awaits its result. Guarantees: every use of the model is on
-//! the same thread, in the order asked; a closure that panics ends the thread, and every later
-//! run fails with [`SeparateError::ModelPoisoned`] (the worker's jobs then fail and are
-//! redelivered to other workers).
+//! with the model on that thread and awaits its result. Guarantees: every use of the model is
+//! on the same thread, in the order asked; a closure that panics fails its own run with
+//! [`SeparateError::ModelPanicked`] (transient: the segment is redelivered) and the thread goes
+//! on with the next; dropping the handle, or the future of [`ModelThread::start`], waits for
+//! the thread to finish what it is doing and end, so the model (and a load in progress, with
+//! its cache file) is never cut off by the process's exit.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
+use std::thread::JoinHandle;
 
 use dme_model::Model;
 use tokio::sync::oneshot;
@@ -25,9 +29,27 @@ use crate::error::SeparateError;
 /// A job for the thread: the closure given to [`ModelThread::run`], with its reply folded in.
 type Job = Box<dyn FnOnce(&mut Model) + Send>;
 
-/// The handle of the model's thread; the thread ends when the handle is dropped.
+/// Why the model's thread could not start, or stopped before the model was loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("the model's thread: {0}")]
+pub struct ThreadError(#[source] std::io::Error);
+
+/// The handle of the model's thread; dropping it ends the thread and waits for it.
 pub struct ModelThread {
+    // Dropped first: the thread's queue ends, then `_thread` joins it.
     jobs: mpsc::Sender<Job>,
+    _thread: Joined,
+}
+
+/// A thread joined when dropped.
+struct Joined(Option<JoinHandle<()>>);
+
+impl Drop for Joined {
+    fn drop(&mut self) {
+        if let Some(thread) = self.0.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl ModelThread {
@@ -35,18 +57,18 @@ impl ModelThread {
     /// returns what `inspect` made of the loaded model (its info, say) with the handle.
     ///
     /// # Errors
-    /// `load`'s error, or a failure to start the thread.
+    /// `load`'s error, or a [`ThreadError`] when the thread could not start or stopped.
     pub async fn start<E, T>(
         load: impl FnOnce() -> Result<Model, E> + Send + 'static,
         inspect: impl FnOnce(&Model) -> T + Send + 'static,
     ) -> Result<(ModelThread, T), E>
     where
-        E: From<std::io::Error> + Send + 'static,
+        E: From<ThreadError> + Send + 'static,
         T: Send + 'static,
     {
         let (jobs, queue) = mpsc::channel::<Job>();
         let (loaded, ready) = oneshot::channel();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("dme-model".into())
             .spawn(move || {
                 let mut model = match load() {
@@ -59,23 +81,33 @@ impl ModelThread {
                 if loaded.send(Ok(inspect(&model))).is_err() {
                     return;
                 }
-                // Ends when every handle is gone.
+                // Ends when the handle is gone.
                 for job in queue {
-                    job(&mut model);
+                    if catch_unwind(AssertUnwindSafe(|| job(&mut model))).is_err() {
+                        tracing::error!("a model run panicked; its segment will be retried");
+                    }
                 }
-            })?;
+            })
+            .map_err(|e| E::from(ThreadError(e)))?;
+        let thread = Joined(Some(thread));
         let seen = ready.await.map_err(|_| {
-            E::from(std::io::Error::other(
-                "the model thread stopped while loading",
-            ))
+            E::from(ThreadError(std::io::Error::other(
+                "it stopped while loading the model",
+            )))
         })??;
-        Ok((ModelThread { jobs }, seen))
+        Ok((
+            ModelThread {
+                jobs,
+                _thread: thread,
+            },
+            seen,
+        ))
     }
 
     /// Runs `f` with the model on the model's thread, after the runs asked before it.
     ///
     /// # Errors
-    /// [`SeparateError::ModelPoisoned`] when the thread has ended (an earlier run panicked).
+    /// [`SeparateError::ModelPanicked`] when `f` panicked (or the thread is gone).
     pub async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Model) -> T + Send + 'static,
@@ -86,8 +118,8 @@ impl ModelThread {
         });
         self.jobs
             .send(job)
-            .map_err(|_| SeparateError::ModelPoisoned)?;
-        answer.await.map_err(|_| SeparateError::ModelPoisoned)
+            .map_err(|_| SeparateError::ModelPanicked)?;
+        answer.await.map_err(|_| SeparateError::ModelPanicked)
     }
 }
 
@@ -96,9 +128,19 @@ mod tests {
     use super::*;
     use dme_model::{ModelOptions, ModelSource};
 
-    fn embedded() -> Result<Model, std::io::Error> {
+    /// A load's error in these tests.
+    #[derive(Debug)]
+    struct Failed(String);
+
+    impl From<ThreadError> for Failed {
+        fn from(e: ThreadError) -> Failed {
+            Failed(e.to_string())
+        }
+    }
+
+    fn embedded() -> Result<Model, Failed> {
         Model::load(&ModelSource::Embedded, &ModelOptions::default())
-            .map_err(|e| std::io::Error::other(e.to_string()))
+            .map_err(|e| Failed(e.to_string()))
     }
 
     #[tokio::test]
@@ -120,18 +162,50 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_run_that_panics_fails_every_later_run_and_a_failed_load_is_returned() {
+    async fn a_run_that_panics_fails_alone_and_a_failed_load_is_returned() {
         let (thread, ()) = ModelThread::start(embedded, |_| ()).await.unwrap();
-        assert!(thread.run(|_| panic!("a bug")).await.is_err());
         assert!(matches!(
-            thread.run(|m| m.info().segment).await,
-            Err(SeparateError::ModelPoisoned)
+            thread.run(|_| panic!("a bug")).await,
+            Err(SeparateError::ModelPanicked)
         ));
-        let failed = ModelThread::start(
-            || Err::<Model, _>(std::io::Error::other("no such model")),
-            |_| (),
-        )
-        .await;
-        assert_eq!(failed.err().unwrap().to_string(), "no such model");
+        // The model is still there for the next run.
+        let input = vec![0.25f32; 2 * 1000];
+        let stems = thread.run(move |m| m.separate(&input)).await.unwrap();
+        assert_eq!(stems.unwrap().len(), 4 * 2 * 1000);
+        let failed =
+            ModelThread::start(|| Err::<Model, _>(Failed("no such model".into())), |_| ()).await;
+        assert_eq!(failed.err().unwrap().0, "no such model");
+    }
+
+    #[tokio::test]
+    async fn dropping_the_handle_waits_for_the_thread_and_the_model_to_go() {
+        let dropped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (thread, ()) = ModelThread::start(embedded, |_| ()).await.unwrap();
+        let flag = dropped.clone();
+        // Set by the thread after the queue ends, just before the model is dropped.
+        struct SetOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for SetOnDrop {
+            fn drop(&mut self) {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        // A job that hands the thread a value dropped only when the thread's closure ends: the
+        // job's own captures are dropped when it returns, so keep it alive through a leak-free
+        // thread-local instead.
+        thread
+            .run(move |_| {
+                thread_local! {
+                    static KEEP: std::cell::RefCell<Option<SetOnDrop>> = const { std::cell::RefCell::new(None) };
+                }
+                KEEP.with(|k| *k.borrow_mut() = Some(SetOnDrop(flag)));
+            })
+            .await
+            .unwrap();
+        drop(thread);
+        assert!(
+            dropped.load(std::sync::atomic::Ordering::SeqCst),
+            "the handle's drop returned before the thread ended"
+        );
     }
 }
