@@ -74,5 +74,5 @@ bench: setup
 # (make htdemucs-model: about 5 GB of wheels). About 13 minutes on 2 cores after the builds.
 .PHONY: bench-htdemucs
 bench-htdemucs: setup
-	@[ -e "$${DME_HTDEMUCS:-models/htdemucs-random.onnx}" ] || python3 scripts/export_htdemucs.py
+	@out="$${DME_HTDEMUCS:-models/htdemucs-random.onnx}"; [ -e "$$out" ] || python3 scripts/export_htdemucs.py --out "$$out"
 	@$(ENV); DME_BENCH_ONLY=htdemucs cargo bench -p dme --bench system 2>&1

@@ -146,6 +146,11 @@ fn median(xs: &[f64]) -> f64 {
     }
 }
 
+/// Bytes to MB (10^6), the unit of every memory figure.
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / 1e6
+}
+
 fn round(x: f64, digits: i32) -> f64 {
     let p = 10f64.powi(digits);
     (x * p).round() / p
@@ -241,13 +246,7 @@ async fn side_by_side(
         // The system: upload, select every stem, wait for the final mix, download it.
         let t = Instant::now();
         let upload = sys.upload_ok(mp3.clone(), &format!("bench{run}.mp3")).await;
-        let names: Vec<&str> = upload["tracks"]
-            .as_array()
-            .expect("tracks")
-            .iter()
-            .filter_map(|t| t["name"].as_str())
-            .collect();
-        let id = sys.select(&upload, &names).await;
+        let id = sys.select_all(&upload).await;
         let progress = wait(sys, id, |b| b["progress"] == 100 && b["final"].is_string()).await;
         let mix = sys
             .download(progress["final"].as_str().expect("a url"))
@@ -324,10 +323,9 @@ async fn pipeline(sys: &System, runs: usize) -> (Value, Done) {
         std::process::id(),
     ));
     for (name, pid) in named {
-        let mb = memory(pid, "VmHWM") as f64 / 1e6;
         peaks.push(figure(
             &format!("peak RSS: {name}"),
-            round(mb, 1),
+            round(mb(memory(pid, "VmHWM")), 1),
             "MB",
             "",
             None,

@@ -15,7 +15,7 @@ use dme_model::{Model, ModelOptions, ModelSource};
 use dme_testkit::system::{memory, Options, System};
 use serde_json::{json, Value};
 
-use super::{figure, median, round, side_by_side, DME};
+use super::{figure, mb, median, round, side_by_side, SideBySide, DME};
 
 /// The song's length: the issue's 30 s (6 of the model's 7.8 s segments at its 25 % overlap),
 /// so that 3 runs of each contender take minutes, not tens of minutes.
@@ -108,6 +108,26 @@ fn loop_options(threads: usize, arena: bool) -> ModelOptions {
     }
 }
 
+/// [`RUNS`] songs of [`SECONDS`] through a system of `separators` separators of `threads`
+/// threads with the arena on or off, each against the loop with `threads` and the same arena
+/// setting (`also` as [`side_by_side`]'s); returns the runs and the separators' largest peak RSS.
+async fn measure(
+    model: &Path,
+    (separators, threads, arena): (usize, usize, bool),
+    also: &mut dyn FnMut(&Path),
+) -> (SideBySide, f64) {
+    let sys = system(model, separators, threads, arena).await;
+    let source = ModelSource::File(model.to_path_buf());
+    let runs = side_by_side(
+        &sys,
+        (&source, &loop_options(THREADS, arena)),
+        (SECONDS, RUNS, 200),
+        also,
+    )
+    .await;
+    (runs, separator_peak(&sys))
+}
+
 /// The largest peak RSS of `sys`'s separators, MB.
 fn separator_peak(sys: &System) -> f64 {
     sys.separators
@@ -126,51 +146,24 @@ pub async fn htdemucs_group() -> Value {
             "skipped": format!("{} is missing (make htdemucs-model writes it)", model.display()),
         });
     }
-    let source = ModelSource::File(model.clone());
-    let song = (SECONDS, RUNS, 200);
     // The first load on a machine optimises the graph and caches it (DME_CACHE_DIR); every
     // process below then loads the cached graph, so no peak below is that optimisation's.
+    let source = ModelSource::File(model.clone());
     drop(Model::load(&source, &loop_options(1, false)).expect("the model loads"));
 
     // Item 2 and the peer: 1 separator with every core, without the arena; the loop the same.
-    let sys = system(&model, 1, THREADS, false).await;
     let mut peer = Vec::new();
-    let lean = side_by_side(
-        &sys,
-        (&source, &loop_options(THREADS, false)),
-        song,
-        &mut |song| {
-            let run = peer_run(&model, song);
-            eprintln!("bench: peer: {run:?}");
-            peer.push(run);
-        },
-    )
+    let (lean, lean_peak) = measure(&model, (1, THREADS, false), &mut |song| {
+        let run = peer_run(&model, song);
+        eprintln!("bench: peer: {run:?}");
+        peer.push(run);
+    })
     .await;
     let segments = lean.last.progress["segments"].as_u64().unwrap_or(0);
-    let lean_peak = separator_peak(&sys);
-    drop(sys);
     // The other split of the same cores: 2 separators of 1 thread.
-    let sys = system(&model, 2, 1, false).await;
-    let split = side_by_side(
-        &sys,
-        (&source, &loop_options(THREADS, false)),
-        song,
-        &mut |_| {},
-    )
-    .await;
-    let split_peak = separator_peak(&sys);
-    drop(sys);
+    let (split, split_peak) = measure(&model, (2, 1, false), &mut |_| {}).await;
     // ONNX Runtime's default, the arena on: 1 separator of 2 threads, the loop the same.
-    let sys = system(&model, 1, THREADS, true).await;
-    let arena = side_by_side(
-        &sys,
-        (&source, &loop_options(THREADS, true)),
-        song,
-        &mut |_| {},
-    )
-    .await;
-    let arena_peak = separator_peak(&sys);
-    drop(sys);
+    let (arena, arena_peak) = measure(&model, (1, THREADS, true), &mut |_| {}).await;
 
     let m = |xs: &[f64]| round(median(xs), 2);
     let lean_ratio = median(&lean.system_s) / median(&lean.reference_s);
@@ -316,7 +309,8 @@ pub async fn htdemucs_group() -> Value {
              overlap-add loop (its session options: the arena on; its default threads, one per core) \
              and WAV writing of the 4 stems and their sum, timed without making its session (the \
              system's separators load the model before the upload). Medians of {RUNS}; peak RSS is \
-             VmHWM (ru_maxrss for the peer), every load from the cached optimised graph.{peer_note}",
+             VmHWM (ru_maxrss for the peer, its whole life), every load of dme's from the cached \
+             optimised graph.{peer_note}",
             model.file_name().and_then(|n| n.to_str()).unwrap_or("the model")
         ),
         "figures": figures,
@@ -328,11 +322,6 @@ pub async fn htdemucs_group() -> Value {
         },
         "peer_runs": peer.unwrap_or_default(),
     })
-}
-
-/// Bytes to MB (10^6).
-fn mb(bytes: u64) -> f64 {
-    bytes as f64 / 1e6
 }
 
 /// What the figures say, measured by this group on commit 9ab0d1a with the changes of this group
@@ -348,11 +337,15 @@ const HTDEMUCS_NOTES: &str = "Item 3 (the peer) is met by the split of the cores
     the system adds beside the model runs (decode and cut, a round trip for each segment's input \
     and stems, the assembly and the mix of 30 s) was not measured apart. Memory (item 8): without \
     ONNX Runtime's arena a separator peaked at 2.73 GB, with it at 5.15 GB; the peer's process at \
-    9.35 GB (its session options: the arena on). Before and after: in the run before this one the \
-    separator ran each segment on whichever thread of tokio's blocking pool was free, and glibc's \
-    malloc keeps memory a thread freed for that thread, so without the arena it peaked at \
+    9.35 GB (its session options: the arena on; its peak is the process's whole life, making its \
+    session included, which optimises the graph, while dme's separators load the optimised graph \
+    from their cache). Before and after: in the run before this one the separator ran each segment \
+    on whichever thread of tokio's blocking pool was free; glibc's malloc serves each thread from \
+    an arena of its own, which keeps what was freed into it, so without the arena it peaked at \
     4.61 GB (1 separator of 2 threads) and 4.26 GB (2 of 1 thread); it now loads, warms up and \
     runs its model on one thread of its own (services/separator/src/model_thread.rs): 2.73 and \
     2.72 GB. The first load of a model on a machine optimises its graph (ONNX Runtime's constant \
     folding) and caches the result (DME_CACHE_DIR); this group loads the model once before the \
-    systems start, so no figure above includes that optimisation.";
+    systems start, so no separator's figure includes that optimisation. A caveat on item 2: the \
+    peer ran between the runs of the first system (right before its runs 2 and 3, 26.48 s then \
+    29.46 and 28.56 s), and no other system's runs had such a neighbour.";

@@ -14,7 +14,7 @@ use dme_testkit::song::SongSpec;
 use dme_testkit::system::{env, memory, Options, System};
 use serde_json::{json, Value};
 
-use super::{figure, processes, round, wait, DME};
+use super::{figure, mb, processes, round, wait, DME};
 
 /// The song's length: the 10 minutes.
 const SECONDS: f64 = 600.0;
@@ -57,13 +57,7 @@ pub async fn memory_group() -> Value {
     let upload_peak = mb(memory(gateway, "VmHWM"));
     eprintln!("bench: memory: {upload_mb:.1} MB uploaded in {upload_s:.1} s, gateway peak {upload_peak:.1} MB");
 
-    let names: Vec<&str> = upload["tracks"]
-        .as_array()
-        .expect("tracks")
-        .iter()
-        .filter_map(|t| t["name"].as_str())
-        .collect();
-    let id = sys.select(&upload, &names).await;
+    let id = sys.select_all(&upload).await;
     let done = wait(&sys, id, |b| b["progress"] == 100 && b["final"].is_string()).await;
     let song_s = t.elapsed().as_secs_f64();
     let segments = done["segments"].as_u64().unwrap_or(0);
@@ -164,11 +158,6 @@ pub async fn memory_group() -> Value {
         "figures": figures,
         "notes": MEMORY_NOTES,
     })
-}
-
-/// Bytes to MB (10^6), as the other figures.
-fn mb(bytes: u64) -> f64 {
-    bytes as f64 / 1e6
 }
 
 /// Downloads each URL in turn to nowhere; returns their lengths.

@@ -449,13 +449,21 @@ impl System {
     /// When the upload or the selection is refused.
     pub async fn upload_and_select_all(&self, bytes: Vec<u8>, name: &str) -> u64 {
         let music = self.upload_ok(bytes, name).await;
+        self.select_all(&music).await
+    }
+
+    /// Selects every stem of an uploaded song (`music`: the upload's answer); returns its id.
+    ///
+    /// # Panics
+    /// When the selection is refused.
+    pub async fn select_all(&self, music: &Value) -> u64 {
         let all: Vec<&str> = music["tracks"]
             .as_array()
             .expect("tracks")
             .iter()
             .filter_map(|t| t["name"].as_str())
             .collect();
-        self.select(&music, &all).await
+        self.select(music, &all).await
     }
 
     /// Waits until the song is at 100 with its `final` mix, and returns its answer.
