@@ -380,16 +380,11 @@ fn processes(sys: &System) -> Vec<(String, u32)> {
     named
 }
 
-/// The nats-server this process started (a child named `nats-server`).
+/// The nats-server this process started.
 fn nats_server_pid() -> Option<u32> {
-    let me = std::process::id().to_string();
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let (comm, rest) = stat.split_once(") ")?;
-        let ppid = rest.split_whitespace().nth(1)?;
-        (comm.ends_with("nats-server") && ppid == me).then_some(pid)
-    })
+    dme_testkit::children_running(std::process::id(), "nats-server")
+        .first()
+        .copied()
 }
 
 /// Figure 6: with stems done, a new gain selection to its final mix ready.

@@ -223,7 +223,8 @@ pub fn thread_nices(pid: u32) -> Vec<i64> {
         .collect()
 }
 
-/// The processes whose parent is `pid` and whose command line holds `word`.
+/// The processes whose parent is `pid` and whose command line holds `word` as an argument or
+/// as the file name of one (`nats-server` matches `/x/bin/nats-server`).
 pub fn children_running(pid: u32, word: &str) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -236,7 +237,8 @@ pub fn children_running(pid: u32, word: &str) -> Vec<u32> {
                 .rfind(')')
                 .and_then(|i| stat[i + 1..].split_whitespace().nth(1)?.parse::<u32>().ok());
             let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
-            ppid == Some(pid) && cmdline.split(|b| *b == 0).any(|arg| arg == word.as_bytes())
+            let named = |arg: &[u8]| arg.rsplit(|b| *b == b'/').next() == Some(word.as_bytes());
+            ppid == Some(pid) && cmdline.split(|b| *b == 0).any(named)
         })
         .collect()
 }
@@ -310,5 +312,26 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn children_are_found_by_an_argument_or_the_file_name_of_one() {
+        let mut child = Command::new("/bin/sleep").arg("30").spawn().unwrap();
+        let me = std::process::id();
+        let found = |word: &str| children_running(me, word);
+        assert_eq!(found("sleep"), vec![child.id()]);
+        assert_eq!(found("30"), vec![child.id()]);
+        assert!(found("slee").is_empty());
+        assert!(found("bin/sleep").is_empty());
+        // Another parent's children are not this one's.
+        assert!(children_running(child.id(), "sleep").is_empty());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(found("sleep").is_empty());
     }
 }

@@ -36,7 +36,7 @@ mod config;
 mod error;
 mod model_thread;
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::PullConsumer;
@@ -136,7 +136,6 @@ impl Service for Separator {
             model,
             info,
             worker_id,
-            last: Arc::default(),
             tally,
             window,
             fake: config.fake_inference(),
@@ -199,11 +198,18 @@ pub fn load_model(config: &SeparatorConfig) -> Result<Model, SeparatorError> {
     Ok(Model::load(&source, &options)?)
 }
 
+/// What the model's thread holds: the model, and the last window it ran the model on with what
+/// the model made of it.
+struct Loaded {
+    model: Model,
+    last: Option<Separated>,
+}
+
 /// Loads the model on its own thread ([`ModelThread`]) and runs it once there (so the first
 /// segment does not pay for the set-up); returns the thread and the model's info.
 async fn load_warm_model(
     config: &SeparatorConfig,
-) -> Result<(ModelThread, ModelInfo), SeparatorError> {
+) -> Result<(ModelThread<Loaded>, ModelInfo), SeparatorError> {
     let started = Instant::now();
     let cfg = config.clone();
     let load = move || {
@@ -212,9 +218,9 @@ async fn load_warm_model(
         if cfg.fake_infer_ms.is_none() {
             model.warm_up()?;
         }
-        Ok::<_, SeparatorError>(model)
+        Ok::<_, SeparatorError>(Loaded { model, last: None })
     };
-    let (thread, info) = ModelThread::start(load, |m| m.info().clone()).await?;
+    let (thread, info) = ModelThread::start(load, |l| l.model.info().clone()).await?;
     tracing::info!(
         model = %info.name, fingerprint = %info.fingerprint, sources = ?info.sources,
         segment = info.segment, fixed = info.fixed, threads = config.intra_threads,
@@ -239,11 +245,9 @@ enum Status {
 /// Separates segments: the handler of [`subjects::WORK_SEGMENT`].
 struct Worker {
     store: Store,
-    model: ModelThread,
+    model: ModelThread<Loaded>,
     info: ModelInfo,
     worker_id: String,
-    /// The last window this worker ran the model on and what the model made of it.
-    last: Arc<Mutex<Option<Separated>>>,
     /// Segments separated, failed attempts and inference times, for the status.
     tally: Arc<Tally>,
     /// The songs' window as the pool's load says it is now.
@@ -500,16 +504,13 @@ impl Worker {
                 .await
                 .map_err(SeparateError::Task);
         }
-        let last = self.last.clone();
         self.model
-            .run(move |model| {
+            .run(move |Loaded { model, last }| {
                 let mut hasher = blake3::Hasher::new();
                 for v in &input {
                     hasher.update(&v.to_le_bytes());
                 }
                 let key = hasher.finalize();
-                // A run that panicked left `last` as it was: the lock's poison says nothing.
-                let mut last = last.lock().unwrap_or_else(PoisonError::into_inner);
                 if let Some(same) = last.as_ref().filter(|l| l.input == key) {
                     return Ok(same.output.clone());
                 }

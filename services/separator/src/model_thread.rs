@@ -9,9 +9,10 @@
 //! 4.6 GB that way, and at 2.7 GB with every run on this thread (docs/BENCHMARKS.md, `make
 //! bench-htdemucs`). Runs are one at a time anyway (a worker has one model).
 //!
-//! Consumes: a loader run on the thread. Produces: [`ModelThread::run`], which runs a closure
-//! with the model on that thread and awaits its result. Guarantees: every use of the model is
-//! on the same thread, in the order asked; a closure that panics fails its own run with
+//! Consumes: a loader run on the thread, which makes the thread's state (the model, and what
+//! else belongs with it). Produces: [`ModelThread::run`], which runs a closure with that state
+//! on the thread and awaits its result. Guarantees: every use of the state is on the same
+//! thread, in the order asked, so it needs no lock; a closure that panics fails its own run with
 //! [`SeparateError::ModelPanicked`] (transient: the segment is redelivered) and the thread goes
 //! on with the next; dropping the handle, or the future of [`ModelThread::start`], waits for
 //! the thread to finish what it is doing and end, so the model (and a load in progress, with
@@ -21,23 +22,23 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use dme_model::Model;
 use tokio::sync::oneshot;
 
 use crate::error::SeparateError;
 
 /// A job for the thread: the closure given to [`ModelThread::run`], with its reply folded in.
-type Job = Box<dyn FnOnce(&mut Model) + Send>;
+type Job<S> = Box<dyn FnOnce(&mut S) + Send>;
 
 /// Why the model's thread could not start, or stopped before the model was loaded.
 #[derive(Debug, thiserror::Error)]
 #[error("the model's thread: {0}")]
 pub struct ThreadError(#[source] std::io::Error);
 
-/// The handle of the model's thread; dropping it ends the thread and waits for it.
-pub struct ModelThread {
+/// The handle of the model's thread, whose state `S` holds the model; dropping the handle ends
+/// the thread and waits for it.
+pub struct ModelThread<S> {
     // Dropped first: the thread's queue ends, then `_thread` joins it.
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Job<S>>,
     _thread: Joined,
 }
 
@@ -52,38 +53,38 @@ impl Drop for Joined {
     }
 }
 
-impl ModelThread {
-    /// Starts the thread, runs `load` on it and, when it gives a model, keeps that model there;
-    /// returns what `inspect` made of the loaded model (its info, say) with the handle.
+impl<S: 'static> ModelThread<S> {
+    /// Starts the thread, runs `load` on it and, when it gives the state, keeps it there;
+    /// returns what `inspect` made of the loaded state (the model's info, say) with the handle.
     ///
     /// # Errors
     /// `load`'s error, or a [`ThreadError`] when the thread could not start or stopped.
     pub async fn start<E, T>(
-        load: impl FnOnce() -> Result<Model, E> + Send + 'static,
-        inspect: impl FnOnce(&Model) -> T + Send + 'static,
-    ) -> Result<(ModelThread, T), E>
+        load: impl FnOnce() -> Result<S, E> + Send + 'static,
+        inspect: impl FnOnce(&S) -> T + Send + 'static,
+    ) -> Result<(ModelThread<S>, T), E>
     where
         E: From<ThreadError> + Send + 'static,
         T: Send + 'static,
     {
-        let (jobs, queue) = mpsc::channel::<Job>();
+        let (jobs, queue) = mpsc::channel::<Job<S>>();
         let (loaded, ready) = oneshot::channel();
         let thread = std::thread::Builder::new()
             .name("dme-model".into())
             .spawn(move || {
-                let mut model = match load() {
-                    Ok(model) => model,
+                let mut state = match load() {
+                    Ok(state) => state,
                     Err(e) => {
                         let _ = loaded.send(Err(e));
                         return;
                     }
                 };
-                if loaded.send(Ok(inspect(&model))).is_err() {
+                if loaded.send(Ok(inspect(&state))).is_err() {
                     return;
                 }
                 // Ends when the handle is gone.
                 for job in queue {
-                    if catch_unwind(AssertUnwindSafe(|| job(&mut model))).is_err() {
+                    if catch_unwind(AssertUnwindSafe(|| job(&mut state))).is_err() {
                         tracing::error!("a model run panicked; its segment will be retried");
                     }
                 }
@@ -104,17 +105,17 @@ impl ModelThread {
         ))
     }
 
-    /// Runs `f` with the model on the model's thread, after the runs asked before it.
+    /// Runs `f` with the state on the model's thread, after the runs asked before it.
     ///
     /// # Errors
     /// [`SeparateError::ModelPanicked`] when `f` panicked (or the thread is gone).
     pub async fn run<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Model) -> T + Send + 'static,
+        f: impl FnOnce(&mut S) -> T + Send + 'static,
     ) -> Result<T, SeparateError> {
         let (reply, answer) = oneshot::channel();
-        let job: Job = Box::new(move |model| {
-            let _ = reply.send(f(model));
+        let job: Job<S> = Box::new(move |state| {
+            let _ = reply.send(f(state));
         });
         self.jobs
             .send(job)
@@ -126,7 +127,7 @@ impl ModelThread {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dme_model::{ModelOptions, ModelSource};
+    use dme_model::{Model, ModelOptions, ModelSource};
 
     /// A load's error in these tests.
     #[derive(Debug)]
@@ -162,7 +163,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_run_that_panics_fails_alone_and_a_failed_load_is_returned() {
+    async fn a_run_that_panics_fails_alone_and_a_failed_or_panicking_load_is_returned() {
         let (thread, ()) = ModelThread::start(embedded, |_| ()).await.unwrap();
         assert!(matches!(
             thread.run(|_| panic!("a bug")).await,
@@ -175,6 +176,14 @@ mod tests {
         let failed =
             ModelThread::start(|| Err::<Model, _>(Failed("no such model".into())), |_| ()).await;
         assert_eq!(failed.err().unwrap().0, "no such model");
+        // A load that panics ends the thread: the start says so instead of waiting.
+        let panicked =
+            ModelThread::<Model>::start(|| -> Result<Model, Failed> { panic!("a bug") }, |_| ())
+                .await;
+        assert!(
+            panicked.err().unwrap().0.contains("stopped while loading"),
+            "the load's panic is a ThreadError"
+        );
     }
 
     #[tokio::test]
