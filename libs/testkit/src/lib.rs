@@ -314,24 +314,3 @@ impl Drop for Process {
         self.kill();
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn children_are_found_by_an_argument_or_the_file_name_of_one() {
-        let mut child = Command::new("/bin/sleep").arg("30").spawn().unwrap();
-        let me = std::process::id();
-        let found = |word: &str| children_running(me, word);
-        assert_eq!(found("sleep"), vec![child.id()]);
-        assert_eq!(found("30"), vec![child.id()]);
-        assert!(found("slee").is_empty());
-        assert!(found("bin/sleep").is_empty());
-        // Another parent's children are not this one's.
-        assert!(children_running(child.id(), "sleep").is_empty());
-        child.kill().unwrap();
-        child.wait().unwrap();
-        assert!(found("sleep").is_empty());
-    }
-}
