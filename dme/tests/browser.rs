@@ -744,3 +744,97 @@ async fn the_page_asks_for_the_api_token_once_and_again_when_it_is_refused() {
     );
     page.close().await;
 }
+
+#[tokio::test]
+async fn the_start_of_a_song_plays_in_the_page_while_the_rest_separates() {
+    let sys = System::start(DME, Options::default()).await;
+    let work = tempfile::tempdir().expect("a temporary folder");
+    // 60 s: 11 segments of the default model. Its one separator is frozen once the start of
+    // the stems is playable, so the song stays part-way while the page opens it.
+    let song = sys
+        .upload_ok(synth_wav(60 * 44_100, 44_100, 9.0), "preview.wav")
+        .await;
+    let id = song["music_id"].as_u64().expect("an id");
+    let stems = song["tracks"].as_array().expect("tracks").len();
+    let separator = sys.separators[0].id();
+    sys.wait_music(id, "a playable start", |b| {
+        b["ready_s"].as_f64().unwrap() > 0.0
+    })
+    .await;
+    dme_testkit::signal(separator, libc::SIGSTOP);
+    let partial = sys.at_rest(id).await;
+    let ready_s = partial["ready_s"].as_f64().unwrap();
+    assert!(ready_s < 60.0, "the song should be part-way: {partial}");
+
+    let (_driver, page) = browser(work.path()).await;
+    page.goto(&sys.url(&format!("/#/music/{id}"))).await;
+    page.js("window.__errors = [];
+         window.addEventListener('error', (e) => window.__errors.push(String(e.message)));
+         window.addEventListener('unhandledrejection', (e) => window.__errors.push(String(e.reason)));
+         return true;")
+        .await;
+    until(
+        &page,
+        "a lane per stem holding its start",
+        &format!(
+            "return document.querySelectorAll('#lanes .lane[data-ready=partial]').length === {stems};"
+        ),
+    )
+    .await;
+    let shown = page
+        .js("const note = document.getElementById('preview-note');
+             return [note.hidden, note.textContent, window.dme.player.duration,
+               [...document.querySelectorAll('#lanes .downloads')].every((d) => d.hidden)];")
+        .await;
+    println!("the page while the song separates: {shown}");
+    assert_eq!(shown[0], false, "the preview is said: {shown}");
+    assert!(
+        shown[1].as_str().unwrap().contains("are separated"),
+        "{shown}"
+    );
+    let duration = shown[2].as_f64().unwrap();
+    assert!(
+        (duration - ready_s).abs() < 0.002,
+        "the player holds the {ready_s} s separated: {duration}"
+    );
+    assert_eq!(shown[3], true, "no download before the whole stem: {shown}");
+
+    // It plays: the clock moves through the start.
+    page.click(&page.find("#play").await).await;
+    until(
+        &page,
+        "the start to play",
+        "const p = window.dme.player; return p.playing && p.position > 0.3;",
+    )
+    .await;
+    // The README's picture of it with DME_UPDATE_SCREENSHOT=1, else under target/browser/.
+    let shot = match std::env::var("DME_UPDATE_SCREENSHOT").is_ok_and(|v| v == "1") {
+        true => repo_root().join("docs/page-preview.png"),
+        false => screenshot_dir().join("page-preview.png"),
+    };
+    std::fs::create_dir_all(shot.parent().expect("a folder")).expect("the screenshot's folder");
+    std::fs::write(&shot, page.screenshot().await).expect("the screenshot written");
+    println!("screenshot: {}", shot.display());
+
+    // Thawed, the whole stems replace the start where it plays, and the downloads appear.
+    dme_testkit::signal(separator, libc::SIGCONT);
+    until(
+        &page,
+        "every stem whole",
+        &format!(
+            "return document.querySelectorAll('#lanes .lane[data-ready=true]').length === {stems}
+               && document.getElementById('preview-note').hidden;"
+        ),
+    )
+    .await;
+    let whole = page
+        .js("return [window.dme.player.duration,
+               document.querySelectorAll('#lanes .downloads a').length, window.__errors];")
+        .await;
+    assert!(
+        (whole[0].as_f64().unwrap() - 60.0).abs() < 0.002,
+        "the whole song: {whole}"
+    );
+    assert_eq!(whole[1], json!(stems * 3), "{whole}");
+    assert_eq!(whole[2], json!([]), "script errors: {whole}");
+}

@@ -311,3 +311,93 @@ async fn the_cli_separates_files_into_folders_and_says_what_failed_by_its_exit_c
     let ls = dme(&sys, &["ls", "--json"]).await;
     assert_eq!(stdout_json(&ls), serde_json::json!([]));
 }
+
+#[tokio::test]
+async fn separate_writes_the_start_of_every_stem_while_the_rest_separates() {
+    let sys = System::start(DME, Options::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let song = dir.path().join("Preview Song.wav");
+    // 60 s: 11 segments of the default model.
+    std::fs::write(&song, synth_wav(60 * 44_100, 44_100, 4.0)).unwrap();
+    let out = dir.path().join("out");
+    let (url, song_arg, out_arg) = (
+        sys.url(""),
+        song.to_str().unwrap().to_string(),
+        out.to_str().unwrap().to_string(),
+    );
+    let run = tokio::spawn(async move {
+        dme_at(
+            &url,
+            &[
+                "separate",
+                &song_arg,
+                "--preview",
+                "5",
+                "--json",
+                "-o",
+                &out_arg,
+            ],
+        )
+        .await
+    });
+    // The one separator is frozen once the start is playable: the song stays part-way until
+    // the preview is written.
+    let id = dme_testkit::wait_for("the upload", SONG_DEADLINE, || async {
+        sys.get("/music").await.body.as_array()?.first()?["music_id"].as_u64()
+    })
+    .await;
+    sys.wait_music(id, "a playable start", |b| {
+        b["ready_s"].as_f64().unwrap() > 0.0
+    })
+    .await;
+    let separator = sys.separators[0].id();
+    dme_testkit::signal(separator, libc::SIGSTOP);
+    let folder = out.join("Preview Song").join("preview");
+    let written = dme_testkit::wait_for("the preview", SONG_DEADLINE, || async {
+        let names: Vec<String> = std::fs::read_dir(&folder)
+            .ok()?
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        (names.len() == 4
+            && names
+                .iter()
+                .all(|n| n.ends_with(".wav") && !n.contains(".part")))
+        .then_some(names)
+    })
+    .await;
+    let unfinished = sys.get(&format!("/music/{id}")).await.body;
+    assert!(
+        unfinished["instruments"].as_array().unwrap().is_empty(),
+        "the preview came before the stems: {unfinished}"
+    );
+    dme_testkit::signal(separator, libc::SIGCONT);
+    let run = run.await.unwrap();
+    assert_eq!(code(&run), 0, "{}", stderr(&run));
+    assert!(
+        stderr(&run).contains("preview: the first"),
+        "{}",
+        stderr(&run)
+    );
+    let summary = stdout_json(&run);
+    let preview = summary[0]["preview"]
+        .as_object()
+        .expect("the preview's files");
+    assert_eq!(preview.len(), 4, "{summary}");
+    for (stem, path) in preview {
+        let path = Path::new(path.as_str().unwrap());
+        assert!(written.contains(&path.file_name().unwrap().to_string_lossy().into_owned()));
+        let start = lanes(path);
+        let whole = lanes(Path::new(summary[0]["stems"][stem].as_str().unwrap()));
+        let frames = start[0].len();
+        assert!(
+            frames >= 5 * 44_100 && frames < whole[0].len(),
+            "{stem}: {frames} frames"
+        );
+        for (s, w) in start.iter().zip(&whole) {
+            assert!(
+                s[..] == w[..frames],
+                "{stem}: the preview is not the stem's start"
+            );
+        }
+    }
+}

@@ -221,6 +221,7 @@ impl Song {
             error: None,
             plan: None,
             separated: Vec::new(),
+            parts: 0,
             tracks_ready: true,
             mixes: vec![MixRecord {
                 key: mix_key.clone(),

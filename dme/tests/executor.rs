@@ -59,6 +59,7 @@ fn record(music: MusicId, incarnation: Incarnation, plan: SegmentPlan) -> MusicR
         error: None,
         plan: Some(plan),
         separated: vec![false; plan.count() as usize],
+        parts: 0,
         tracks_ready: false,
         mixes: Vec::new(),
         incarnation,

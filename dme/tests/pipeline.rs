@@ -367,3 +367,149 @@ async fn a_six_source_model_gives_six_tracks() {
     );
     assert_eq!(done["instruments"].as_array().unwrap().len(), 6);
 }
+
+/// The samples of a WAV's data chunk as bits, every channel interleaved: what a prefix and the
+/// start of its track are compared by.
+fn sample_bits(wav: &[u8]) -> Vec<u32> {
+    let (audio, rate) = dme_audio::read_wav(wav).expect("a WAV");
+    assert_eq!(rate, 44_100);
+    audio
+        .left
+        .iter()
+        .zip(&audio.right)
+        .flat_map(|(l, r)| [l.to_bits(), r.to_bits()])
+        .collect()
+}
+
+#[tokio::test]
+async fn the_start_of_every_stem_plays_while_the_rest_separates_and_is_the_tracks_start() {
+    let mut sys = System::start(
+        DME,
+        Options {
+            separators: 0,
+            offer: vec![model_path("default.onnx")],
+            ..Options::default()
+        },
+    )
+    .await;
+    // 60 s: 11 segments of the default model.
+    let song = sys
+        .upload_ok(synth_wav(60 * 44_100, 44_100, 7.0), "prefix.wav")
+        .await;
+    let id = song["music_id"].as_u64().unwrap();
+    let tracks: Vec<u64> = song["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["track_id"].as_u64().unwrap())
+        .collect();
+    let base = sys.url("");
+    let prefix = |track: u64, format: &str| {
+        format!("{base}/music/{id}/track/{track}/prefix?format={format}")
+    };
+    // Nothing separated: 404 with a reason; formats that cannot grow and unknown tracks refused.
+    let none = sys
+        .get(&format!("/music/{id}/track/{}/prefix", tracks[0]))
+        .await;
+    assert_eq!(none.status, 404, "{}", none.body);
+    assert!(none.body["error"]
+        .as_str()
+        .unwrap()
+        .contains("separated yet"));
+    assert_eq!(sys.get(&format!("/music/{id}")).await.body["ready_s"], 0.0);
+    let mp3 = sys
+        .get(&format!(
+            "/music/{id}/track/{}/prefix?format=mp3",
+            tracks[0]
+        ))
+        .await;
+    assert_eq!(mp3.status, 400, "{}", mp3.body);
+    assert_eq!(
+        sys.get(&format!("/music/{id}/track/1/prefix")).await.status,
+        404
+    );
+
+    // One separator until the start is playable, then frozen: the song stops part-way.
+    sys.add_separator();
+    let pid = sys.separators[0].id();
+    sys.wait_music(id, "a playable start", |b| {
+        b["ready_s"].as_f64().unwrap() > 0.0
+    })
+    .await;
+    dme_testkit::signal(pid, libc::SIGSTOP);
+    // The mixer finishes what it was given; then the record stays put.
+    let partial = sys.at_rest(id).await;
+    let ready_s = partial["ready_s"].as_f64().unwrap();
+    let duration_s = partial["duration_s"].as_f64().unwrap();
+    assert!(
+        partial["instruments"].as_array().unwrap().is_empty() && ready_s < duration_s,
+        "the song should be part-way: {partial}"
+    );
+    let mut starts = Vec::new();
+    for &track in &tracks {
+        let float = sys.download(&prefix(track, "wav32f")).await;
+        assert_eq!(float.status, 200);
+        assert_eq!(float.headers["dme-complete"], "false");
+        assert_eq!(float.headers["cache-control"], "no-store");
+        let said: f64 = float.headers["dme-ready-seconds"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(said, ready_s);
+        let bits = sample_bits(&float.bytes);
+        let frames = bits.len() / 2;
+        assert_eq!((frames * 1000 / 44_100) as f64 / 1000.0, ready_s);
+        let sixteen = sys.download(&prefix(track, "wav")).await;
+        assert_eq!(sixteen.status, 200);
+        assert_eq!(sample_bits(&sixteen.bytes).len(), bits.len());
+        let head = sys.http.head(prefix(track, "wav")).send().await.unwrap();
+        assert_eq!(
+            head.headers()["content-length"].to_str().unwrap(),
+            sixteen.bytes.len().to_string()
+        );
+        starts.push((bits, sample_bits(&sixteen.bytes)));
+    }
+
+    // Thawed, the song finishes; each prefix was its track's start, bit for bit.
+    dme_testkit::signal(pid, libc::SIGCONT);
+    let done = sys
+        .wait_music(id, "the stems", |b| b["progress"] == 100)
+        .await;
+    assert_eq!(
+        done["ready_s"].as_f64().unwrap(),
+        (60.0f64 * 1000.0).floor() / 1000.0
+    );
+    for (inst, (float, sixteen)) in done["instruments"].as_array().unwrap().iter().zip(&starts) {
+        let url = inst["track"].as_str().unwrap();
+        let whole = sample_bits(&sys.download(&format!("{url}?format=wav32f")).await.bytes);
+        assert!(whole.len() > float.len());
+        assert!(
+            whole[..float.len()] == float[..],
+            "{url}: the prefix is not the track's start"
+        );
+        let whole16 = sample_bits(&sys.download(&format!("{url}?format=wav")).await.bytes);
+        assert!(
+            whole16[..sixteen.len()] == sixteen[..],
+            "{url}: 16-bit prefix"
+        );
+        // Once assembled, the prefix is the whole track.
+        let track = inst["track_id"].as_u64().unwrap();
+        let complete = sys.download(&prefix(track, "wav32f")).await;
+        assert_eq!(complete.headers["dme-complete"], "true");
+        assert!(sample_bits(&complete.bytes) == whole);
+    }
+    // The parts went with the segments' stems once the tracks held them.
+    let store =
+        dme_storage::Store::connect(&sys.nats.url(), "test", std::time::Duration::from_secs(5))
+            .await
+            .unwrap();
+    for prefix in [
+        format!("part/{id}/"),
+        format!("stems/{id}/"),
+        format!("seg/{id}/"),
+    ] {
+        let left = store.object_names(&prefix).await.unwrap();
+        assert!(left.is_empty(), "{prefix}: {left:?}");
+    }
+}

@@ -198,6 +198,7 @@ fn music_record(music: MusicId, incarnation: Incarnation) -> MusicRecord {
         error: None,
         plan: None,
         separated: Vec::new(),
+        parts: 0,
         tracks_ready: false,
         mixes: Vec::new(),
         incarnation,

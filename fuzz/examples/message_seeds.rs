@@ -71,6 +71,7 @@ fn main() {
             segments: 5,
             error: Some("the model failed".into()),
             incarnation,
+            ready_frames: 0,
             tracks_ready: true,
             tracks: tracks.clone(),
             mixes: vec![MixRecord {
@@ -112,6 +113,7 @@ fn main() {
             error: None,
             plan: Some(plan),
             separated: vec![true, true, false, false, false],
+            parts: 2,
             tracks_ready: false,
             mixes: vec![mix],
             incarnation,

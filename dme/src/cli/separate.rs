@@ -47,6 +47,8 @@ Output layout:
   Stems keep their names; a name another file of the song already took (a stem named \"mix\",
   two stems whose names differ only in case or in characters a file name cannot hold) gets
   -2, -3: with a stem named mix, the mix is mix-2.<ext>. --json gives every path.
+  DIR/<song>/preview/<stem>.wav  with --preview SECONDS: each stem's start, written as soon
+  as that much of every stem is separated (16-bit WAV)
   <song> is the file's name without its extension (\"My Song.mp3\" -> DIR/My Song/); two files
   with the same name get <song>-2, <song>-3. Existing files are replaced; a file appears only
   once it is whole.
@@ -78,6 +80,11 @@ pub struct SeparateArgs {
     /// FLAC or MP3.
     #[arg(long, value_enum, default_value_t = Format::Wav)]
     format: Format,
+    /// As soon as the first SECONDS of every stem are separated, write what is separated of
+    /// each stem so far to DIR/<song>/preview/<stem>.wav (16-bit WAV), long before the whole
+    /// stems: listen while the rest separates. A song separated before that writes no preview.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_preview)]
+    preview: Option<f64>,
     /// Folder to write into, one sub-folder per song.
     #[arg(short = 'o', long = "out", value_name = "DIR", default_value = ".")]
     out: PathBuf,
@@ -116,6 +123,14 @@ impl Format {
             Format::Flac => "flac",
             Format::Mp3 => "mp3",
         }
+    }
+}
+
+/// `--preview SECONDS`: a positive number of seconds.
+fn parse_preview(raw: &str) -> Result<f64, String> {
+    match raw.trim().trim_end_matches('s').parse::<f64>() {
+        Ok(s) if s > 0.0 && s.is_finite() => Ok(s),
+        _ => Err(format!("`{raw}` is not a positive number of seconds")),
     }
 }
 
@@ -259,6 +274,51 @@ struct Written {
     stems: Vec<(String, PathBuf)>,
     mix: PathBuf,
     kept: Vec<Kept>,
+    /// The preview's files, stem by stem (none when none was asked for or written).
+    preview: Vec<(String, PathBuf)>,
+}
+
+/// `--preview`: the first seconds of every stem, written once that much is separated.
+struct Preview {
+    seconds: f64,
+    folder: PathBuf,
+    /// The song's stems: (name, track id).
+    tracks: Vec<(String, u64)>,
+    /// What was written, stem by stem.
+    written: Vec<(String, PathBuf)>,
+}
+
+impl Preview {
+    /// Writes what is separated of every stem, once `ready_s` reaches the seconds asked for
+    /// (once per song).
+    async fn write_when_ready(
+        &mut self,
+        client: &Client,
+        music_id: u64,
+        ready_s: f64,
+        bar: &FileProgress,
+    ) -> Result<(), CliError> {
+        if !self.written.is_empty() || ready_s < self.seconds {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.folder).map_err(|e| CliError::local(&self.folder, e))?;
+        let (files, _) = file_stems(self.tracks.iter().map(|(name, _)| name.as_str()));
+        let of = self.tracks.len();
+        for (n, ((name, track_id), file)) in self.tracks.iter().zip(files).enumerate() {
+            let path = self.folder.join(format!("{file}.wav"));
+            let link = format!(
+                "{}/music/{music_id}/track/{track_id}/prefix?format=wav",
+                client.base()
+            );
+            download(client, &link, &path, bar, n + 1, of).await?;
+            self.written.push((name.clone(), path));
+        }
+        bar.step(&format!(
+            "preview: the first {ready_s:.1} s of every stem in {}",
+            self.folder.display()
+        ));
+        Ok(())
+    }
 }
 
 /// Runs `dme separate`.
@@ -284,7 +344,16 @@ pub async fn run(args: SeparateArgs) -> Result<(), CliError> {
         let bar = progress.file(&input.label);
         let (client, plan, uploads) = (&client, &plan, &uploads);
         async move {
-            let result = separate(client, plan, input, args.format, &bar, uploads).await;
+            let result = separate(
+                client,
+                plan,
+                input,
+                args.format,
+                args.preview,
+                &bar,
+                uploads,
+            )
+            .await;
             match &result {
                 Ok(w) => bar.done(&format!(
                     "{} stems and the mix in {}",
@@ -342,6 +411,7 @@ async fn separate(
     plan: &Plan,
     input: &Input,
     format: Format,
+    preview: Option<f64>,
     bar: &FileProgress,
     uploads: &Semaphore,
 ) -> Result<Written, CliError> {
@@ -372,7 +442,13 @@ async fn separate(
             .join(", ")
     ));
     let key = select(client, music_id, &kept, bar).await?;
-    let (stems, mix_link) = follow(client, music_id, &key, bar).await?;
+    let preview = preview.map(|seconds| Preview {
+        seconds,
+        folder: input.folder.join("preview"),
+        tracks: tracks.clone(),
+        written: Vec::new(),
+    });
+    let (stems, mix_link, preview) = follow(client, music_id, &key, preview, bar).await?;
 
     let ext = format.extension();
     let total = stems.len() + 1;
@@ -399,6 +475,7 @@ async fn separate(
         stems: written,
         mix,
         kept,
+        preview: preview.map(|p| p.written).unwrap_or_default(),
     })
 }
 
@@ -490,8 +567,9 @@ async fn follow(
     client: &Client,
     music_id: u64,
     key: &str,
+    mut preview: Option<Preview>,
     bar: &FileProgress,
-) -> Result<(Vec<StemLink>, String), CliError> {
+) -> Result<(Vec<StemLink>, String, Option<Preview>), CliError> {
     let mut events = SongEvents::new(client.clone(), music_id);
     loop {
         let event = events.next().await?;
@@ -513,7 +591,13 @@ async fn follow(
             .filter_map(|i| Some((i["name"].as_str()?.into(), i["track"].as_str()?.into())))
             .collect();
         if let (false, Some(mix)) = (stems.is_empty(), mix_link(song, key)) {
-            return Ok((stems, mix));
+            return Ok((stems, mix, preview));
+        }
+        let ready_s = song["ready_s"].as_f64().unwrap_or(0.0);
+        if let (Some(preview), true) = (&mut preview, stems.is_empty()) {
+            preview
+                .write_when_ready(client, music_id, ready_s, bar)
+                .await?;
         }
         let percent = song["progress"].as_u64().unwrap_or(0).min(100) as u8;
         let (done, of) = (
@@ -609,6 +693,11 @@ fn song_json(input: &Input, w: &Written, format: Format) -> Value {
         "mix": path(&w.mix),
         "keep": w.kept.iter().map(|k| k.name.as_str()).collect::<Vec<_>>(),
         "gains_db": gains,
+        "preview": w
+            .preview
+            .iter()
+            .map(|(name, p)| (name.clone(), path(p)))
+            .collect::<Map<String, Value>>(),
     })
 }
 

@@ -56,6 +56,24 @@ pub async fn status(server: &Server, id: u64) -> Result<(), CliError> {
         ),
         ("stems".into(), names(&song["tracks"]).join(", ")),
     ];
+    let (ready, length) = (song["ready_s"].as_f64(), song["duration_s"].as_f64());
+    if let (Some(ready), Some(length), true) = (
+        ready,
+        length,
+        song["instruments"].as_array().is_none_or(Vec::is_empty),
+    ) {
+        if ready > 0.0 {
+            rows.push((
+                "playable".into(),
+                format!(
+                    "the first {} of {} (GET /music/{}/track/<track_id>/prefix)",
+                    duration(ready),
+                    duration(length),
+                    cell(&song["music_id"])
+                ),
+            ));
+        }
+    }
     if let Some(error) = song["error"].as_str() {
         rows.push(("error".into(), error.to_string()));
     }

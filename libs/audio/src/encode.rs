@@ -279,6 +279,35 @@ pub(crate) fn wav_header(kind: WavSample, rate: u32, frames: u64) -> Result<Vec<
     Ok(header)
 }
 
+/// The header of a WAV in `format` ([`Format::Wav16`] or [`Format::Wav32f`]) of `frames`
+/// stereo frames at `rate`, sizes stated up front, so that its samples can follow as they come
+/// ([`wav_data`]): a stem served while it is still being separated.
+///
+/// # Errors
+/// As [`check_wav_size`], and for a format that is not WAV.
+pub fn wav_stream_header(format: Format, rate: u32, frames: u64) -> Result<Vec<u8>, AudioError> {
+    let kind = WavSample::of(format)
+        .ok_or_else(|| AudioError::Encode(format!("{format} is not a WAV format")))?;
+    wav_header(kind, rate, frames)
+}
+
+/// Interleaved stereo little-endian f32 bytes (a float WAV's data) as the data of a WAV in
+/// `format`: the same bytes for [`Format::Wav32f`]; for [`Format::Wav16`], 16-bit samples
+/// rounded and clipped as [`encode`] does. A trailing partial sample is dropped.
+///
+/// # Errors
+/// For a format that is not WAV.
+pub fn wav_data(format: Format, float_le: Vec<u8>) -> Result<Vec<u8>, AudioError> {
+    match WavSample::of(format) {
+        Some(WavSample::Float32) => Ok(float_le),
+        Some(WavSample::Int16) => Ok(float_le
+            .chunks_exact(4)
+            .flat_map(|b| to_i16(f32::from_le_bytes([b[0], b[1], b[2], b[3]])).to_le_bytes())
+            .collect()),
+        None => Err(AudioError::Encode(format!("{format} is not a WAV format"))),
+    }
+}
+
 /// Write a WAV with hound: 16-bit PCM gets the canonical 44-byte header (`fmt ` of 16 bytes);
 /// 32-bit float gets hound's `WAVE_FORMAT_EXTENSIBLE` header (68 bytes, IEEE-float subformat).
 fn encode_wav(

@@ -58,7 +58,7 @@ mod source;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 pub use decode::{decode_path, StereoBlock, StereoDecoder};
-pub use encode::{encode, read_wav, Format};
+pub use encode::{encode, read_wav, wav_data, wav_stream_header, Format};
 pub use encode_stream::{encode_wav_stream, BLOCK_FRAMES};
 pub use error::{AudioError, HeaderDefect};
 pub use probe::{probe_path, Probe};

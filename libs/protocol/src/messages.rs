@@ -261,6 +261,11 @@ pub struct ProgressEvent {
     /// deleted or retried since) says nothing about what changed in this one.
     #[serde(default)]
     pub incarnation: Incarnation,
+    /// Samples per channel from the song's start that every stem holds finished (playable
+    /// through the gateway's `/music/{id}/track/{track}/prefix` while the rest separates): the
+    /// song's length once the tracks are ready.
+    #[serde(default)]
+    pub ready_frames: u64,
     /// True once every stem track is assembled (downloadable).
     #[serde(default)]
     pub tracks_ready: bool,
@@ -316,6 +321,7 @@ impl ProgressEvent {
             segments: record.separated.len() as u32,
             error: record.error.clone(),
             incarnation: record.incarnation,
+            ready_frames: record.ready_frames(),
             tracks_ready: record.tracks_ready,
             tracks: record.tracks.clone(),
             mixes: record.mixes.clone(),
@@ -434,6 +440,7 @@ mod tests {
             error: None,
             plan: None,
             separated: Vec::new(),
+            parts: 0,
             tracks_ready: false,
             mixes: Vec::new(),
             incarnation: Incarnation(1),

@@ -31,6 +31,16 @@ pub fn segment_stems(music: MusicId, incarnation: Incarnation, index: u32) -> St
     format!("stems/{music}/{incarnation}/{index}")
 }
 
+/// Stem `stem`'s finished samples of segment `index` of a song: from the segment's offset to
+/// the next segment's (to the song's end for the last), blended with the segment before as the
+/// whole song's blend does, as interleaved stereo little-endian f32 (the float WAV's data
+/// bytes) compressed as one zstd frame ([`pack`]). Made as soon as every segment up to `index`
+/// is separated, so the start of a song's stems can be heard while the rest separates; the
+/// track is these parts one after another.
+pub fn part(music: MusicId, incarnation: Incarnation, stem: &str, index: u32) -> String {
+    format!("part/{music}/{incarnation}/{stem}/{index}")
+}
+
 /// The assembled stem `stem` of a song, float WAV.
 pub fn track(music: MusicId, incarnation: Incarnation, stem: &str) -> String {
     format!("track/{music}/{incarnation}/{stem}")
@@ -48,11 +58,12 @@ pub fn encoded(object: &str, format: &str) -> String {
 
 /// Prefixes of every object of a song, of all its incarnations: an object of the song is named
 /// exactly [`original`] or starts with one of the others (see [`of_song`]).
-pub fn prefixes(music: MusicId) -> [String; 5] {
+pub fn prefixes(music: MusicId) -> [String; 6] {
     [
         original(music),
         format!("seg/{music}/"),
         format!("stems/{music}/"),
+        format!("part/{music}/"),
         format!("track/{music}/"),
         format!("mix/{music}/"),
     ]
@@ -67,10 +78,11 @@ pub fn of_song(music: MusicId, name: &str) -> bool {
 
 /// Prefixes of every object made in one incarnation of a song: all of [`prefixes`] but the
 /// original, which outlives incarnations.
-pub fn incarnation_prefixes(music: MusicId, incarnation: Incarnation) -> [String; 4] {
+pub fn incarnation_prefixes(music: MusicId, incarnation: Incarnation) -> [String; 5] {
     [
         format!("seg/{music}/{incarnation}/"),
         format!("stems/{music}/{incarnation}/"),
+        format!("part/{music}/{incarnation}/"),
         format!("track/{music}/{incarnation}/"),
         format!("mix/{music}/{incarnation}/"),
     ]
@@ -177,39 +189,68 @@ pub fn pack(raw: &[u8]) -> Vec<u8> {
 /// When the bytes are not one zstd frame that records its size (at most
 /// [`MAX_UNPACKED_BYTES`]), or do not hold a whole number of samples.
 pub fn unpack_samples(packed: &[u8]) -> Result<Vec<f32>, DecodeError> {
-    let corrupt = |reason: String| DecodeError {
-        what: "packed planar f32 audio",
-        reason: format!("{} bytes: {reason}", packed.len()),
-    };
-    let size = match zstd::zstd_safe::get_frame_content_size(packed) {
-        Ok(Some(size)) => size,
-        Ok(None) => return Err(corrupt("a zstd frame without its size".into())),
-        Err(_) => return Err(corrupt("not a zstd frame".into())),
-    };
-    let size = usize::try_from(size)
-        .ok()
-        .filter(|s| *s <= MAX_UNPACKED_BYTES)
-        .ok_or_else(|| corrupt(format!("claims {size} bytes unpacked")))?;
-    if !size.is_multiple_of(4) {
-        return Err(DecodeError {
-            what: "planar f32 audio",
-            reason: format!("{size} bytes is not a whole number of samples"),
-        });
-    }
+    let size = unpacked_size(packed)?;
     let mut samples = vec![0.0f32; size / 4];
-    let unpacked = zstd::bulk::decompress_to_buffer(packed, bytemuck::cast_slice_mut(&mut samples))
-        .map_err(|e| corrupt(e.to_string()))?;
-    if unpacked != size {
-        return Err(corrupt(format!(
-            "{unpacked} bytes unpacked, {size} claimed"
-        )));
-    }
+    unpack_into(packed, bytemuck::cast_slice_mut(&mut samples))?;
     if cfg!(target_endian = "big") {
         for v in &mut samples {
             *v = f32::from_bits(u32::from_le(v.to_bits()));
         }
     }
     Ok(samples)
+}
+
+/// Decompresses [`pack`]'s (or [`pack_planar`]'s) bytes into the little-endian f32 bytes
+/// that were packed.
+///
+/// # Errors
+/// As [`unpack_samples`].
+pub fn unpack_bytes(packed: &[u8]) -> Result<Vec<u8>, DecodeError> {
+    let mut bytes = vec![0u8; unpacked_size(packed)?];
+    unpack_into(packed, &mut bytes)?;
+    Ok(bytes)
+}
+
+/// Why packed bytes cannot be read, said the same way by every reader.
+fn corrupt(packed: &[u8], reason: String) -> DecodeError {
+    DecodeError {
+        what: "packed planar f32 audio",
+        reason: format!("{} bytes: {reason}", packed.len()),
+    }
+}
+
+/// The size `packed`'s zstd frame records, checked: at most [`MAX_UNPACKED_BYTES`] and a whole
+/// number of f32 samples.
+fn unpacked_size(packed: &[u8]) -> Result<usize, DecodeError> {
+    let size = match zstd::zstd_safe::get_frame_content_size(packed) {
+        Ok(Some(size)) => size,
+        Ok(None) => return Err(corrupt(packed, "a zstd frame without its size".into())),
+        Err(_) => return Err(corrupt(packed, "not a zstd frame".into())),
+    };
+    let size = usize::try_from(size)
+        .ok()
+        .filter(|s| *s <= MAX_UNPACKED_BYTES)
+        .ok_or_else(|| corrupt(packed, format!("claims {size} bytes unpacked")))?;
+    if !size.is_multiple_of(4) {
+        return Err(DecodeError {
+            what: "planar f32 audio",
+            reason: format!("{size} bytes is not a whole number of samples"),
+        });
+    }
+    Ok(size)
+}
+
+/// Decompresses `packed` into `out`, which is exactly [`unpacked_size`] long.
+fn unpack_into(packed: &[u8], out: &mut [u8]) -> Result<(), DecodeError> {
+    let unpacked = zstd::bulk::decompress_to_buffer(packed, &mut *out)
+        .map_err(|e| corrupt(packed, e.to_string()))?;
+    if unpacked != out.len() {
+        return Err(corrupt(
+            packed,
+            format!("{unpacked} bytes unpacked, {} claimed", out.len()),
+        ));
+    }
+    Ok(())
 }
 
 /// Decompresses [`pack_planar`]'s bytes and splits the samples into `lanes` planar buffers of
@@ -306,6 +347,7 @@ mod tests {
         let names = [
             segment_input(m, a, 3),
             segment_stems(m, a, 3),
+            part(m, a, "bass", 3),
             track(m, a, "bass"),
             mix(m, a, "0-1"),
             mix(m, a, "0-1~-3.5"),

@@ -162,6 +162,11 @@ pub struct MusicRecord {
     pub plan: Option<SegmentPlan>,
     /// Which segments are separated (index → done); empty until cut.
     pub separated: Vec<bool>,
+    /// Segments whose finished part of every stem is stored ([`crate::objects::part`]): the
+    /// first `parts` segments, so the stems are playable up to [`MusicRecord::ready_frames`]
+    /// while the rest separates. 0 in records written before parts existed.
+    #[serde(default)]
+    pub parts: u32,
     /// True once every stem track is assembled.
     pub tracks_ready: bool,
     /// Mixes asked for, latest last.
@@ -181,6 +186,18 @@ impl MusicRecord {
     /// True while the song still takes work and store space to finish: neither done nor failed.
     pub fn in_flight(&self) -> bool {
         !matches!(self.state, MusicState::Done | MusicState::Failed)
+    }
+
+    /// Samples per channel from the song's start that every stem holds finished: all of them
+    /// once the tracks are ready, else up to the offset of the first segment without a part.
+    pub fn ready_frames(&self) -> u64 {
+        let Some(plan) = self.plan else {
+            return 0;
+        };
+        if self.tracks_ready {
+            return plan.frames;
+        }
+        plan.part_end(self.parts)
     }
 
     /// Segments separated so far.
@@ -412,6 +429,7 @@ mod tests {
             error: None,
             plan: None,
             separated: Vec::new(),
+            parts: 0,
             tracks_ready: false,
             mixes: Vec::new(),
             incarnation: Incarnation::default(),

@@ -158,6 +158,16 @@ impl SegmentPlan {
         })
     }
 
+    /// Where the finished samples of the first `parts` segments end: a segment's part runs
+    /// from its offset to the next segment's, the last one's to the song's end (what
+    /// [`Blender::push`] hands out for it). 0 for none; the song's length for all of them.
+    pub fn part_end(&self, parts: u32) -> u64 {
+        if parts >= self.count() {
+            return self.frames;
+        }
+        u64::from(parts) * u64::from(self.stride)
+    }
+
     /// All segments in offset order.
     pub fn segments(&self) -> impl Iterator<Item = Segment> + '_ {
         (0..self.count()).filter_map(|k| self.segment(k))
@@ -238,6 +248,53 @@ impl Blender {
             sum_w: Array1::zeros(width),
             open: 0,
         }
+    }
+
+    /// A blender that starts at segment `index` of the song, holding what segment `index - 1`
+    /// (its separated lanes, `previous`) leaves open past segment `index`'s offset: pushing
+    /// segment `index` then gives exactly the samples (bit for bit) that a blender fed every
+    /// segment from 0 gives for it, and so on for the segments after. With an overlap of
+    /// [`OVERLAP`] only the segment just before reaches past a segment's offset. For `index` 0,
+    /// `previous` is not read. The mixer makes each segment's finished part from two stored
+    /// segments this way, in whatever process takes the segment's event.
+    ///
+    /// # Panics
+    /// When `index` lies outside the plan or `previous` has the wrong shape.
+    pub fn resume(plan: SegmentPlan, lanes: usize, index: u32, previous: &[&[f32]]) -> Self {
+        let mut blender = Self::new(plan, lanes);
+        let seg = plan.segment(index).expect("segment index inside the plan");
+        if index == 0 {
+            return blender;
+        }
+        let prev = plan
+            .segment(index - 1)
+            .expect("the segment before is inside the plan");
+        debug_assert!(
+            index < 2
+                || plan
+                    .segment(index - 2)
+                    .is_some_and(|s| s.range().end <= seg.offset),
+            "only the segment before reaches into this one"
+        );
+        assert_eq!(previous.len(), lanes);
+        let n = prev.len as usize;
+        let skip = (seg.offset - prev.offset) as usize;
+        let open = n - skip;
+        let all = plan.weights(n);
+        let weights = ArrayView1::from(&all[skip..]);
+        let mut sum_w = blender.sum_w.slice_mut(s![..open]);
+        sum_w += &weights;
+        for (acc, lane) in blender.acc.outer_iter_mut().zip(previous) {
+            assert_eq!(lane.len(), n, "lane length must equal the segment length");
+            Zip::from(acc.slice_move(s![..open]))
+                .and(&ArrayView1::from(&lane[skip..]))
+                .and(&weights)
+                .for_each(|a, &x, &w| *a += w * x);
+        }
+        blender.open = open;
+        blender.next = index;
+        blender.base = seg.offset;
+        blender
     }
 
     /// Index of the segment the blender expects next.
@@ -354,6 +411,48 @@ mod tests {
             json(r#"{"frames":18446744073709551615,"segment":40,"stride":30,"fixed":true}"#)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn a_resumed_blender_gives_each_segment_what_the_whole_blend_gives_bit_for_bit() {
+        for frames in [41u64, 100, 121, 1000] {
+            let plan = SegmentPlan::new(frames, 40, true);
+            let mut state = 0x9e37_79b9_u32;
+            let mut noise = || {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                (state as f32 / u32::MAX as f32) * 2.0 - 1.0
+            };
+            let segments: Vec<Vec<Vec<f32>>> = plan
+                .segments()
+                .map(|seg| {
+                    (0..3)
+                        .map(|_| (0..seg.len).map(|_| noise()).collect())
+                        .collect()
+                })
+                .collect();
+            let views = |k: usize| segments[k].iter().map(Vec::as_slice).collect::<Vec<_>>();
+            let mut whole = Blender::new(plan, 3);
+            for seg in plan.segments() {
+                let k = seg.index as usize;
+                let (expected, base) = whole.push(seg.index, &views(k));
+                let previous = if k == 0 { Vec::new() } else { views(k - 1) };
+                let mut resumed = Blender::resume(plan, 3, seg.index, &previous);
+                let (got, got_base) = resumed.push(seg.index, &views(k));
+                assert_eq!(got_base, base);
+                let bits = |v: &[Vec<f32>]| {
+                    v.iter()
+                        .map(|l| l.iter().map(|x| x.to_bits()).collect::<Vec<_>>())
+                        .collect::<Vec<_>>()
+                };
+                assert_eq!(
+                    bits(&got),
+                    bits(&expected),
+                    "segment {k} of {frames} frames"
+                );
+            }
+        }
     }
 
     #[test]

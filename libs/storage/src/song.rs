@@ -114,6 +114,7 @@ pub async fn retry(
             m.error = None;
             m.plan = None;
             m.separated.clear();
+            m.parts = 0;
             m.tracks_ready = false;
             for mix in &mut m.mixes {
                 mix.ready = false;

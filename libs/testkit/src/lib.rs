@@ -206,6 +206,21 @@ impl Drop for NatsServer {
     }
 }
 
+/// Sends `signal` to process `pid`, a child of the test (`SIGSTOP` freezes it, `SIGCONT` thaws
+/// it).
+///
+/// # Panics
+/// When the signal cannot be sent.
+pub fn signal(pid: u32, signal: libc::c_int) {
+    let pid = libc::pid_t::try_from(pid).expect("a pid");
+    // SAFETY: kill(2) only sends a signal, to the test's own child, which is not reaped yet.
+    assert_eq!(
+        unsafe { libc::kill(pid, signal) },
+        0,
+        "kill({pid}, {signal})"
+    );
+}
+
 /// The nice value of every thread of process `pid` (field 19 of /proc/<pid>/task/<tid>/stat).
 ///
 /// # Panics

@@ -443,6 +443,21 @@ impl System {
         }
     }
 
+    /// Waits until `GET /music/{id}` answers the same twice, 1.5 s apart (what was handed to
+    /// the services is done), and returns that answer: a song whose separators are frozen stays
+    /// part-way there.
+    pub async fn at_rest(&self, id: u64) -> Value {
+        let mut last = self.get(&format!("/music/{id}")).await.body;
+        loop {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let now = self.get(&format!("/music/{id}")).await.body;
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+    }
+
     /// Uploads `bytes` as `name` and asks for the mix of all its tracks; returns the music id.
     ///
     /// # Panics

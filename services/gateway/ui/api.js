@@ -132,6 +132,22 @@ export async function getAudio(id, trackId, format) {
   return response.arrayBuffer();
 }
 
+export const prefixUrl = (id, trackId) => `/music/${id}/track/${trackId}/prefix?format=wav`;
+
+/**
+ * The part of a stem separated so far, from the song's start, for the player: {bytes, seconds,
+ * complete}. Rejects with an ApiError (404 while nothing of it is separated).
+ */
+export async function getPrefix(id, trackId) {
+  const response = await authorizedFetch(prefixUrl(id, trackId));
+  if (!response.ok) throw await failure(response);
+  return {
+    bytes: await response.arrayBuffer(),
+    seconds: Number(response.headers.get("Dme-Ready-Seconds")) || 0,
+    complete: response.headers.get("Dme-Complete") === "true",
+  };
+}
+
 /**
  * Uploads one file as a raw body. `onProgress(fraction)` follows the bytes sent. Resolves to
  * the song (`POST /music`'s answer), rejects with an ApiError.

@@ -211,10 +211,45 @@ function onSongEvent(song, data) {
   song.data = data;
   renderStatus(data);
   mergeSong({ music_id: data.music_id, state: data.state, progress: data.progress });
-  for (const instrument of data.instruments || []) {
-    if (!song.lanes.some((l) => l.trackId === instrument.track_id)) addLane(song, instrument);
+  // A lane per stem as soon as the start of the stems can be heard (`ready_s`), each stem's
+  // whole audio once it is assembled (`instruments`).
+  const whole = data.instruments || [];
+  const stems = whole.length ? whole : data.ready_s > 0 ? data.tracks || [] : [];
+  for (const stem of stems) {
+    if (!song.lanes.some((l) => l.trackId === stem.track_id)) addLane(song, stem);
   }
+  for (const view of song.lanes) refreshLane(song, view);
+  renderPreview(song);
   checkExport(song);
+}
+
+/** Seconds of a stem before the playhead at which a longer part of it is fetched. */
+const REFILL_AHEAD_S = 15;
+
+/**
+ * Fetches a lane's audio when there is more of it: the whole stem once it is assembled; while
+ * the song separates, the part separated so far, again when that has doubled or the playhead
+ * nears the end of what is loaded (so a song is fetched about twice at most).
+ */
+function refreshLane(song, view) {
+  const data = song.data;
+  if (!data || state.song !== song) return;
+  const whole = (data.instruments || []).some((i) => i.track_id === view.trackId);
+  if (whole && !view.downloads) addDownloads(song, view);
+  if (view.loading || view.complete || Date.now() < view.retryAt) return;
+  const ready = data.ready_s || 0;
+  const player = song.player;
+  const nearEnd = player.playing && player.position >= view.loadedS - REFILL_AHEAD_S;
+  const grown = ready >= 2 * view.loadedS || (nearEnd && ready > view.loadedS);
+  if (whole || (ready > 0 && grown)) loadLane(song, view, whole);
+}
+
+function renderPreview(song) {
+  const partial = song.lanes.filter((v) => !v.complete && v.loadedS > 0);
+  const seconds = Math.min(...partial.map((v) => v.loadedS));
+  $("preview-note").hidden = partial.length === 0;
+  $("preview-note").textContent = partial.length
+    ? `The first ${clock(seconds)} are separated: play them while the rest separates.` : "";
 }
 
 function addLane(song, instrument) {
@@ -245,42 +280,65 @@ function addLane(song, instrument) {
     song.player.seek(((e.clientX - rect.left) / rect.width) * song.player.duration);
     renderTransport();
   });
-  const downloads = li.querySelector(".downloads");
+  song.lanes.push({
+    trackId: instrument.track_id, name: instrument.name, li, canvas, peaks: null, lane,
+    loadedS: 0, complete: false, loading: false, retryAt: 0, downloads: false,
+  });
+  $("lanes").append(li);
+  $("stems-pending").hidden = true;
+  $("export").hidden = false;
+  renderLanes(song);
+}
+
+/** The lane's download links, once its whole stem is assembled. */
+function addDownloads(song, view) {
+  view.downloads = true;
+  const downloads = view.li.querySelector(".downloads");
   for (const [format, label] of FORMATS) {
     const a = document.createElement("a");
-    const path = api.trackUrl(song.id, instrument.track_id, format);
+    const path = api.trackUrl(song.id, view.trackId, format);
     a.href = api.withToken(path);
     // The token may have changed since the link was made.
     a.addEventListener("click", () => { a.href = api.withToken(path); });
     a.download = "";
     a.textContent = label;
-    a.setAttribute("aria-label", `Download ${instrument.name} as ${label}`);
+    a.setAttribute("aria-label", `Download ${view.name} as ${label}`);
     downloads.append(" ", a);
   }
-  song.lanes.push({ trackId: instrument.track_id, li, canvas, peaks: null, lane });
-  $("lanes").append(li);
-  $("stems-pending").hidden = true;
-  $("export").hidden = false;
-  renderLanes(song);
-  loadLane(song, song.lanes[index]);
+  downloads.hidden = false;
 }
 
-async function loadLane(song, view) {
+/** Loads a lane's audio: the whole stem, or the part of it separated so far. */
+async function loadLane(song, view, whole) {
   const id = song.id;
-  api.getPeaks(id, view.trackId).then((p) => {
-    view.peaks = p ? p.peaks : null;
-    drawLane(song, view);
-  }, () => {});
+  view.loading = true;
   try {
-    const bytes = await api.getAudio(id, view.trackId, "wav");
+    const got = whole
+      ? { bytes: await api.getAudio(id, view.trackId, "wav"), seconds: Infinity, complete: true }
+      : await api.getPrefix(id, view.trackId);
     if (state.song !== song) return;
-    await song.player.load(view.lane, bytes);
-    view.li.dataset.ready = "true";
+    await song.player.load(view.lane, got.bytes);
+    view.loadedS = got.complete ? Infinity : got.seconds;
+    view.complete = got.complete;
+    view.li.dataset.ready = got.complete ? "true" : "partial";
+    if (got.complete) {
+      api.getPeaks(id, view.trackId).then((p) => {
+        view.peaks = p ? p.peaks : null;
+        drawLane(song, view);
+      }, () => {});
+    }
     $("transport").hidden = false;
     renderTransport();
   } catch (e) {
-    if (state.song === song) $("player-note").textContent = `Could not load ${view.lane.name}: ${e.message}`;
+    view.retryAt = Date.now() + 3000;
+    if (state.song === song) $("player-note").textContent = `Could not load ${view.name}: ${e.message}`;
+  } finally {
+    view.loading = false;
   }
+  if (state.song !== song) return;
+  renderPreview(song);
+  // Events that came while it loaded may have made more of it ready.
+  refreshLane(song, view);
 }
 
 function renderLanes(song) {
@@ -323,6 +381,8 @@ function tick() {
   const song = state.song;
   if (!song) return;
   renderTransport();
+  // The playhead nearing the end of a stem's part still separating fetches more of it.
+  if (song.player.playing) for (const view of song.lanes) refreshLane(song, view);
   if (song.player.playing) song.frame = requestAnimationFrame(tick);
 }
 

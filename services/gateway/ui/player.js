@@ -56,12 +56,20 @@ export class Player {
     return lane;
   }
 
-  /** Decodes a stem's audio (bytes of a WAV) and, while playing, starts it in step. */
+  /**
+   * Decodes a stem's audio (bytes of a WAV) and, while playing, starts it in step. Loading a
+   * lane again (a longer part of a stem still being separated, then the whole stem) replaces
+   * its audio where it plays.
+   */
   async load(lane, bytes) {
-    lane.buffer = await this.context().decodeAudioData(bytes);
+    const buffer = await this.context().decodeAudioData(bytes);
+    if (!this.lanes.includes(lane)) return;
+    lane.buffer = buffer;
     if (this.playing) {
+      this.stopSource(lane);
       const when = this.ctx.currentTime + START_AHEAD_S;
       this.startSource(lane, when, when - this.startedAt);
+      this.watchEnd();
     }
   }
 
@@ -74,15 +82,16 @@ export class Player {
     lane.source = source;
   }
 
+  stopSource(lane) {
+    if (!lane.source) return;
+    lane.source.onended = null;
+    try { lane.source.stop(); } catch (_) { /* never started */ }
+    lane.source.disconnect();
+    lane.source = null;
+  }
+
   stopSources() {
-    for (const lane of this.lanes) {
-      if (lane.source) {
-        lane.source.onended = null;
-        try { lane.source.stop(); } catch (_) { /* never started */ }
-        lane.source.disconnect();
-        lane.source = null;
-      }
-    }
+    for (const lane of this.lanes) this.stopSource(lane);
   }
 
   /** Plays every decoded stem from `offset` (default: where it is), all at one `when`. */
@@ -100,6 +109,7 @@ export class Player {
 
   /** Calls onEnded when the longest source ends by itself. */
   watchEnd() {
+    for (const lane of this.lanes) if (lane.source) lane.source.onended = null;
     const longest = this.lanes.filter((l) => l.source)
       .reduce((a, l) => (!a || l.buffer.duration > a.buffer.duration ? l : a), null);
     if (!longest) return;

@@ -1,5 +1,7 @@
-//! Assembly: counts separated segments on the song's record and, once every one is in, blends
-//! them into one float WAV track per stem.
+//! Assembly: counts separated segments on the song's record; as soon as every segment up to
+//! one is separated, blends each newly finished stretch of the song into a part per stem
+//! ([`objects::part`]), so the start of the stems can be heard while the rest separates; once
+//! every part is in, joins them into one float WAV track per stem.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -16,6 +18,7 @@ use dme_storage::{Spool, SpoolDir, Store};
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::mixdown::Mixdown;
+use crate::turns::Turns;
 use crate::{wav_header, MixError};
 
 /// The handler of [`dme_protocol::subjects::WORK_SEPARATED`].
@@ -85,11 +88,6 @@ impl Assembler {
                 .await;
             return Ok(());
         };
-        if changed {
-            self.store
-                .publish_progress(&ProgressEvent::of(&record))
-                .await;
-        }
         // Separated on the record: a redelivered work item now finds it done and never reads
         // its input again, so the input goes at once (a segment's largest object after its
         // stems). Only the event that marked it does this: a copy of the event changes nothing,
@@ -98,12 +96,32 @@ impl Assembler {
             let input = objects::segment_input(done.music_id, done.incarnation, done.index);
             let _ = self.store.delete_object(&input).await;
         }
-        let all_in = !record.separated.is_empty() && record.separated.iter().all(|d| *d);
+        let mut record = record;
+        let mut advanced = false;
+        if !record.tracks_ready && record.state != MusicState::Failed {
+            match self.make_parts(record).await? {
+                Some((now, more)) => (record, advanced) = (now, more),
+                // Deleted, or reset and uploaded again, meanwhile: this segment's leftovers
+                // go as a stale event's do (the parts made meanwhile went already).
+                None => {
+                    self.delete_segment(done.music_id, done.incarnation, done.index)
+                        .await;
+                    return Ok(());
+                }
+            }
+        }
+        // One event for the segment and the parts it finished.
+        if changed || advanced {
+            self.store
+                .publish_progress(&ProgressEvent::of(&record))
+                .await;
+        }
+        let all_in = record.plan.is_some_and(|plan| record.parts >= plan.count());
         if all_in && !record.tracks_ready && record.state != MusicState::Failed {
             let assembled = match self.assemble(record).await {
                 Ok(assembled) => assembled,
                 // A copy of the last segment's event, handled at the same time, may have
-                // assembled the song and deleted its segments under this assembly's feet:
+                // assembled the song and deleted its parts under this assembly's feet:
                 // then there is nothing left to do, and nothing failed.
                 Err(_) if self.assembled_elsewhere(done).await => {
                     tracing::info!(music = %done.music_id, "assembled by a copy of this event meanwhile");
@@ -126,6 +144,156 @@ impl Assembler {
         Ok(())
     }
 
+    /// Makes the parts of every segment that is separated along with all the segments before
+    /// it and has no part yet, in offset order, one song at a time in this process; records
+    /// them on the song's record, and deletes the stems no part needs any more (a segment's
+    /// stems make its own part and the next one's). Returns the record as it is now and
+    /// whether parts were added, or `None` when the song was deleted or reset meanwhile.
+    async fn make_parts(&self, seen: MusicRecord) -> Result<Option<(MusicRecord, bool)>, MixError> {
+        let (music, incarnation) = (seen.music_id, seen.incarnation);
+        let plan = seen.plan.ok_or(MixError::NoPlan)?;
+        let prefix = |r: &MusicRecord| r.separated.iter().take_while(|d| **d).count() as u32;
+        if seen.parts >= prefix(&seen) {
+            return Ok(Some((seen, false)));
+        }
+        let _turn = ASSEMBLING.wait(music).await;
+        // Another handler of the song may have made parts while this one waited.
+        let record = match self.store.music(music).await? {
+            Some(r) if r.incarnation == incarnation => r,
+            _ => return Ok(None),
+        };
+        let (from, to) = (record.parts, prefix(&record));
+        if from >= to || record.tracks_ready || record.state == MusicState::Failed {
+            return Ok(Some((record, false)));
+        }
+        let started = Instant::now();
+        let stems: Vec<String> = record.tracks.iter().map(|t| t.name.clone()).collect();
+        let mut previous = None;
+        for index in from..to {
+            match self
+                .make_part(&record, plan, &stems, index, previous.take())
+                .await
+            {
+                Ok(stems) => previous = Some(stems),
+                Err(e) => match (e, self.parts_made(music, incarnation).await) {
+                    // Another mixer made this part and deleted the stems before it meanwhile.
+                    (MixError::StemsMissing(_), Some(made)) if made > index => previous = None,
+                    // Deleted, or reset and uploaded again, meanwhile.
+                    (_, None) => {
+                        self.delete_parts(music, incarnation, &stems, from..index + 1)
+                            .await;
+                        return Ok(None);
+                    }
+                    (e, Some(_)) => return Err(e),
+                },
+            }
+        }
+        let updated = self
+            .store
+            .update_music(music, |m| {
+                if m.incarnation != incarnation || m.parts >= to {
+                    return false;
+                }
+                m.parts = to;
+                m.updated_ms = now_ms();
+                true
+            })
+            .await?;
+        let Some(record) = updated.filter(|r| r.incarnation == incarnation) else {
+            // Deleted, or reset and uploaded again, while the parts were made: a deletion that
+            // listed the song's objects before they were stored did not see them.
+            self.delete_parts(music, incarnation, &stems, from..to)
+                .await;
+            return Ok(None);
+        };
+        tracing::debug!(%music, from, to, ms = started.elapsed().as_millis() as u64, "parts made");
+        // Stems `k` are read again only by part `k + 1`: every segment's stems before the last
+        // part made go, and the last one's too once it ends the song.
+        let needed_from = if to >= plan.count() { to } else { to - 1 };
+        for index in from.saturating_sub(1)..needed_from {
+            let name = objects::segment_stems(music, incarnation, index);
+            let _ = self.store.delete_object(&name).await;
+        }
+        Ok(Some((record, true)))
+    }
+
+    /// Parts the song's record counts now; `None` when the song is gone or lives another life
+    /// (a record that cannot be read counts as there, with no parts).
+    async fn parts_made(&self, music: MusicId, incarnation: Incarnation) -> Option<u32> {
+        match self.store.music(music).await {
+            Ok(Some(r)) if r.incarnation == incarnation => Some(r.parts),
+            Ok(_) => None,
+            Err(_) => Some(0),
+        }
+    }
+
+    /// Deletes the parts of segments `indices` of one life of a song, of every stem in `stems`.
+    async fn delete_parts(
+        &self,
+        music: MusicId,
+        incarnation: Incarnation,
+        stems: &[String],
+        indices: std::ops::Range<u32>,
+    ) {
+        for index in indices {
+            for stem in stems {
+                let name = objects::part(music, incarnation, stem, index);
+                let _ = self.store.delete_object(&name).await;
+            }
+        }
+    }
+
+    /// Blends segment `index` with the one before (`previous`, when the caller holds its
+    /// samples from the part before, else fetched) and stores the finished stretch of every
+    /// stem as its part. Returns the segment's samples, which the next part needs.
+    async fn make_part(
+        &self,
+        record: &MusicRecord,
+        plan: SegmentPlan,
+        stems: &[String],
+        index: u32,
+        previous: Option<Samples>,
+    ) -> Result<Samples, MixError> {
+        let (music, incarnation) = (record.music_id, record.incarnation);
+        let seg = |k: u32| plan.segment(k).ok_or(MixError::NoPlan);
+        let lanes = 2 * stems.len();
+        let current = load_stems(&self.store, music, incarnation, seg(index)?);
+        let previous = async {
+            match previous {
+                Some(samples) => Ok(Some(samples)),
+                None if index == 0 => Ok(None),
+                None => {
+                    let stems =
+                        load_stems(&self.store, music, incarnation, seg(index - 1)?).await?;
+                    blocking(move || stems.samples(lanes)).await.map(Some)
+                }
+            }
+        };
+        let (current, previous) = tokio::try_join!(current, previous)?;
+        let (parts, current) = blocking(move || {
+            let now = current.samples(lanes)?;
+            let before = match &previous {
+                Some(p) => lane_views(&p.samples, p.seg.len, lanes),
+                None => Vec::new(),
+            };
+            let mut blender = Blender::resume(plan, lanes, index, &before);
+            let (finished, _) = blender.push(index, &lane_views(&now.samples, now.seg.len, lanes));
+            let parts: Vec<Vec<u8>> = finished
+                .chunks_exact(2)
+                .map(|stereo| objects::pack(&interleave(&stereo[0], &stereo[1])))
+                .collect();
+            Ok((parts, now))
+        })
+        .await?;
+        let puts = stems.iter().zip(parts).map(|(stem, bytes)| {
+            let name = objects::part(music, incarnation, stem, index);
+            let store = self.store.clone();
+            async move { store.put_object(&name, &bytes).await }
+        });
+        futures::future::try_join_all(puts).await?;
+        Ok(current)
+    }
+
     /// Whether the song's tracks of `done`'s life are ready now (another delivery assembled them).
     async fn assembled_elsewhere(&self, done: &SegmentDone) -> bool {
         matches!(
@@ -134,7 +302,7 @@ impl Assembler {
         )
     }
 
-    /// Blends every segment into one track per stem, stores the tracks and marks them ready;
+    /// Joins every segment's parts into one track per stem, stores the tracks and marks them ready;
     /// `None` when the song was deleted or reset meanwhile (what this life of it left is
     /// deleted then).
     async fn assemble(&self, record: MusicRecord) -> Result<Option<Assembled>, MixError> {
@@ -142,15 +310,15 @@ impl Assembler {
         let plan = record.plan.ok_or(MixError::NoPlan)?;
         let started = Instant::now();
         let spool = self.spool.tempdir().map_err(MixError::Spool)?;
-        let paths = self.blend_to_files(&record, plan, spool.path()).await?;
-        let blended = started.elapsed();
+        let paths = self.join_parts(&record, plan, spool.path()).await?;
+        let joined = started.elapsed();
         let names: Vec<String> = record
             .tracks
             .iter()
             .map(|t| objects::track(music, incarnation, &t.name))
             .collect();
         self.store_tracks(&names, &paths).await?;
-        let stored = started.elapsed() - blended;
+        let stored = started.elapsed() - joined;
         let updated = self.mark_tracks_ready(&record).await?;
         let current = updated.filter(|r| r.incarnation == incarnation);
         let Some(record) = current else {
@@ -159,14 +327,15 @@ impl Assembler {
             for name in &names {
                 let _ = self.store.delete_object(name).await;
             }
-            self.delete_segments(music, incarnation, plan).await;
+            let stems: Vec<String> = record_stems(&record);
+            self.delete_segments(music, incarnation, plan, &stems).await;
             return Ok(None);
         };
         tracing::info!(
             %music,
             stems = paths.len(),
             frames = plan.frames,
-            blend_ms = blended.as_millis() as u64,
+            join_ms = joined.as_millis() as u64,
             store_ms = stored.as_millis() as u64,
             "stems assembled"
         );
@@ -209,8 +378,9 @@ impl Assembler {
             .await;
         // Nothing reads the segments any more; their deletion (a round trip or two each)
         // need not hold the mixes back.
+        let stems = record_stems(&record);
         let (_, mixed) = tokio::join!(
-            self.delete_segments(music, incarnation, plan),
+            self.delete_segments(music, incarnation, plan, &stems),
             self.mixdown.make_pending(&record)
         );
         mixed
@@ -231,37 +401,46 @@ impl Assembler {
         Ok(())
     }
 
-    /// Blends the song's segments in offset order into one float WAV per stem in `dir`. The
-    /// blending and writing run on a blocking thread, a segment at a time, while the next
-    /// [`STEMS_AHEAD`] segments' stems are fetched: an hour-long song is minutes of arithmetic
-    /// and gigabytes of writes, and the executor must stay free for the in-progress acks
-    /// meanwhile.
-    async fn blend_to_files(
+    /// Joins the song's parts in offset order into one float WAV per stem in `dir`. The
+    /// decompressing and writing run on a blocking thread, a segment at a time, while the next
+    /// [`PARTS_AHEAD`] segments' parts are fetched: an hour-long song is gigabytes of writes,
+    /// and the executor must stay free for the in-progress acks meanwhile.
+    async fn join_parts(
         &self,
         record: &MusicRecord,
         plan: SegmentPlan,
         dir: &Path,
     ) -> Result<Vec<PathBuf>, MixError> {
-        let lanes = 2 * record.tracks.len();
         let paths: Vec<PathBuf> = (0..record.tracks.len())
             .map(|s| dir.join(format!("{s}.wav")))
             .collect();
         let create = paths.clone();
-        let mut tracks = blocking(move || TrackBlend::create(&create, plan, lanes)).await?;
+        let mut tracks = blocking(move || TrackFiles::create(&create, plan)).await?;
         let (music, incarnation) = (record.music_id, record.incarnation);
-        let mut loads = plan.segments().map(|seg| {
-            let store = self.store.clone();
+        let stems: Vec<String> = record.tracks.iter().map(|t| t.name.clone()).collect();
+        let mut loads = (0..plan.count()).map(|index| {
+            let (store, stems) = (self.store.clone(), stems.clone());
             // Aborted when dropped: a failed assembly stops fetching.
             AbortOnDropHandle::new(tokio::spawn(async move {
-                load_stems(&store, music, incarnation, seg).await
+                let gets = stems.iter().map(|stem| {
+                    let name = objects::part(music, incarnation, stem, index);
+                    let store = store.clone();
+                    async move {
+                        match store.get_object(&name).await? {
+                            Some(bytes) => Ok((name, bytes)),
+                            None => Err(MixError::PartMissing(name)),
+                        }
+                    }
+                });
+                futures::future::try_join_all(gets).await
             }))
         });
-        let mut ahead: VecDeque<_> = loads.by_ref().take(STEMS_AHEAD).collect();
+        let mut ahead: VecDeque<_> = loads.by_ref().take(PARTS_AHEAD).collect();
         while let Some(load) = ahead.pop_front() {
             ahead.extend(loads.next());
-            let stems = load.await.map_err(MixError::Task)??;
+            let parts = load.await.map_err(MixError::Task)??;
             tracks = blocking(move || {
-                tracks.push(&stems)?;
+                tracks.append(&parts)?;
                 Ok(tracks)
             })
             .await?;
@@ -298,12 +477,20 @@ impl Assembler {
         Ok(updated)
     }
 
-    /// Deletes the segment inputs and stems of one life of a song: the tracks hold everything
-    /// now (or the song is gone).
-    async fn delete_segments(&self, music: MusicId, incarnation: Incarnation, plan: SegmentPlan) {
+    /// Deletes the segment inputs, stems and parts of one life of a song: the tracks hold
+    /// everything now (or the song is gone). `stems` names the song's stems.
+    async fn delete_segments(
+        &self,
+        music: MusicId,
+        incarnation: Incarnation,
+        plan: SegmentPlan,
+        stems: &[String],
+    ) {
         for seg in plan.segments() {
             self.delete_segment(music, incarnation, seg.index).await;
         }
+        self.delete_parts(music, incarnation, stems, 0..plan.count())
+            .await;
     }
 
     /// Deletes segment `index`'s input and stems of one life of a song.
@@ -329,12 +516,20 @@ struct Assembled {
     spool: SpoolDir,
 }
 
-/// Segments whose stems are fetched ahead of the blend: each fetch is a round trip per chunk
-/// (about 20 for the default model's segments), so several at once keep the blend fed; at
-/// most this many segments' stems (11 MB each for the default model) wait in memory.
-const STEMS_AHEAD: usize = 4;
+/// Segments whose parts are fetched ahead of the join: each fetch is a round trip per chunk,
+/// so several at once keep the writes fed; at most this many segments' parts (8.3 MB each for
+/// the default model's 4 stems, compressed a little) wait in memory.
+const PARTS_AHEAD: usize = 4;
 
-/// Segment `seg`'s stems object, as stored (unpacked and checked by [`TrackBlend::push`]).
+/// Songs whose parts this process is making: one [`Assembler::make_parts`] per song at a time.
+static ASSEMBLING: Turns = Turns::new();
+
+/// The names of a song's stems, in track order (the parts' and tracks' names use them).
+fn record_stems(record: &MusicRecord) -> Vec<String> {
+    record.tracks.iter().map(|t| t.name.clone()).collect()
+}
+
+/// Segment `seg`'s stems object, as stored (unpacked and checked by [`Stems::unpack`]).
 async fn load_stems(
     store: &Store,
     music: MusicId,
@@ -357,24 +552,20 @@ async fn blocking<T: Send + 'static>(
         .map_err(MixError::Task)?
 }
 
-/// A song's tracks being blended: the blender and one spooled float WAV file per stem. Its
-/// methods block (arithmetic and file writes): call them through [`blocking`].
-struct TrackBlend {
-    blender: Blender,
+/// A song's tracks being joined: one spooled float WAV file per stem. Its methods block (file
+/// writes): call them through [`blocking`].
+struct TrackFiles {
     files: Vec<BufWriter<File>>,
-    lanes: usize,
     /// Frames the tracks hold once complete (their headers say so from the start).
     frames: u64,
     /// Frames written so far.
     written: u64,
-    /// One stem's interleaved bytes, reused from segment to segment.
-    interleaved: Vec<u8>,
 }
 
-impl TrackBlend {
-    /// Creates the track files `paths` (one per stem, `lanes / 2` of them), each with the
-    /// header [`hound::WavWriter`] would end with: the song's length is known from its plan.
-    fn create(paths: &[PathBuf], plan: SegmentPlan, lanes: usize) -> Result<Self, MixError> {
+impl TrackFiles {
+    /// Creates the track files `paths` (one per stem), each with the header
+    /// [`hound::WavWriter`] would end with: the song's length is known from its plan.
+    fn create(paths: &[PathBuf], plan: SegmentPlan) -> Result<Self, MixError> {
         let header = wav_header(2 * plan.frames).map_err(MixError::Wav)?;
         let files = paths
             .iter()
@@ -385,36 +576,29 @@ impl TrackBlend {
             })
             .collect::<std::io::Result<Vec<_>>>()
             .map_err(MixError::Spool)?;
-        Ok(TrackBlend {
-            blender: Blender::new(plan, lanes),
+        Ok(TrackFiles {
             files,
-            lanes,
             frames: plan.frames,
             written: 0,
-            interleaved: Vec::new(),
         })
     }
 
-    /// Blends the next segment's stems and appends what is finished to the tracks: lanes `2s`
-    /// and `2s + 1` are stem `s`'s left and right channels, interleaved as little-endian f32.
-    fn push(&mut self, stems: &Stems) -> Result<(), MixError> {
-        let samples = stems.unpack(self.lanes)?;
-        let views: Vec<&[f32]> = match stems.seg.len as usize {
-            0 => vec![&[]; self.lanes],
-            n => samples.chunks_exact(n).collect(),
-        };
-        let (finished, _) = self.blender.push(stems.seg.index, &views);
-        let frames = finished.first().map_or(0, Vec::len);
-        for (file, stereo) in self.files.iter_mut().zip(finished.chunks_exact(2)) {
-            let [left, right] = stereo else { continue };
-            self.interleaved.resize(8 * frames, 0);
-            for ((bytes, l), r) in self.interleaved.chunks_exact_mut(8).zip(left).zip(right) {
-                bytes[..4].copy_from_slice(&l.to_le_bytes());
-                bytes[4..].copy_from_slice(&r.to_le_bytes());
+    /// Appends one segment's parts, `(name, packed bytes)` of every stem in track order.
+    fn append(&mut self, parts: &[(String, Vec<u8>)]) -> Result<(), MixError> {
+        let mut frames = None;
+        for (file, (name, packed)) in self.files.iter_mut().zip(parts) {
+            let bytes = objects::unpack_bytes(packed).map_err(|source| MixError::PartCorrupt {
+                name: name.clone(),
+                source,
+            })?;
+            let n = bytes.len() / 8;
+            if bytes.len() % 8 != 0 || frames.is_some_and(|f| f != n) {
+                return Err(MixError::PartLength(name.clone()));
             }
-            file.write_all(&self.interleaved).map_err(MixError::Spool)?;
+            frames = Some(n);
+            file.write_all(&bytes).map_err(MixError::Spool)?;
         }
-        self.written += frames as u64;
+        self.written += frames.unwrap_or(0) as u64;
         Ok(())
     }
 
@@ -422,7 +606,7 @@ impl TrackBlend {
     fn finish(self) -> Result<(), MixError> {
         if self.written != self.frames {
             return Err(MixError::Wav(hound::Error::FormatError(
-                "the blended tracks are not the song's length",
+                "the joined tracks are not the song's length",
             )));
         }
         for mut file in self.files {
@@ -432,8 +616,34 @@ impl TrackBlend {
     }
 }
 
+/// A segment's stems as `lanes` planar lanes of `len` samples each (`samples` is them one
+/// after another, as [`Stems::unpack`] gives them).
+fn lane_views(samples: &[f32], len: u32, lanes: usize) -> Vec<&[f32]> {
+    match len as usize {
+        0 => vec![&[]; lanes],
+        n => samples.chunks_exact(n).collect(),
+    }
+}
+
+/// One stem's left and right channels as interleaved little-endian f32 bytes: a float WAV's
+/// data.
+fn interleave(left: &[f32], right: &[f32]) -> Vec<u8> {
+    let mut bytes = vec![0u8; 8 * left.len().min(right.len())];
+    for ((out, l), r) in bytes.chunks_exact_mut(8).zip(left).zip(right) {
+        out[..4].copy_from_slice(&l.to_le_bytes());
+        out[4..].copy_from_slice(&r.to_le_bytes());
+    }
+    bytes
+}
+
 /// Write buffer of each track file: a few segments' worth of writes at once.
 const TRACK_WRITE_BYTES: usize = 1024 * 1024;
+
+/// A segment's stems, unpacked: `lanes` planar lanes of the segment's length, one after another.
+struct Samples {
+    seg: Segment,
+    samples: Vec<f32>,
+}
 
 /// A segment's stems object, as fetched.
 struct Stems {
@@ -443,6 +653,14 @@ struct Stems {
 }
 
 impl Stems {
+    /// The stems unpacked and checked (see [`Stems::unpack`]).
+    fn samples(&self, lanes: usize) -> Result<Samples, MixError> {
+        Ok(Samples {
+            seg: self.seg,
+            samples: self.unpack(lanes)?,
+        })
+    }
+
     /// The stems as `lanes` planar lanes of the segment's length, one after another.
     fn unpack(&self, lanes: usize) -> Result<Vec<f32>, MixError> {
         let samples =

@@ -52,6 +52,21 @@ pub enum MixError {
         /// The segment's length.
         expected: u32,
     },
+    /// A segment's part of a stem is not in the object store.
+    #[error("part {0} missing")]
+    PartMissing(String),
+    /// A part is not packed f32 samples.
+    #[error("reading part {name}")]
+    PartCorrupt {
+        /// Object name.
+        name: String,
+        /// Why it cannot be read.
+        #[source]
+        source: dme_protocol::DecodeError,
+    },
+    /// A segment's parts are not whole stereo samples, or not all of one length.
+    #[error("part {0} does not match the other stems' parts")]
+    PartLength(String),
     /// An assembled track is not in the object store.
     #[error("track {0} missing")]
     TrackMissing(String),

@@ -4,22 +4,26 @@
 //! Consumes: [`subjects::WORK_SEPARATED`] (durable consumer
 //! [`streams::MIXER_ASSEMBLE_CONSUMER`]) and [`subjects::WORK_MIX`] (durable consumer
 //! [`streams::MIXER_MIX_CONSUMER`]), the segment stems in the object store.
-//! Produces: each song's progress on its record (and a progress event per change), one float WAV
-//! per stem ([`objects::track`]) once every segment is in, and one float WAV per selection
+//! Produces: each song's progress on its record (and a progress event per change), each
+//! segment's finished part of every stem ([`objects::part`]) as soon as every segment up to it
+//! is in, one float WAV per stem ([`objects::track`]) once every part is in, and one float WAV
+//! per selection
 //! ([`objects::mix`]); a song failed with the reason when one of its work items ran out of
 //! deliveries without a verdict (`watchdog`, fed by [`streams::ADVISORY_STREAM`] through the
 //! durable consumer [`streams::MIXER_ADVISORY_CONSUMER`], so an advisory published while no
 //! mixer runs is handled when one starts).
 //! Guarantees: idempotent: a segment reported twice counts once, in whatever order segments
-//! arrive; assembly blends segments in offset order with demucs' triangular weights
-//! ([`dme_segment::Blender`]), holding only two segments in memory, so a song separated by many
-//! workers equals the single-process result; an event is acked only after its effect is stored,
+//! arrive; each part blends its segment with the one before with demucs' triangular weights
+//! ([`dme_segment::Blender::resume`]), holding only two segments in memory, so a song separated
+//! by many workers equals the single-process result; an event is acked only after its effect is stored,
 //! so a mixer killed mid-assembly is replaced by a redelivery that assembles again.
 //!
 //! # Layout
 //! - `config`: [`MixerConfig`]. `error`: [`MixerError`] (start-up), [`MixError`] (a message).
 //! - this file: the [`Mixer`] service.
-//! - `assemble`: the handler of separated segments; assembles a song's tracks.
+//! - `assemble`: the handler of separated segments; makes a song's parts and joins them into
+//!   its tracks.
+//! - `turns`: one piece of work per song at a time in this process.
 //! - `mixdown`: the handler of mix requests; sums selected tracks.
 //! - `track_cache`: the tracks of recent songs kept decompressed in the spool folder, bounded
 //!   (`DME_MIXER_TRACK_CACHE_MB`), so a re-mix downloads nothing.
@@ -36,6 +40,7 @@ mod error;
 mod mixdown;
 mod reconcile;
 mod track_cache;
+mod turns;
 mod watchdog;
 
 use std::sync::Arc;

@@ -2,19 +2,18 @@
 //! so memory stays bounded whatever the song's length. The tracks are read from the mixer's
 //! [`TrackCache`] (downloaded into it when they are not there), so a re-mix downloads nothing.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, Seek, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use dme_protocol::messages::{MixRequest, ProgressEvent};
 use dme_protocol::records::{MixRecord, MusicRecord, MusicState};
-use dme_protocol::{now_ms, objects, MusicId};
+use dme_protocol::{now_ms, objects};
 use dme_storage::work::{Delivery, Handler};
 use dme_storage::Store;
 use tokio::io::AsyncWriteExt;
@@ -22,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio_util::io::StreamReader;
 
 use crate::track_cache::TrackCache;
+use crate::turns::Turns;
 use crate::{wav_header, MixError};
 
 /// The handler of [`dme_protocol::subjects::WORK_MIX`]; the assembler also uses it for the
@@ -57,7 +57,7 @@ impl Mixdown {
     /// when its turn comes: two requests at once (clients posting the same selection, a request
     /// beside the assembler) would otherwise both find a selection unmixed and render it twice.
     pub(crate) async fn make_pending(&self, record: &MusicRecord) -> Result<(), MixError> {
-        let _turn = MixTurn::wait(record.music_id).await;
+        let _turn = MIXING.wait(record.music_id).await;
         let current = self.store.music(record.music_id).await?;
         let Some(record) = current.filter(|r| r.incarnation == record.incarnation) else {
             return Ok(()); // deleted, or reset and uploaded again, meanwhile
@@ -237,45 +237,9 @@ impl Mixdown {
     }
 }
 
-/// Songs whose selections this process is mixing, each with the lock its requests queue on.
-static MIXING: LazyLock<Mutex<HashMap<MusicId, Arc<tokio::sync::Mutex<()>>>>> =
-    LazyLock::new(Mutex::default);
-
-/// A song's turn to mix ([`Mixdown::make_pending`]); the song leaves [`MIXING`] with the last.
-struct MixTurn {
-    music: MusicId,
-    _turn: tokio::sync::OwnedMutexGuard<()>,
-}
-
-impl MixTurn {
-    async fn wait(music: MusicId) -> MixTurn {
-        let lock = MIXING
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .entry(music)
-            .or_default()
-            .clone();
-        MixTurn {
-            music,
-            _turn: lock.lock_owned().await,
-        }
-    }
-}
-
-impl Drop for MixTurn {
-    fn drop(&mut self) {
-        let mut mixing = MIXING
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        // Held by the map and by this turn only: nobody is queued behind it.
-        if mixing
-            .get(&self.music)
-            .is_some_and(|lock| Arc::strong_count(lock) == 2)
-        {
-            mixing.remove(&self.music);
-        }
-    }
-}
+/// Songs whose selections this process is mixing: one [`Mixdown::make_pending`] per song at
+/// a time.
+static MIXING: Turns = Turns::new();
 
 /// Peak a mix is scaled down to when its sum would clip: −0.09 dBFS, a little headroom below
 /// full scale so that converting it to 16-bit WAV or FLAC never clips either.

@@ -244,6 +244,7 @@ mod tests {
             error: None,
             plan: None,
             separated: Vec::new(),
+            parts: 0,
             tracks_ready: false,
             mixes: Vec::new(),
             incarnation: Incarnation(1),

@@ -291,6 +291,7 @@ impl Cutter {
                 }
                 m.plan = Some(plan);
                 m.separated = vec![false; plan.count() as usize];
+                m.parts = 0;
                 m.state = MusicState::Separating;
                 m.model = model.fingerprint.clone();
                 m.tracks = tracks.clone();

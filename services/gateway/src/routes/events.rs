@@ -337,6 +337,9 @@ pub(crate) struct EventData<'a> {
     segments: u32,
     /// Segments separated.
     segments_done: u32,
+    /// Seconds from the song's start that every stem can be played already, as
+    /// `GET /music/{music_id}`.
+    ready_s: f64,
     /// A link per stem once the stems are assembled.
     instruments: Vec<Instrument>,
     /// The link to the latest selection's mix, once it is mixed.
@@ -387,6 +390,7 @@ impl<'a> EventData<'a> {
             error,
             segments: e.segments,
             segments_done: e.segments_done,
+            ready_s: super::music::ready_seconds(e.ready_frames),
             instruments,
             final_mix: e.final_mix().map(|m| mix_link(&m.key)),
             selection: e.mixes.last().map(|m| m.tracks.as_slice()),

@@ -20,8 +20,8 @@ use actix_web::http::header::{
 use actix_web::http::Method;
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder, ResponseError};
-use dme_audio::Format;
-use dme_protocol::records::{MusicRecord, TrackRecord};
+use dme_audio::{Format, MODEL_SAMPLE_RATE};
+use dme_protocol::records::{MusicRecord, MusicState, TrackRecord};
 use dme_protocol::{objects, TrackId};
 use futures::{Stream, StreamExt, TryStreamExt};
 use serde::Deserialize;
@@ -71,6 +71,24 @@ pub(super) async fn ready_track(
     state: &AppState,
     path: &(String, String),
 ) -> Result<(MusicRecord, TrackRecord), ApiError> {
+    let (record, track) = song_track(state, path).await?;
+    let track_id = track.track_id;
+    if !record.tracks_ready {
+        return Err(ApiError::NotFound(format!(
+            "track {track_id} is not separated yet"
+        )));
+    }
+    Ok((record, track))
+}
+
+/// The song and its track named by the path (`{music_id}`, `{track_id}`), ready or not.
+///
+/// # Errors
+/// 400 for a malformed id, 404 for an unknown song or track.
+async fn song_track(
+    state: &AppState,
+    path: &(String, String),
+) -> Result<(MusicRecord, TrackRecord), ApiError> {
     let record = load_music(state, &path.0).await?;
     let track_id: TrackId = parse_id(&path.1, "track id")?;
     let track = record
@@ -81,11 +99,6 @@ pub(super) async fn ready_track(
         .ok_or_else(|| {
             ApiError::NotFound(format!("song {} has no track {track_id}", record.music_id))
         })?;
-    if !record.tracks_ready {
-        return Err(ApiError::NotFound(format!(
-            "track {track_id} is not separated yet"
-        )));
-    }
     Ok((record, track))
 }
 
@@ -148,6 +161,142 @@ pub async fn track(
     let object = objects::track(record.music_id, record.incarnation, &track.name);
     let disposition = attachment(&record.name, &[track.name.as_str()], format);
     serve(&req, &state, &object, format, disposition).await
+}
+
+/// `GET|HEAD /music/{id}/track/{track_id}/prefix?format=`: as much of one stem, from the
+/// song's start, as is separated: while the song separates, a WAV of the stem's finished
+/// parts so far (`Dme-Ready-Seconds` says how long it is, `Dme-Complete: false`, never cached);
+/// once the stems are assembled, the whole stem as `GET /music/{id}/track/{track_id}` serves
+/// it (`Dme-Complete: true`). A player polls it as `ready_s` grows.
+#[utoipa::path(
+    method(get, head),
+    path = "/music/{music_id}/track/{track_id}/prefix",
+    tag = "music",
+    operation_id = "track_prefix",
+    params(
+        ("music_id" = u64, Path, description = "The song's id"),
+        ("track_id" = u64, Path, description = "The track's id"),
+        PrefixFormatQuery,
+    ),
+    responses(
+        (status = 200, description = "The stem from the song's start up to `Dme-Ready-Seconds` \
+            (no body for `HEAD`)",
+            content((AudioBytes = "audio/wav")),
+            headers(
+                ("Dme-Ready-Seconds" = String, description = "Seconds of audio in the file"),
+                ("Dme-Complete" = String, description = "`true` once it is the whole stem, \
+                    else `false`"),
+            )),
+        (status = 400, description = "A malformed id, or a format other than `wav` and \
+            `wav32f`", body = ErrorBody),
+        (status = 404, description = "No such song or track, or nothing of it separated yet",
+            body = ErrorBody),
+        (status = 503, description = "NATS is away", body = ErrorBody),
+    ),
+)]
+pub async fn prefix(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    query: web::Query<PrefixFormatQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let format = match &query.format {
+        None => Format::Wav16,
+        Some(f) => Format::parse(f)
+            .filter(|f| matches!(f, Format::Wav16 | Format::Wav32f))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "format `{f}` cannot be served while the stem grows: use wav or wav32f"
+                ))
+            })?,
+    };
+    let (record, track) = song_track(&state, &path).await?;
+    let frames = record.ready_frames();
+    let seconds = super::music::ready_seconds(frames).to_string();
+    if record.tracks_ready {
+        let object = objects::track(record.music_id, record.incarnation, &track.name);
+        let disposition = attachment(&record.name, &[track.name.as_str()], format);
+        let mut answer = serve(&req, &state, &object, format, disposition).await?;
+        let headers = answer.headers_mut();
+        let value = header::HeaderValue::from_str(&seconds).expect("digits and a point");
+        headers.insert(header::HeaderName::from_static(READY_SECONDS), value);
+        headers.insert(
+            header::HeaderName::from_static(COMPLETE),
+            header::HeaderValue::from_static("true"),
+        );
+        return Ok(answer);
+    }
+    if frames == 0 || record.state == MusicState::Failed {
+        return Err(ApiError::NotFound(format!(
+            "nothing of track {} is separated yet (`ready_s` of the song says how much is)",
+            track.track_id
+        )));
+    }
+    let header_bytes = dme_audio::wav_stream_header(format, MODEL_SAMPLE_RATE, frames)
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    let bytes_per_frame = match format {
+        Format::Wav32f => 8,
+        _ => 4,
+    };
+    let len = header_bytes.len() as u64 + frames * bytes_per_frame;
+    let mut answer = HttpResponse::Ok();
+    answer
+        .content_type(format.content_type())
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header((READY_SECONDS, seconds.clone()))
+        .insert_header((COMPLETE, "false"))
+        .insert_header(attachment(
+            &record.name,
+            &[&format!("{} (first {seconds} s)", track.name)],
+            format,
+        ));
+    if req.method() == Method::HEAD {
+        return Ok(body(answer, len, futures::stream::empty()));
+    }
+    let (store, music, incarnation) = (state.store.clone(), record.music_id, record.incarnation);
+    let stem = track.name.clone();
+    let parts = futures::stream::iter(0..record.parts)
+        .map(move |index| {
+            let (store, name) = (
+                store.clone(),
+                objects::part(music, incarnation, &stem, index),
+            );
+            async move {
+                let packed = store
+                    .get_object(&name)
+                    .await
+                    .map_err(io::Error::other)?
+                    .ok_or_else(|| {
+                        io::Error::new(io::ErrorKind::NotFound, format!("{name} is gone"))
+                    })?;
+                let data = objects::unpack_bytes(&packed).map_err(io::Error::other)?;
+                let data = dme_audio::wav_data(format, data).map_err(io::Error::other)?;
+                Ok::<_, io::Error>(Bytes::from(data))
+            }
+        })
+        .buffered(PARTS_AHEAD);
+    let stream = futures::stream::once(futures::future::ready(Ok(Bytes::from(header_bytes))))
+        .chain(parts)
+        .inspect_err(|e| tracing::debug!(error = %e, "a stem's prefix ended early"));
+    Ok(body(answer, len, stream))
+}
+
+/// `Dme-Ready-Seconds`: how much of a stem a prefix holds.
+const READY_SECONDS: &str = "dme-ready-seconds";
+
+/// `Dme-Complete`: whether a prefix is the whole stem.
+const COMPLETE: &str = "dme-complete";
+
+/// Parts of a prefix fetched ahead of the one being sent (each about 2 MB).
+const PARTS_AHEAD: usize = 2;
+
+/// `?format=` of a prefix.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PrefixFormatQuery {
+    /// `wav` (16-bit, the default) or `wav32f` (float, as separated); any case.
+    #[param(value_type = Option<String>)]
+    format: Option<String>,
 }
 
 /// `GET|HEAD /music/{id}/mix/{key}?format=`: the mix of a selection.

@@ -47,6 +47,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::head().to(files::track)),
     )
     .service(
+        resource("/music/{music_id}/track/{track_id}/prefix")
+            .route(web::get().to(files::prefix))
+            .route(web::head().to(files::prefix)),
+    )
+    .service(
         resource("/music/{music_id}/track/{track_id}/peaks")
             .route(web::get().to(peaks::track))
             .route(web::head().to(peaks::track)),

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 
 use actix_web::{web, HttpRequest, HttpResponse};
+use dme_audio::MODEL_SAMPLE_RATE;
 use dme_protocol::messages::{MixRequest, ProgressEvent};
 use dme_protocol::records::{Gain, MixRecord, ModelInfo, MusicRecord, MusicState, TrackRecord};
 use dme_protocol::{now_ms, objects, subjects, Incarnation, MusicId, TrackId};
@@ -152,6 +153,10 @@ pub(crate) struct Progress {
     segments: u32,
     /// Segments separated.
     segments_done: u32,
+    /// Seconds from the song's start that every stem can be played already:
+    /// `GET /music/{music_id}/track/{track_id}/prefix` serves them while the rest separates
+    /// (the whole song once the stems are assembled).
+    ready_s: f64,
     /// One track per stem.
     tracks: Vec<Track>,
     /// Its length in seconds.
@@ -301,6 +306,7 @@ pub(crate) async fn store(
         error: None,
         plan: None,
         separated: Vec::new(),
+        parts: 0,
         tracks_ready: false,
         mixes: Vec::new(),
         incarnation: Incarnation::fresh(),
@@ -438,6 +444,11 @@ pub async fn progress(
     Ok(HttpResponse::Ok().json(progress_of(&state, &path, &base).await?))
 }
 
+/// `frames` at the model's rate as seconds, to the millisecond (`ready_s`).
+pub(crate) fn ready_seconds(frames: u64) -> f64 {
+    (frames * 1000 / u64::from(MODEL_SAMPLE_RATE)) as f64 / 1000.0
+}
+
 /// The song whose id is `raw` as `GET /music/{id}` answers, its links under `base`.
 ///
 /// # Errors
@@ -490,6 +501,7 @@ pub(crate) async fn progress_of(
         gains_db: latest.map(MixRecord::gains_db),
         segments: record.separated.len() as u32,
         segments_done: record.segments_done(),
+        ready_s: ready_seconds(record.ready_frames()),
         tracks: Music::from(&record).tracks,
         duration_s: record.duration_s,
     };

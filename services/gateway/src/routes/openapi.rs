@@ -66,6 +66,7 @@ const DOCS_CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self
         events::song,
         events::all,
         files::track,
+        files::prefix,
         peaks::track,
         files::mix,
         jobs::list,
