@@ -169,6 +169,11 @@ pub async fn htdemucs_group() -> Value {
     let lean_ratio = median(&lean.system_s) / median(&lean.reference_s);
     let arena_ratio = median(&arena.system_s) / median(&arena.reference_s);
     let target = format!("<= {TARGET}");
+    let split_first = super::first_audio_figures(
+        &split.first_audio_s,
+        split.inference_s,
+        "2 separators of 1 thread",
+    );
     let mut figures = vec![
         figure(
             "1 separator of 2 threads, no arena: upload to final mix downloaded (median)",
@@ -291,6 +296,7 @@ pub async fn htdemucs_group() -> Value {
         }
         Err(why) => format!(" The peer was not measured: {why}."),
     };
+    figures.extend(split_first);
     json!({
         "title": title,
         "command": "make bench-htdemucs (DME_BENCH_ONLY=htdemucs cargo bench -p dme --bench system)",
