@@ -594,10 +594,13 @@ async fn follow(
             return Ok((stems, mix, preview));
         }
         let ready_s = song["ready_s"].as_f64().unwrap_or(0.0);
-        if let (Some(preview), true) = (&mut preview, stems.is_empty()) {
-            preview
-                .write_when_ready(client, music_id, ready_s, bar)
-                .await?;
+        if let (Some(p), true) = (&mut preview, stems.is_empty()) {
+            // A preview is a courtesy: one that cannot be written (the song assembled under
+            // it, a network blip) is said, and the stems come all the same.
+            if let Err(e) = p.write_when_ready(client, music_id, ready_s, bar).await {
+                bar.step(&format!("preview not written: {e}"));
+                preview = None;
+            }
         }
         let percent = song["progress"].as_u64().unwrap_or(0).min(100) as u8;
         let (done, of) = (

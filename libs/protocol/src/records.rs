@@ -189,9 +189,10 @@ impl MusicRecord {
     }
 
     /// Samples per channel from the song's start that every stem holds finished: all of them
-    /// once the tracks are ready, else up to the offset of the first segment without a part.
+    /// once the tracks are ready, else up to the offset of the first segment without a part;
+    /// none for a failed song (it is separated again from the start when retried).
     pub fn ready_frames(&self) -> u64 {
-        let Some(plan) = self.plan else {
+        let Some(plan) = self.plan.filter(|_| self.state != MusicState::Failed) else {
             return 0;
         };
         if self.tracks_ready {

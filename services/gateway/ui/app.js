@@ -228,8 +228,8 @@ const REFILL_AHEAD_S = 15;
 
 /**
  * Fetches a lane's audio when there is more of it: the whole stem once it is assembled; while
- * the song separates, the part separated so far, again when that has doubled or the playhead
- * nears the end of what is loaded (so a song is fetched about twice at most).
+ * the song separates, the part separated so far (from the start each time), again when that
+ * has doubled or when the playhead nears the end of what is loaded and more is ready.
  */
 function refreshLane(song, view) {
   const data = song.data;
@@ -330,11 +330,14 @@ async function loadLane(song, view, whole) {
     $("transport").hidden = false;
     renderTransport();
   } catch (e) {
-    view.retryAt = Date.now() + 3000;
-    if (state.song === song) $("player-note").textContent = `Could not load ${view.name}: ${e.message}`;
-  } finally {
     view.loading = false;
+    // Tried again a little later, whatever events come meanwhile.
+    view.retryAt = Date.now() + 3000;
+    setTimeout(() => { view.retryAt = 0; refreshLane(song, view); }, 3000);
+    if (state.song === song) $("player-note").textContent = `Could not load ${view.name}: ${e.message}`;
+    return;
   }
+  view.loading = false;
   if (state.song !== song) return;
   renderPreview(song);
   // Events that came while it loaded may have made more of it ready.

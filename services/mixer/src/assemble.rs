@@ -99,7 +99,19 @@ impl Assembler {
         let mut record = record;
         let mut advanced = false;
         if !record.tracks_ready && record.state != MusicState::Failed {
-            match self.make_parts(record).await? {
+            let made = match self.make_parts(record.clone()).await {
+                Ok(made) => made,
+                Err(e) => {
+                    // The segment is counted: say so now, the parts come with the redelivery.
+                    if changed {
+                        self.store
+                            .publish_progress(&ProgressEvent::of(&record))
+                            .await;
+                    }
+                    return Err(e);
+                }
+            };
+            match made {
                 Some((now, more)) => (record, advanced) = (now, more),
                 // Deleted, or reset and uploaded again, meanwhile: this segment's leftovers
                 // go as a stale event's do (the parts made meanwhile went already).
@@ -170,6 +182,21 @@ impl Assembler {
         let stems: Vec<String> = record.tracks.iter().map(|t| t.name.clone()).collect();
         let mut previous = None;
         for index in from..to {
+            // Another mixer may be making this song's parts too: what it counted is skipped.
+            if index > from {
+                match self.parts_made(music, incarnation).await {
+                    Some(made) if made > index => {
+                        previous = None;
+                        continue;
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.delete_parts(music, incarnation, &stems, from..index)
+                            .await;
+                        return Ok(None);
+                    }
+                }
+            }
             match self
                 .make_part(&record, plan, &stems, index, previous.take())
                 .await
@@ -235,12 +262,7 @@ impl Assembler {
         stems: &[String],
         indices: std::ops::Range<u32>,
     ) {
-        for index in indices {
-            for stem in stems {
-                let name = objects::part(music, incarnation, stem, index);
-                let _ = self.store.delete_object(&name).await;
-            }
-        }
+        delete_parts(&self.store, music, incarnation, stems, indices).await;
     }
 
     /// Blends segment `index` with the one before (`previous`, when the caller holds its
@@ -288,9 +310,13 @@ impl Assembler {
         let puts = stems.iter().zip(parts).map(|(stem, bytes)| {
             let name = objects::part(music, incarnation, stem, index);
             let store = self.store.clone();
-            async move { store.put_object(&name, &bytes).await }
+            tokio::spawn(async move { store.put_object(&name, &bytes).await })
         });
-        futures::future::try_join_all(puts).await?;
+        // Every put ends before this returns (one that failed leaves none half-stored beside
+        // it): a retry must not race a put still running.
+        for put in futures::future::join_all(puts).await {
+            put.map_err(MixError::Task)??;
+        }
         Ok(current)
     }
 
@@ -379,10 +405,20 @@ impl Assembler {
         // Nothing reads the segments any more; their deletion (a round trip or two each)
         // need not hold the mixes back.
         let stems = record_stems(&record);
-        let (_, mixed) = tokio::join!(
-            self.delete_segments(music, incarnation, plan, &stems),
-            self.mixdown.make_pending(&record)
-        );
+        let segments = async {
+            for seg in plan.segments() {
+                self.delete_segment(music, incarnation, seg.index).await;
+            }
+        };
+        // A prefix download that began before the tracks were ready may still be reading the
+        // parts: they go a while later. (A mixer stopped meanwhile leaves them to the song's
+        // deletion or reset.)
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(PARTS_GRACE).await;
+            delete_parts(&store, music, incarnation, &stems, 0..plan.count()).await;
+        });
+        let (_, mixed) = tokio::join!(segments, self.mixdown.make_pending(&record));
         mixed
     }
 
@@ -520,6 +556,27 @@ struct Assembled {
 /// so several at once keep the writes fed; at most this many segments' parts (8.3 MB each for
 /// the default model's 4 stems, compressed a little) wait in memory.
 const PARTS_AHEAD: usize = 4;
+
+/// How long a song's parts outlive its assembled tracks: prefix downloads that began before
+/// the tracks were ready read them to the end.
+const PARTS_GRACE: Duration = Duration::from_secs(60);
+
+/// Deletes the parts of segments `indices` of one life of a song, of every stem in `stems`.
+async fn delete_parts(
+    store: &Store,
+    music: MusicId,
+    incarnation: Incarnation,
+    stems: &[String],
+    indices: std::ops::Range<u32>,
+) {
+    for index in indices {
+        for stem in stems {
+            let _ = store
+                .delete_object(&objects::part(music, incarnation, stem, index))
+                .await;
+        }
+    }
+}
 
 /// Songs whose parts this process is making: one [`Assembler::make_parts`] per song at a time.
 static ASSEMBLING: Turns = Turns::new();
