@@ -122,8 +122,9 @@ impl Assembler {
                 }
             }
         }
-        // One event for the segment and the parts it finished.
-        if changed || advanced {
+        // One event for the segment and the parts it finished (published by `make_parts`, in
+        // the song's turn, when parts were made).
+        if changed && !advanced {
             self.store
                 .publish_progress(&ProgressEvent::of(&record))
                 .await;
@@ -234,6 +235,11 @@ impl Assembler {
             return Ok(None);
         };
         tracing::debug!(%music, from, to, ms = started.elapsed().as_millis() as u64, "parts made");
+        // Still in the song's turn: the handler that makes the last parts and assembles the
+        // tracks waits for it, so this event never lands after the tracks' own.
+        self.store
+            .publish_progress(&ProgressEvent::of(&record))
+            .await;
         // Stems `k` are read again only by part `k + 1`: every segment's stems before the last
         // part made go, and the last one's too once it ends the song.
         let needed_from = if to >= plan.count() { to } else { to - 1 };
