@@ -180,7 +180,7 @@ impl Assembler {
             return Ok(Some((record, false)));
         }
         let started = Instant::now();
-        let stems: Vec<String> = record.tracks.iter().map(|t| t.name.clone()).collect();
+        let stems = record_stems(&record);
         let mut previous = None;
         for index in from..to {
             // Another mixer may be making this song's parts too: what it counted is skipped.
@@ -359,7 +359,7 @@ impl Assembler {
             for name in &names {
                 let _ = self.store.delete_object(name).await;
             }
-            let stems: Vec<String> = record_stems(&record);
+            let stems = record_stems(&record);
             self.delete_segments(music, incarnation, plan, &stems).await;
             return Ok(None);
         };
@@ -459,7 +459,7 @@ impl Assembler {
         let create = paths.clone();
         let mut tracks = blocking(move || TrackFiles::create(&create, plan)).await?;
         let (music, incarnation) = (record.music_id, record.incarnation);
-        let stems: Vec<String> = record.tracks.iter().map(|t| t.name.clone()).collect();
+        let stems = record_stems(record);
         let mut loads = (0..plan.count()).map(|index| {
             let (store, stems) = (self.store.clone(), stems.clone());
             // Aborted when dropped: a failed assembly stops fetching.
