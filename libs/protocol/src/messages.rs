@@ -358,6 +358,20 @@ impl ProgressEvent {
         }
         EventKind::Progress
     }
+
+    /// Whether this event shows the song behind `previous` (its last event): of the same life,
+    /// yet not failed where `previous` was, without stems `previous` had ready, or with a mix
+    /// `previous` had ready not ready. A song never goes back within one life, so such an event
+    /// is a snapshot taken before `previous`'s and published after it.
+    pub fn is_behind(&self, previous: &ProgressEvent) -> bool {
+        if previous.incarnation != self.incarnation {
+            return false;
+        }
+        let unmixed = |key: &str| self.mixes.iter().any(|m| m.key == key && !m.ready);
+        (previous.state == MusicState::Failed && self.state != MusicState::Failed)
+            || (previous.tracks_ready && !self.tracks_ready)
+            || previous.mixes.iter().any(|m| m.ready && unmixed(&m.key))
+    }
 }
 
 #[cfg(test)]
@@ -509,6 +523,42 @@ mod tests {
         assert_eq!(retried.kind_after(Some(&done)), Mix);
         song.mixes.clear();
         assert_eq!(ProgressEvent::of(&song).kind_after(None), Stem);
+    }
+
+    #[test]
+    fn an_event_is_behind_a_later_one_of_the_same_life_only() {
+        let mut song = fresh_song();
+        song.state = MusicState::Separating;
+        song.separated = vec![true, false];
+        let separating = ProgressEvent::of(&song);
+        song.separated = vec![true, true];
+        let separated = ProgressEvent::of(&song);
+        // Segments counted out of order are not going back: both are told.
+        assert!(!separating.is_behind(&separated));
+        song.tracks_ready = true;
+        song.state = MusicState::Mixing;
+        song.mixes.push(MixRecord {
+            key: "0".into(),
+            tracks: Vec::new(),
+            gains: Vec::new(),
+            ready: false,
+        });
+        let stems = ProgressEvent::of(&song);
+        assert!(separated.is_behind(&stems));
+        assert!(!stems.is_behind(&separated));
+        song.mixes[0].ready = true;
+        song.state = MusicState::Done;
+        let mixed = ProgressEvent::of(&song);
+        assert!(stems.is_behind(&mixed));
+        assert!(!mixed.is_behind(&stems));
+        song.fail("gone wrong");
+        let failed = ProgressEvent::of(&song);
+        assert!(mixed.is_behind(&failed));
+        assert!(!failed.is_behind(&mixed));
+        // Another life of the song starts from nothing: never behind the last one.
+        let mut retried = fresh_song();
+        retried.incarnation = Incarnation(2);
+        assert!(!ProgressEvent::of(&retried).is_behind(&failed));
     }
 
     #[test]

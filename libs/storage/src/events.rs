@@ -8,6 +8,8 @@ use std::task::{Context, Poll};
 
 use async_nats::jetstream::consumer::pull::OrderedConfig;
 use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use bytes::Bytes;
 use dme_protocol::messages::ProgressEvent;
@@ -15,6 +17,10 @@ use dme_protocol::{streams, subjects, MusicId};
 use futures::Stream;
 
 use crate::{nats, Result, Store, StoreError};
+
+/// How many times a progress event is compared again with its song's last event after another
+/// one landed first, before it is given up (each try is two round trips).
+const PUBLISH_TRIES: usize = 8;
 
 /// One progress event as the event stream keeps it.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,29 +54,53 @@ impl EventBounds {
 impl Store {
     /// Publishes `event` on its song's subject, with its `kind` set from the song's previous
     /// event (what changed since). Events are a convenience for live views (records are the
-    /// truth), so a failure is logged, not returned. Publishers that race on one song may both
-    /// compare with the same previous event: a change can then be told twice, never not at all.
+    /// truth), so a failure is logged, not returned.
+    ///
+    /// Publishers race on one song (the mixer's handlers of its segments, a selection, a
+    /// failure), each with the record as it saw it. The publish is a compare-and-set on the
+    /// song's subject: it lands only if the previous event is still the one it was compared
+    /// with, else it is compared again with the one that landed. So each change is told once,
+    /// and an event showing the song behind the one that landed first (a snapshot taken before
+    /// it, [`ProgressEvent::is_behind`]) is not published: a reader never sees a song go back.
     pub async fn publish_progress(&self, event: &ProgressEvent) {
         let subject = subjects::event(event.music_id);
-        let previous = match self.last_progress(&subject).await {
-            Ok(previous) => previous,
-            Err(e) => {
-                tracing::warn!(error = %e, music_id = %event.music_id, "previous progress event not read");
-                None
+        for _ in 0..PUBLISH_TRIES {
+            let (previous, sequence) = match self.last_progress(&subject).await {
+                Ok(last) => last,
+                Err(e) => {
+                    tracing::warn!(error = %e, music_id = %event.music_id, "previous progress event not read");
+                    (None, None)
+                }
+            };
+            if previous.as_ref().is_some_and(|p| event.is_behind(p)) {
+                tracing::debug!(music_id = %event.music_id, "progress event behind the song's last one; not published");
+                return;
             }
-        };
-        let mut event = event.clone();
-        event.kind = event.kind_after(previous.as_ref());
-        let payload = Bytes::from(dme_protocol::encode(&event));
-        // Waiting for the stream's ack orders this process's events: the next publish reads
-        // this one as its previous.
-        let stored = match self.js.publish(subject, payload).await {
-            Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(e) = stored {
-            tracing::warn!(error = %e, music_id = %event.music_id, "progress event not published");
+            let mut event = event.clone();
+            event.kind = event.kind_after(previous.as_ref());
+            let message =
+                PublishMessage::build().payload(Bytes::from(dme_protocol::encode(&event)));
+            // Unread (a NATS failure above): published without the check.
+            let message = match sequence {
+                Some(sequence) => message.expected_last_subject_sequence(sequence),
+                None => message,
+            };
+            // Waiting for the stream's ack orders this process's events: the next publish reads
+            // this one as its previous.
+            let stored = match self.js.send_publish(subject.clone(), message).await {
+                Ok(ack) => ack.await.map(drop),
+                Err(e) => Err(e),
+            };
+            match stored {
+                Ok(()) => return,
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, music_id = %event.music_id, "progress event not published");
+                    return;
+                }
+            }
         }
+        tracing::warn!(music_id = %event.music_id, tries = PUBLISH_TRIES, "progress event not published: other events kept landing first");
     }
 
     /// Progress events to copy onto their JSON subjects, from the durable consumer every
@@ -95,16 +125,20 @@ impl Store {
             .map_err(nats("read progress events to copy"))
     }
 
-    /// The latest event on `subject`, if any (an undecodable one counts as none).
-    async fn last_progress(&self, subject: &str) -> Result<Option<ProgressEvent>> {
+    /// The latest event on `subject` (an undecodable one counts as none) and its sequence in
+    /// the stream (`Some(0)` when the subject has none).
+    async fn last_progress(&self, subject: &str) -> Result<(Option<ProgressEvent>, Option<u64>)> {
         let stream = self
             .js
             .get_stream_no_info(streams::EVENT_STREAM)
             .await
             .map_err(nats("get event stream"))?;
         match stream.get_last_raw_message_by_subject(subject).await {
-            Ok(message) => Ok(dme_protocol::decode(&message.payload).ok()),
-            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Ok(message) => Ok((
+                dme_protocol::decode(&message.payload).ok(),
+                Some(message.sequence),
+            )),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok((None, Some(0))),
             Err(e) => Err(nats("get last progress event")(e)),
         }
     }
