@@ -28,6 +28,7 @@ mod decoded;
 mod error;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,12 +45,17 @@ use dme_storage::{Spool, Store};
 use dme_telemetry::metrics::{MetricsServer, Readiness};
 use dme_telemetry::Service;
 pub use error::{SplitError, SplitterError};
+use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 /// Shortest model segment a plan can be made for (the stride, three quarters of it, must not be
 /// 0); the registered model is read from NATS, so it is checked rather than trusted.
 const MIN_MODEL_SEGMENT: u32 = 4;
+
+/// Segments a cut packs and stores at once (see `Cutter::store_segments`): each holds one
+/// window's packed bytes, a few MB for the models here.
+const SEGMENTS_IN_FLIGHT: usize = 4;
 
 /// The splitter service: one upload at a time (decoding is the heavy part and runs off the
 /// executor; run more splitters for more at once).
@@ -237,7 +243,11 @@ impl Cutter {
             .map_err(|e| SplitError::Task("decoder", e))?
     }
 
-    /// Stores each segment's model input window and creates its job record.
+    /// Stores each segment's model input window and creates its job record, a few segments
+    /// side by side ([`SEGMENTS_IN_FLIGHT`]): a put waits for the server's acknowledgement of
+    /// each chunk before it sends the next, so several at once overlap those round trips and
+    /// the packing. After a failure no more are started, and those in flight end before this
+    /// returns (a put cut short would leave its chunks behind).
     async fn store_segments(
         &self,
         cut: &Cut,
@@ -247,26 +257,41 @@ impl Cutter {
         let music = cut.music;
         let decoded = Arc::new(decoded);
         let track_ids: Vec<_> = tracks.iter().map(|t| t.track_id).collect();
-        for seg in cut.plan.segments() {
-            let song = decoded.clone();
-            // Read and packed (zstd) off the executor; the job records the unpacked size.
-            let (size, packed) = tokio::task::spawn_blocking(move || {
-                song.window(&seg)
-                    .map(|w| (w.len() as u64, objects::pack(&w)))
-            })
-            .await
-            .map_err(|e| SplitError::Task("window", e))?
-            .map_err(SplitError::ReadDecoded)?;
-            self.store
-                .put_object(
-                    &objects::segment_input(music, cut.incarnation, seg.index),
-                    &packed,
-                )
-                .await?;
-            let job = queued_job(cut, &seg, size, track_ids.clone());
-            self.store.create_job(&job).await?;
+        let failed = AtomicBool::new(false);
+        let stores = cut.plan.segments().map(|seg| {
+            let (song, track_ids, failed) = (decoded.clone(), track_ids.clone(), &failed);
+            async move {
+                if failed.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                // Read and packed (zstd) off the executor; the job records the unpacked size.
+                let (size, packed) = tokio::task::spawn_blocking(move || {
+                    song.window(&seg)
+                        .map(|w| (w.len() as u64, objects::pack(&w)))
+                })
+                .await
+                .map_err(|e| SplitError::Task("window", e))?
+                .map_err(SplitError::ReadDecoded)?;
+                self.store
+                    .put_object(
+                        &objects::segment_input(music, cut.incarnation, seg.index),
+                        &packed,
+                    )
+                    .await?;
+                let job = queued_job(cut, &seg, size, track_ids);
+                self.store.create_job(&job).await?;
+                Ok(())
+            }
+        });
+        let mut stored = futures::stream::iter(stores).buffer_unordered(SEGMENTS_IN_FLIGHT);
+        let mut first_error = None;
+        while let Some(result) = stored.next().await {
+            if let Err(e) = result {
+                failed.store(true, Ordering::Relaxed);
+                first_error.get_or_insert(e);
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Records the plan on the song (now `separating`), announces it and queues the first
