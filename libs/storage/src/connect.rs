@@ -315,6 +315,10 @@ fn not_ready(e: &StoreError) -> bool {
         "temporarily unavailable",
         "no leader",
         "no stream found",
+        // A server of the cluster not seen by its leader yet (the cluster still forming);
+        // asking for more replicas than there are servers fails otherwise ("insufficient
+        // resources", or placement with another reason), and is not retried.
+        "peer offline",
     ]
     .iter()
     .any(|t| text.contains(t))
@@ -342,7 +346,28 @@ async fn kv_bucket(js: &jetstream::Context, name: &str, replicas: usize) -> Resu
 
 #[cfg(test)]
 mod tests {
-    use super::server_list;
+    use super::{not_ready, server_list};
+    use crate::StoreError;
+
+    #[test]
+    fn a_cluster_still_forming_is_waited_for_and_a_misconfiguration_is_not() {
+        let refused = |text: &str| StoreError::Nats {
+            op: "declare work stream",
+            source: text.to_string().into(),
+        };
+        assert!(not_ready(&refused(
+            "jetstream error: no suitable peers for placement, peer offline (code 400, error code 10005)"
+        )));
+        assert!(not_ready(&refused(
+            "jetstream error: JetStream system temporarily unavailable (code 503, error code 10008)"
+        )));
+        assert!(!not_ready(&refused(
+            "jetstream error: insufficient resources (code 503, error code 10023)"
+        )));
+        assert!(!not_ready(&refused(
+            "jetstream error: jetstream not enabled (code 503, error code 10076)"
+        )));
+    }
 
     #[test]
     fn a_cluster_url_is_split_into_its_servers() {
