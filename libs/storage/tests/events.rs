@@ -1,12 +1,13 @@
-//! Progress events published by racing publishers, against a real nats-server.
+//! Progress events published by racing publishers, and work published while its stream does
+//! not answer, against a real nats-server.
 
 mod common;
 
 use std::time::Duration;
 
-use dme_protocol::messages::{EventKind, ProgressEvent};
+use dme_protocol::messages::{EventKind, MusicUploaded, ProgressEvent};
 use dme_protocol::records::MusicState;
-use dme_protocol::MusicId;
+use dme_protocol::{streams, subjects, Incarnation, MusicId};
 use dme_storage::Store;
 use futures::StreamExt;
 
@@ -66,4 +67,34 @@ async fn racing_publishers_tell_a_change_once_and_never_show_a_song_going_back()
             kind: e.kind,
             ..stems.clone()
         }));
+}
+
+/// A work publish while nobody answers for the work stream (as while a cluster elects its
+/// leader) is sent again until the stream answers, and stored once.
+#[tokio::test]
+async fn a_work_publish_waits_for_its_stream_to_answer_again() {
+    let nats = dme_testkit::NatsServer::start();
+    let store = Store::connect(&nats.url(), "test", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.delete_stream(streams::WORK_STREAM).await.unwrap();
+    let uploaded = MusicUploaded {
+        music_id: MusicId(7),
+        incarnation: Incarnation(1),
+    };
+    let id = uploaded.msg_id();
+    let publish = store.publish(subjects::WORK_UPLOADED, &uploaded, Some(&id));
+    let back = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Declares every stream again.
+        Store::connect(&nats.url(), "test", Duration::from_secs(5))
+            .await
+            .unwrap();
+    };
+    let (published, ()) = tokio::join!(publish, back);
+    published.unwrap();
+    let mut work = js.get_stream(streams::WORK_STREAM).await.unwrap();
+    assert_eq!(work.info().await.unwrap().state.messages, 1);
 }
