@@ -76,3 +76,11 @@ bench: setup
 bench-htdemucs: setup
 	@out="$${DME_HTDEMUCS:-models/htdemucs-random.onnx}"; [ -e "$$out" ] || python3 scripts/export_htdemucs.py --out "$$out"
 	@$(ENV); DME_BENCH_ONLY=htdemucs cargo bench -p dme --bench system 2>&1
+
+# Item 4: the HT-Demucs export with STFT/iSTFT as ONNX STFT/DFT operators against the convolution
+# export of the same weights (max difference of the stems, seconds per segment at 1 and 2 threads
+# in onnxruntime); writes bench/results/export.json, exporting the models first when missing.
+# About 5 minutes on 2 cores after the exports. Python only.
+.PHONY: bench-export
+bench-export:
+	python3 scripts/bench_export.py

@@ -895,13 +895,15 @@ fn render(results: &Path) -> String {
          Its first run also compiles release builds (most of half an hour on 2 cores); the \
          figures themselves take about 5 minutes, and the memory group's 10-minute song about \
          2.5 more. `make bench-htdemucs` measures the HT-Demucs section alone (about 13 minutes \
-         after the builds, and the model's export when it is missing).\n",
+         after the builds, and the model's export when it is missing), and `make bench-export` \
+         the two HT-Demucs exports against each other (a Python script, no build).\n",
     );
     let order = [
         "pipeline",
         "remix",
         "gateway_load",
         "htdemucs",
+        "export",
         "decoding",
         "memory",
         "fleet",
