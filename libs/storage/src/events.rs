@@ -5,10 +5,11 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use async_nats::jetstream::consumer::pull::OrderedConfig;
 use async_nats::jetstream::consumer::DeliverPolicy;
-use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use bytes::Bytes;
@@ -16,11 +17,23 @@ use dme_protocol::messages::ProgressEvent;
 use dme_protocol::{streams, subjects, MusicId};
 use futures::Stream;
 
-use crate::{nats, Result, Store, StoreError};
+use crate::{error_chain, jittered, nats, Result, Store, StoreError};
 
-/// How many times a progress event is compared again with its song's last event after another
-/// one landed first, before it is given up (each try is two round trips).
-const PUBLISH_TRIES: usize = 8;
+/// How long a progress event is compared again with its song's last event while others land
+/// first, before it is published unchecked.
+const RACE_PATIENCE: Duration = Duration::from_secs(3);
+
+/// The first pause after a lost race; it doubles up to [`RACE_PAUSE_MAX`], each time a random
+/// share of it, so racing publishers spread out.
+const RACE_PAUSE: Duration = Duration::from_millis(2);
+
+/// The longest of those pauses.
+const RACE_PAUSE_MAX: Duration = Duration::from_millis(64);
+
+/// Whether a conditional publish failed because another event of the subject landed first.
+fn lost_race(e: &PublishError) -> bool {
+    e.kind() == PublishErrorKind::WrongLastSequence || crate::wrote_first(e)
+}
 
 /// One progress event as the event stream keeps it.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,12 +72,18 @@ impl Store {
     /// Publishers race on one song (the mixer's handlers of its segments, a selection, a
     /// failure), each with the record as it saw it. The publish is a compare-and-set on the
     /// song's subject: it lands only if the previous event is still the one it was compared
-    /// with, else it is compared again with the one that landed. So each change is told once,
-    /// and an event showing the song behind the one that landed first (a snapshot taken before
-    /// it, [`ProgressEvent::is_behind`]) is not published: a reader never sees a song go back.
+    /// with, else it is compared again with the one that landed, after a short random pause,
+    /// for up to [`RACE_PATIENCE`]; then it is published unchecked (a change told twice rather
+    /// than never), as it is when the previous event cannot be read. So each change is told
+    /// once, and an event showing the song behind the one that landed first (a snapshot taken
+    /// before it, [`ProgressEvent::is_behind`]: its stems, a mix or its failure undone) is not
+    /// published.
     pub async fn publish_progress(&self, event: &ProgressEvent) {
         let subject = subjects::event(event.music_id);
-        for _ in 0..PUBLISH_TRIES {
+        let give_up = tokio::time::Instant::now() + RACE_PATIENCE;
+        let mut pause = RACE_PAUSE;
+        loop {
+            let checked = tokio::time::Instant::now() < give_up;
             let (previous, sequence) = match self.last_progress(&subject).await {
                 Ok(last) => last,
                 Err(e) => {
@@ -80,8 +99,7 @@ impl Store {
             event.kind = event.kind_after(previous.as_ref());
             let message =
                 PublishMessage::build().payload(Bytes::from(dme_protocol::encode(&event)));
-            // Unread (a NATS failure above): published without the check.
-            let message = match sequence {
+            let message = match sequence.filter(|_| checked) {
                 Some(sequence) => message.expected_last_subject_sequence(sequence),
                 None => message,
             };
@@ -93,14 +111,16 @@ impl Store {
             };
             match stored {
                 Ok(()) => return,
-                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => continue,
+                Err(e) if checked && lost_race(&e) => {
+                    tokio::time::sleep(jittered(pause)).await;
+                    pause = (pause * 2).min(RACE_PAUSE_MAX);
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, music_id = %event.music_id, "progress event not published");
+                    tracing::warn!(error = %error_chain(&e), music_id = %event.music_id, "progress event not published");
                     return;
                 }
             }
         }
-        tracing::warn!(music_id = %event.music_id, tries = PUBLISH_TRIES, "progress event not published: other events kept landing first");
     }
 
     /// Progress events to copy onto their JSON subjects, from the durable consumer every

@@ -10,6 +10,10 @@ use crate::{nats, Result, StoreError};
 /// far more than the handful of writers of one record (gateway, splitter, mixer slots) can cause.
 const CAS_ATTEMPTS: usize = 64;
 
+/// The pause before reading a record again when its replicated bucket refused an update while
+/// applying another write of it.
+const CAS_PAUSE: std::time::Duration = std::time::Duration::from_millis(4);
+
 /// The record at `key`, if it exists.
 pub(crate) async fn get<T: DeserializeOwned>(bucket: &kv::Store, key: &str) -> Result<Option<T>> {
     let value = bucket.get(key).await.map_err(nats("kv get"))?;
@@ -60,6 +64,11 @@ where
         {
             Ok(_) => return Ok(Some(record)),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+            // A replicated bucket still applying another write of the record: read it again
+            // once that write has had a moment.
+            Err(e) if crate::wrote_first(&e) => {
+                tokio::time::sleep(crate::jittered(CAS_PAUSE)).await;
+            }
             Err(e) => return Err(nats("kv update")(e)),
         }
     }

@@ -170,6 +170,25 @@ impl Store {
     }
 }
 
+/// Whether `error` says another write of the same subject came first, for a write conditioned on
+/// the subject's last sequence (a KV update, a progress event): "wrong last sequence: N"
+/// (10071), or, on a replicated stream while another write of the subject is still being
+/// applied, "wrong last sequence" (10164), which async-nats 0.46 reports as an unknown error.
+pub(crate) fn wrote_first(error: &dyn std::error::Error) -> bool {
+    error_chain(error).contains("wrong last sequence")
+}
+
+/// Half of `pause` plus a random share of the other half: writers that lost a race to one
+/// another try again apart.
+pub(crate) fn jittered(pause: std::time::Duration) -> std::time::Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let half = pause / 2;
+    half + half.mul_f64((random % 1024) as f64 / 1024.0)
+}
+
 /// The text of an error and of every cause under it, `outer: inner: innermost`, for a reason
 /// recorded on a song or job (where no log reader sees the chain). A cause whose text the outer
 /// messages already include is not repeated.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use dme_protocol::messages::{EventKind, MusicUploaded, ProgressEvent};
 use dme_protocol::records::MusicState;
 use dme_protocol::{streams, subjects, Incarnation, MusicId};
-use dme_storage::Store;
+use dme_storage::{NatsArgs, Store};
 use futures::StreamExt;
 
 /// Publishers racing on one song, each with the record as it saw it (the mixer's handlers of
@@ -20,6 +20,31 @@ async fn racing_publishers_tell_a_change_once_and_never_show_a_song_going_back()
     let store = Store::connect(&nats.url(), "test", Duration::from_secs(5))
         .await
         .unwrap();
+    race(&store).await;
+}
+
+/// The same on a 3-node cluster with every stream on 3 servers, where the stream's leader also
+/// refuses a conditional publish while another write of the subject is being applied.
+#[tokio::test]
+async fn racing_publishers_on_a_replicated_event_stream_tell_a_change_once() {
+    let cluster = dme_testkit::cluster::NatsCluster::start(3);
+    #[derive(clap::Parser)]
+    struct Args {
+        #[command(flatten)]
+        nats: NatsArgs,
+    }
+    let args = <Args as clap::Parser>::parse_from([
+        "test",
+        "--nats-url",
+        &cluster.urls(),
+        "--replicas",
+        "3",
+    ]);
+    let store = Store::connect_with(&args.nats, "test").await.unwrap();
+    race(&store).await;
+}
+
+async fn race(store: &Store) {
     let music = MusicId(7);
     let mut record = common::song(music, 1000);
     let segments = record.separated.len();
