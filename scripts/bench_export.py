@@ -183,7 +183,7 @@ def main() -> int:
         "machine": machine(),
         "load_average": load_after,
         "measured_at_unix_s": int(started),
-        "setup": (f"Two exports of the same randomly initialised htdemucs (seed {args.seed}, 41.98 M parameters) by "
+        "setup": (f"Two exports of the same randomly initialised htdemucs (the seed they were exported with, 0 unless --seed said otherwise; 41.98 M parameters; the difference below shows the weights are the same) by "
                   f"scripts/export_htdemucs.py: --spectral conv (demucs-onnx's STFT/iSTFT as Conv/ConvTranspose) and "
                   f"--spectral onnx (ONNX STFT and inverse DFT, overlap-add by shifted slices). Input: one segment of "
                   f"343980 samples (7.8 s) of seeded Gaussian noise (RMS 1). onnxruntime {ort.__version__}, CPU execution "

@@ -113,6 +113,14 @@ fn main() {
                 htdemucs::htdemucs_group().await,
             );
         }
+        if named("htdemucs_first_audio") {
+            write(
+                &results,
+                "htdemucs_first_audio",
+                &machine,
+                htdemucs::first_audio_group().await,
+            );
+        }
         if wants("fleet") {
             let svg = root.join("docs/bench/fleet.svg");
             write(&results, "fleet", &machine, fleet::fleet(&svg).await);
@@ -903,6 +911,7 @@ fn render(results: &Path) -> String {
         "remix",
         "gateway_load",
         "htdemucs",
+        "htdemucs_first_audio",
         "export",
         "decoding",
         "memory",

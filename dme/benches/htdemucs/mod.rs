@@ -330,6 +330,53 @@ pub async fn htdemucs_group() -> Value {
     })
 }
 
+/// The `htdemucs_first_audio` group (item 5 with HT-Demucs), run only when named
+/// (`DME_BENCH_ONLY=htdemucs_first_audio`): the system `dme up` makes of this machine's cores, 2
+/// separators of 1 thread without the arena, [`RUNS`] songs of [`SECONDS`], each timed from the
+/// start of the upload until the first 7 s of every stem are playable, against one segment's
+/// inference + 1 s. Apart from the `htdemucs` group so that its figures (and the notes that
+/// quote them) stay as they were measured.
+pub async fn first_audio_group() -> Value {
+    let title = "HT-Demucs (random weights): first audio (item 5)";
+    let model = model_file();
+    if !model.exists() {
+        return json!({
+            "title": title,
+            "skipped": format!("{} is missing (make htdemucs-model writes it)", model.display()),
+        });
+    }
+    let source = ModelSource::File(model.clone());
+    drop(Model::load(&source, &loop_options(1, false)).expect("the model loads"));
+    let (split, _) = measure(&model, (2, 1, false), &mut |_| {}).await;
+    let mut figures = super::first_audio_figures(
+        &split.first_audio_s,
+        split.inference_s,
+        "2 separators of 1 thread",
+    );
+    figures.push(figure(
+        "2 separators of 1 thread: upload to final mix downloaded (median)",
+        round(median(&split.system_s), 2),
+        "s",
+        "",
+        None,
+    ));
+    json!({
+        "title": title,
+        "command": "DME_BENCH_ONLY=htdemucs_first_audio cargo bench -p dme --bench system",
+        "setup": format!(
+            "{} (as in the group above); a {SECONDS} s generated song (320 kbit/s MP3, a new seed \
+             each run) through a system of 2 separators of 1 ONNX Runtime thread without the \
+             memory arena (the split `dme up` uses), {RUNS} runs, each timed from the start of the \
+             upload until GET /music/{{id}} says the first 7 s of every stem are playable \
+             (ready_s, polled every 5 ms), and to the final mix downloaded; one segment's \
+             inference is the separators' mean after the runs (GET /workers). Medians of {RUNS}.",
+            model.file_name().and_then(|n| n.to_str()).unwrap_or("the model")
+        ),
+        "figures": figures,
+        "runs_s": {"first_audio": split.first_audio_s, "system": split.system_s},
+    })
+}
+
 /// What the figures say, measured by this group on commit 9ab0d1a with the changes of this group
 /// (`make bench-htdemucs`), and the run of it before the separator's model thread.
 const HTDEMUCS_NOTES: &str = "Item 3 (the peer) is met by the split of the cores that `dme up` \
