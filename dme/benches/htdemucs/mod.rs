@@ -136,20 +136,29 @@ fn separator_peak(sys: &System) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// The model file, loaded once here first: the first load on a machine optimises the graph and
+/// caches it (DME_CACHE_DIR), so every process after loads the cached graph and no figure is
+/// that optimisation's. Without the file, the JSON of group `title` skipped.
+fn cached_model(title: &str) -> Result<PathBuf, Value> {
+    let model = model_file();
+    if !model.exists() {
+        return Err(json!({
+            "title": title,
+            "skipped": format!("{} is missing (make htdemucs-model writes it)", model.display()),
+        }));
+    }
+    let source = ModelSource::File(model.clone());
+    drop(Model::load(&source, &loop_options(1, false)).expect("the model loads"));
+    Ok(model)
+}
+
 /// The group: measures, prints progress, returns the JSON body.
 pub async fn htdemucs_group() -> Value {
     let title = "HT-Demucs (random weights): overhead, the peer, memory";
-    let model = model_file();
-    if !model.exists() {
-        return json!({
-            "title": title,
-            "skipped": format!("{} is missing (make htdemucs-model writes it)", model.display()),
-        });
-    }
-    // The first load on a machine optimises the graph and caches it (DME_CACHE_DIR); every
-    // process below then loads the cached graph, so no peak below is that optimisation's.
-    let source = ModelSource::File(model.clone());
-    drop(Model::load(&source, &loop_options(1, false)).expect("the model loads"));
+    let model = match cached_model(title) {
+        Ok(model) => model,
+        Err(skipped) => return skipped,
+    };
 
     // Item 2 and the peer: 1 separator with every core, without the arena; the loop the same.
     let mut peer = Vec::new();
@@ -338,15 +347,10 @@ pub async fn htdemucs_group() -> Value {
 /// quote them) stay as they were measured.
 pub async fn first_audio_group() -> Value {
     let title = "HT-Demucs (random weights): first audio (item 5)";
-    let model = model_file();
-    if !model.exists() {
-        return json!({
-            "title": title,
-            "skipped": format!("{} is missing (make htdemucs-model writes it)", model.display()),
-        });
-    }
-    let source = ModelSource::File(model.clone());
-    drop(Model::load(&source, &loop_options(1, false)).expect("the model loads"));
+    let model = match cached_model(title) {
+        Ok(model) => model,
+        Err(skipped) => return skipped,
+    };
     let (split, _) = measure(&model, (2, 1, false), &mut |_| {}).await;
     let mut figures = super::first_audio_figures(
         &split.first_audio_s,
