@@ -377,9 +377,19 @@ pub async fn first_audio_group() -> Value {
             model.file_name().and_then(|n| n.to_str()).unwrap_or("the model")
         ),
         "figures": figures,
+        "notes": FIRST_AUDIO_NOTES,
         "runs_s": {"first_audio": split.first_audio_s, "system": split.system_s},
     })
 }
+
+/// What the `htdemucs_first_audio` figures say, measured on commit 9db8f5c.
+const FIRST_AUDIO_NOTES: &str = "Measured on commit 9db8f5c, on the VM of the pipeline figure, \
+    nothing beside the bench: the first 7 s of every stem were playable 4.36, 4.58 and 5.43 s after \
+    the upload started (median 4.58 s against one segment's inference, 4.18 s, + 1 s = 5.18 s: \
+    met by the median, not by the slowest run). The 7 s take two parts, so segments 0 and 1, \
+    which the 2 separators run side by side; what comes before them (the upload, the decode and \
+    cut of the 30 s song) and after (their parts) took the other 0.2 to 1.3 s. The whole song \
+    took 12.55 to 14.13 s (median 13.05 s).";
 
 /// What the figures say, measured by this group on commit 9ab0d1a with the changes of this group
 /// (`make bench-htdemucs`), and the run of it before the separator's model thread.
